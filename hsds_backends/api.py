@@ -1,0 +1,496 @@
+"""The Python API: open a domain, get a dataset, read a selection, points or a query.
+
+Async::
+
+    async with Reader(config) as reader:
+        dom = await reader.open("/home/user/file.h5")
+        dset = await dom.get("/g1/temperature")
+        block = await dset.read("[0:100:4, 5]")        # HSDS select string
+        block = await dset.read(np.s_[0:100:4, 5])     # numpy-style index
+        values = await dset.read_points([[1, 2], [3, 4]])
+        rows = await dset.query("(temp > 20) & (id < 5)", limit=10)
+
+Sync (a private event loop runs in a background thread)::
+
+    with open_domain("/home/user/file.h5", root_dir="data") as dom:
+        block = dom["/g1/temperature"][0:100:4, 5]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+from .config import load_config
+from .dataset import DatasetMeta
+from .errors import DatasetJsonError, DatasetNotFoundError, DomainNotFoundError, NotFoundError, SelectionError
+from .ids import domain_key, object_key
+from .model import Backend, ReadRequest
+from .plan import Assembler, ReadPlan, plan_hyperslab, plan_points, plan_query
+from .plugins import backend_names, get_plugin_manager, make_backend
+from .selection import Hyperslab, from_index, parse_select
+from .selector import estimate, select_backend
+from .storage import Storage, check_bucket, storage_from_config
+
+if TYPE_CHECKING:
+    import pluggy
+
+__all__ = ["Reader", "AsyncDomain", "AsyncDataset", "ReadResult", "ReadStats", "open_domain", "Domain", "Dataset", "to_selection"]
+
+T = TypeVar("T")
+
+
+@dataclass
+class ReadStats:
+    """Per-request figures (exposed on :class:`ReadResult` and by ``hsds-backends read --stats``)."""
+
+    backend: str = ""
+    """Backend that ran the request."""
+    reason: str = ""
+    """Why the selector chose it (one line)."""
+    kind: str = ""
+    """``hyperslab``, ``points`` or ``query``."""
+    chunks: int = 0
+    """Chunk tasks in the plan."""
+    missing: int = 0
+    """Chunks that do not exist and were filled with the fill value."""
+    bytes_returned: int = 0
+    """Bytes of chunk results received from the backend."""
+    seconds: float = 0.0
+    """Wall time from plan to assembled result."""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ReadResult:
+    """An assembled answer with its statistics."""
+
+    data: np.ndarray[Any, Any]
+    stats: ReadStats = field(default_factory=ReadStats)
+
+
+def to_selection(selection: Any, shape: Sequence[int]) -> Hyperslab:
+    """Turn ``None``, an HSDS select string, a :class:`Hyperslab` or a numpy-style index into a hyperslab."""
+    if selection is None:
+        return Hyperslab.all(shape)
+    if isinstance(selection, Hyperslab):
+        return selection
+    if isinstance(selection, str):
+        return parse_select(selection, shape)
+    return from_index(selection, shape)
+
+
+class Reader:
+    """Owns the config, storage, plugin manager and backends used by reads.
+
+    Parameters
+    ----------
+    config
+        A mapping of config keys (see :func:`hsds_backends.config.load_config`);
+        ``None`` loads ``config.yml`` and the environment.
+    storage
+        An open :class:`Storage`; default: opened from ``config``.
+    pm
+        A plugin manager; default: the process-wide one.
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any] | None = None,
+        *,
+        storage: Storage | None = None,
+        pm: pluggy.PluginManager | None = None,
+    ) -> None:
+        self.config: Mapping[str, Any] = load_config() if config is None else config
+        self.storage = storage if storage is not None else storage_from_config(self.config)
+        self._own_storage = storage is None
+        self.pm = pm or get_plugin_manager()
+        self._backends: dict[str, Backend] = {}
+
+    def __repr__(self) -> str:
+        return f"Reader(storage={self.storage!r}, backends={sorted(self._backends)})"
+
+    # -------------------------------------------------------------- backends
+    def backend(self, name: str) -> Backend:
+        """Return backend ``name``, building it on first use (the ``inline`` one shares our storage)."""
+        b = self._backends.get(name)
+        if b is None:
+            if name == "inline":
+                from ._inline import InlineBackend
+
+                b = InlineBackend(self.config, storage=self.storage)
+            else:
+                b = make_backend(name, self.config, self.pm)
+            self._backends[name] = b
+        return b
+
+    def choose(self, plan: ReadPlan, *, backend: str | Backend | None = None, nonstrict: bool = False, budget_dollars: float | None = None) -> tuple[Backend, str]:
+        """Return the backend that would run ``plan`` and the one-line reason (no I/O)."""
+        request = ReadRequest(plan, nonstrict, budget_dollars, estimator=None)
+        request = ReadRequest(plan, nonstrict, budget_dollars, estimator=lambda b: estimate(self.pm, b, request))
+        choice = select_backend(
+            request, explicit=backend, config=self.config, pm=self.pm, get_backend=self.backend, names=backend_names(self.pm)
+        )
+        return choice.backend, choice.reason
+
+    async def run(
+        self,
+        plan: ReadPlan,
+        *,
+        backend: str | Backend | None = None,
+        nonstrict: bool = False,
+        budget_dollars: float | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> ReadResult:
+        """Execute ``plan`` on the chosen backend and assemble the answer."""
+        t0 = time.perf_counter()
+        b, reason = self.choose(plan, backend=backend, nonstrict=nonstrict, budget_dollars=budget_dollars)
+        asm = Assembler(plan)
+        if plan.tasks:
+            async for i, res in b.read_chunks(plan.tasks):
+                asm.add(i, res)
+                if progress is not None:
+                    progress(1)
+        data = asm.result()
+        stats = ReadStats(b.name, reason, plan.kind, plan.num_chunks, asm.filled, asm.bytes_returned, time.perf_counter() - t0)
+        return ReadResult(data, stats)
+
+    # --------------------------------------------------------------- domains
+    async def open(self, domain: str, bucket: str | None = None) -> AsyncDomain:
+        """Open a domain: read its ``.domain.json`` and root group (hsds-format.md §1.2)."""
+        b = check_bucket(bucket or str(self.config.get("bucket_name") or "hsdstest"))
+        key = domain_key(domain)
+        djson = await self._get_json(b, key)
+        if djson is None:
+            raise DomainNotFoundError(
+                f"domain {domain!r} not found in bucket {b!r} (no object {key!r} in {self.storage!r}); "
+                "check the domain path, --bucket and --root-dir"
+            )
+        root = djson.get("root")
+        if not root:
+            raise DomainNotFoundError(f"{domain!r} in bucket {b!r} is a folder, not a domain; open a domain inside it")
+        return AsyncDomain(self, domain, b, djson, root)
+
+    async def _get_json(self, bucket: str, key: str) -> Any:
+        raw = await self.storage.get(bucket, key)
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise DatasetJsonError(f"object {key!r} in bucket {bucket!r} is not valid JSON: {exc}") from exc
+
+    async def aclose(self) -> None:
+        """Close every backend this reader built, then the storage it opened."""
+        backends, self._backends = list(self._backends.values()), {}
+        for b in backends:
+            await b.aclose()
+        if self._own_storage:
+            await self.storage.aclose()
+
+    async def __aenter__(self) -> Reader:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _links(group_json: Mapping[str, Any]) -> dict[str, Any]:
+    links = group_json.get("links") or {}
+    if isinstance(links, list):  # older layouts keep a list of link objects with a title
+        return {lk.get("title"): lk for lk in links if isinstance(lk, dict)}
+    return dict(links)
+
+
+class AsyncDomain:
+    """An open domain; :meth:`get` resolves a link path to a dataset."""
+
+    def __init__(self, reader: Reader, domain: str, bucket: str, domain_json: Mapping[str, Any], root_id: str) -> None:
+        self.reader = reader
+        self.domain = domain
+        self.bucket = bucket
+        self.json = domain_json
+        self.root_id = root_id
+
+    def __repr__(self) -> str:
+        return f"<AsyncDomain {self.domain!r} bucket={self.bucket!r}>"
+
+    async def _obj(self, obj_id: str) -> Mapping[str, Any]:
+        j = await self.reader._get_json(self.bucket, object_key(obj_id))
+        if j is None:
+            raise NotFoundError(f"object {obj_id} of domain {self.domain!r} is missing from bucket {self.bucket!r}")
+        return j  # type: ignore[no-any-return]
+
+    async def resolve(self, h5path: str) -> str:
+        """Return the object id at ``h5path`` (hard and soft links; a ``d-…`` id passes through)."""
+        if h5path.startswith(("d-", "g-")):
+            return h5path
+        obj_id = self.root_id
+        parts = [p for p in h5path.split("/") if p]
+        hops = 0
+        i = 0
+        while i < len(parts):
+            name = parts[i]
+            group = await self._obj(obj_id)
+            links = _links(group)
+            link = links.get(name)
+            where = "/" + "/".join(parts[:i])
+            if link is None:
+                raise DatasetNotFoundError(
+                    f"no link {name!r} in group {where!r} of domain {self.domain!r}; links there: {sorted(links)[:20]}"
+                )
+            cls = link.get("class", "H5L_TYPE_HARD")
+            if cls == "H5L_TYPE_HARD":
+                obj_id = link["id"]
+                i += 1
+            elif cls == "H5L_TYPE_SOFT":
+                hops += 1
+                if hops > 32:
+                    raise DatasetNotFoundError(f"too many soft links resolving {h5path!r} in domain {self.domain!r}")
+                target = link.get("h5path", "")
+                rest = [p for p in target.split("/") if p]
+                parts = (rest if target.startswith("/") else parts[:i] + rest) + parts[i + 1 :]
+                obj_id, i = self.root_id, 0
+            else:
+                raise DatasetNotFoundError(
+                    f"link {name!r} in {where!r} is {cls} (e.g. an external link); only hard and soft links can be read"
+                )
+        return obj_id
+
+    async def get(self, h5path: str) -> AsyncDataset:
+        """Return the dataset at ``h5path`` (or a dataset id)."""
+        obj_id = await self.resolve(h5path)
+        if not obj_id.startswith("d-"):
+            raise DatasetNotFoundError(f"{h5path!r} in domain {self.domain!r} is not a dataset (id {obj_id})")
+        j = await self.reader._get_json(self.bucket, object_key(obj_id))
+        if j is None:
+            raise DatasetNotFoundError(f"dataset {h5path!r} ({obj_id}) is missing from bucket {self.bucket!r}")
+        j = dict(j)
+        j.setdefault("id", obj_id)
+        return AsyncDataset(self, DatasetMeta.from_json(j, self.bucket), h5path)
+
+
+class AsyncDataset:
+    """A dataset of an open domain."""
+
+    def __init__(self, domain: AsyncDomain, meta: DatasetMeta, h5path: str) -> None:
+        self.domain = domain
+        self.meta = meta
+        self.h5path = h5path
+
+    def __repr__(self) -> str:
+        return f"<AsyncDataset {self.h5path!r} shape={self.shape} dtype={self.dtype} chunks={self.chunks}>"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.meta.shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self.meta.dtype
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return self.meta.chunks
+
+    @property
+    def fillvalue(self) -> Any:
+        return self.meta.fill_element[()]
+
+    def plan(self, selection: Any = None, *, fields: Sequence[str] | str | None = None) -> ReadPlan:
+        return plan_hyperslab(self.meta, to_selection(selection, self.shape), fields)
+
+    async def read_result(self, selection: Any = None, *, fields: Sequence[str] | str | None = None, **run: Any) -> ReadResult:
+        """Read a hyperslab and return it with statistics. ``run`` goes to :meth:`Reader.run`."""
+        return await self.domain.reader.run(self.plan(selection, fields=fields), **run)
+
+    async def read(self, selection: Any = None, *, fields: Sequence[str] | str | None = None, **run: Any) -> np.ndarray[Any, Any]:
+        """Read a hyperslab: ``None`` (all), an HSDS select string, or a numpy-style index."""
+        return (await self.read_result(selection, fields=fields, **run)).data
+
+    async def read_points_result(self, points: Any, *, fields: Sequence[str] | str | None = None, **run: Any) -> ReadResult:
+        return await self.domain.reader.run(plan_points(self.meta, points, fields), **run)
+
+    async def read_points(self, points: Any, *, fields: Sequence[str] | str | None = None, **run: Any) -> np.ndarray[Any, Any]:
+        """Read the values at (N, rank) absolute coordinates, in the order given."""
+        return (await self.read_points_result(points, fields=fields, **run)).data
+
+    async def query_result(
+        self, expr: str, *, select: Any = None, limit: int | None = None, fields: Sequence[str] | str | None = None, **run: Any
+    ) -> ReadResult:
+        sel = None if select is None else to_selection(select, self.shape)
+        return await self.domain.reader.run(plan_query(self.meta, expr, sel, limit, fields), **run)
+
+    async def query(
+        self, expr: str, *, select: Any = None, limit: int | None = None, fields: Sequence[str] | str | None = None, **run: Any
+    ) -> np.ndarray[Any, Any]:
+        """Return matching rows as a structured array whose first field is the absolute ``index``."""
+        return (await self.query_result(expr, select=select, limit=limit, fields=fields, **run)).data
+
+
+# ---------------------------------------------------------------- sync facade
+
+
+class _LoopThread:
+    """A private event loop in a daemon thread, so sync callers can drive async objects."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="hsds-backends-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if _in_loop(self.loop):
+            raise RuntimeError("sync hsds_backends API called from its own event loop; use the async API")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+        self.loop.close()
+
+
+def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def open_domain(
+    domain: str,
+    *,
+    config: Mapping[str, Any] | str | None = None,
+    bucket: str | None = None,
+    root_dir: str | None = None,
+    backend: str | None = None,
+    **overrides: Any,
+) -> Domain:
+    """Open a domain for synchronous reads.
+
+    Parameters
+    ----------
+    domain
+        Domain path such as ``/home/user/file.h5``.
+    config
+        A config mapping, or a path to ``config.yml``; default: ``config.yml``
+        lookup and environment (:func:`hsds_backends.config.load_config`).
+    bucket, root_dir, backend, **overrides
+        Config keys that win over the file and the environment.
+    """
+    ov = dict(overrides)
+    if bucket is not None:
+        ov["bucket_name"] = bucket
+    if root_dir is not None:
+        ov["root_dir"] = root_dir
+    if backend is not None:
+        ov["backend"] = backend
+    if config is None or isinstance(config, str):
+        cfg: Mapping[str, Any] = load_config(config, overrides=ov)
+    else:
+        cfg = {**config, **ov}
+    lt = _LoopThread()
+    try:
+
+        async def _open() -> tuple[Reader, AsyncDomain]:
+            r = Reader(cfg)
+            try:
+                return r, await r.open(domain)
+            except BaseException:
+                await r.aclose()
+                raise
+
+        reader, adom = lt.run(_open())
+    except BaseException:
+        lt.stop()
+        raise
+    return Domain(lt, reader, adom)
+
+
+class Domain:
+    """A domain opened by :func:`open_domain`. Index it by link path to get a :class:`Dataset`."""
+
+    def __init__(self, lt: _LoopThread, reader: Reader, adom: AsyncDomain) -> None:
+        self._lt = lt
+        self.reader = reader
+        self._adom = adom
+
+    def __repr__(self) -> str:
+        return f"<Domain {self._adom.domain!r} bucket={self._adom.bucket!r}>"
+
+    def get(self, h5path: str) -> Dataset:
+        return Dataset(self, self._lt.run(self._adom.get(h5path)))
+
+    __getitem__ = get
+
+    def close(self) -> None:
+        if self._lt.loop.is_closed():
+            return
+        try:
+            self._lt.run(self.reader.aclose())
+        finally:
+            self._lt.stop()
+
+    def __enter__(self) -> Domain:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Dataset:
+    """Synchronous view of an :class:`AsyncDataset`; ``d[...]`` reads a numpy-style index."""
+
+    def __init__(self, domain: Domain, adset: AsyncDataset) -> None:
+        self._domain = domain
+        self.async_dataset = adset
+
+    def __repr__(self) -> str:
+        return repr(self.async_dataset).replace("AsyncDataset", "Dataset")
+
+    @property
+    def meta(self) -> DatasetMeta:
+        return self.async_dataset.meta
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.async_dataset.shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self.async_dataset.dtype
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return self.async_dataset.chunks
+
+    @property
+    def fillvalue(self) -> Any:
+        return self.async_dataset.fillvalue
+
+    def __getitem__(self, key: Any) -> np.ndarray[Any, Any]:
+        if isinstance(key, str):
+            raise SelectionError(f"index {key!r} is a string; use .read({key!r}) for an HSDS select string")
+        return self.read(None if isinstance(key, tuple) and len(key) == 0 else key)
+
+    def read(self, selection: Any = None, *, fields: Sequence[str] | str | None = None, **run: Any) -> np.ndarray[Any, Any]:
+        return self._domain._lt.run(self.async_dataset.read(selection, fields=fields, **run))
+
+    def read_result(self, selection: Any = None, *, fields: Sequence[str] | str | None = None, **run: Any) -> ReadResult:
+        return self._domain._lt.run(self.async_dataset.read_result(selection, fields=fields, **run))
+
+    def read_points(self, points: Any, *, fields: Sequence[str] | str | None = None, **run: Any) -> np.ndarray[Any, Any]:
+        return self._domain._lt.run(self.async_dataset.read_points(points, fields=fields, **run))
+
+    def query(self, expr: str, *, select: Any = None, limit: int | None = None, fields: Sequence[str] | str | None = None, **run: Any) -> np.ndarray[Any, Any]:
+        return self._domain._lt.run(self.async_dataset.query(expr, select=select, limit=limit, fields=fields, **run))

@@ -1,0 +1,133 @@
+"""Exceptions raised by hsds-backends.
+
+Every error is rooted at :class:`HsdsBackendsError`. Some mix in a builtin so
+callers can catch what they already know (``FileNotFoundError``, ``KeyError``,
+``TimeoutError``), but none is rooted at ``ValueError`` (STYLE.md §6).
+
+Messages quote the bad value, list the valid choices where there are any, and
+say what to do next.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "HsdsBackendsError",
+    "ConfigError",
+    "PluginError",
+    "BackendNotInstalledError",
+    "UnknownBackendError",
+    "NoBackendError",
+    "BackendError",
+    "BackendTimeoutError",
+    "SelectionError",
+    "QueryError",
+    "FieldError",
+    "TypeJsonError",
+    "DatasetJsonError",
+    "NotFoundError",
+    "DomainNotFoundError",
+    "DatasetNotFoundError",
+    "StorageError",
+    "StoragePathError",
+    "ChunkDecodeError",
+    "UnsupportedFilterError",
+    "TaskError",
+]
+
+
+class HsdsBackendsError(Exception):
+    """Root of every error raised by hsds-backends."""
+
+
+class ConfigError(HsdsBackendsError):
+    """A configuration value is missing or invalid."""
+
+
+class PluginError(HsdsBackendsError):
+    """A plugin is broken: a misspelled hook, an import failure, a bad backend."""
+
+
+class BackendNotInstalledError(PluginError):
+    """A backend known by name was asked for but its distribution is not installed."""
+
+
+class UnknownBackendError(PluginError, KeyError):
+    """A backend name that no installed plugin provides and that we do not know of."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
+        return str(self.args[0]) if self.args else ""
+
+
+class NoBackendError(HsdsBackendsError):
+    """No installed and configured backend can serve a request."""
+
+
+class BackendError(HsdsBackendsError):
+    """A backend failed to execute chunk tasks (after its own retries)."""
+
+
+class BackendTimeoutError(BackendError, TimeoutError):
+    """A backend (or one of its nodes) did not answer within the configured time."""
+
+
+class SelectionError(HsdsBackendsError, IndexError):
+    """A selection (select string, index, points) is malformed or out of range."""
+
+
+class QueryError(HsdsBackendsError):
+    """A query expression cannot be parsed or does not fit the dataset."""
+
+
+class FieldError(HsdsBackendsError, KeyError):
+    """A compound field name does not exist in the dataset type."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class TypeJsonError(HsdsBackendsError):
+    """An HSDS type JSON cannot be mapped to a numpy dtype."""
+
+
+class DatasetJsonError(HsdsBackendsError):
+    """A dataset JSON is missing keys or holds inconsistent values."""
+
+
+class NotFoundError(HsdsBackendsError, FileNotFoundError):
+    """A domain, group, link or dataset does not exist."""
+
+
+class DomainNotFoundError(NotFoundError):
+    """The domain's ``.domain.json`` does not exist in the bucket."""
+
+
+class DatasetNotFoundError(NotFoundError):
+    """A link path does not lead to a dataset."""
+
+
+class StorageError(HsdsBackendsError):
+    """Object storage failed (other than a missing object, which reads as fill)."""
+
+
+class StoragePathError(StorageError):
+    """A bucket, key or path is unsafe (``..``, absolute, bad characters)."""
+
+
+class ChunkDecodeError(HsdsBackendsError):
+    """A chunk's bytes are corrupt, truncated or of the wrong length.
+
+    The message always names the chunk id and the storage key.
+    """
+
+
+class UnsupportedFilterError(ChunkDecodeError):
+    """A dataset uses a filter that hsds-backends cannot decode."""
+
+
+class TaskError(HsdsBackendsError):
+    """A chunk task failed remotely; carries the remote error type and chunk id.
+
+    Backends that run tasks out of process re-raise remote failures with the
+    same class the ``inline`` backend would raise when it is known (see
+    :func:`hsds_backends.tasks.error_from_wire`); this class is the fallback.
+    """

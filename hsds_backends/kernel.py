@@ -1,0 +1,208 @@
+"""The chunk-read kernel: one function that executes one chunk task.
+
+fetch → decode → select → bytes. Every backend runs this same code: ``inline``
+in a thread pool, a DN in its request handler, Lambda in its handler, Dask on
+its workers (DESIGN.md §1 "kernel"). Backends differ only in transport and
+scheduling.
+
+- :func:`fetch` reads the task's bytes from storage (``None`` = missing).
+- :func:`process` is pure CPU: decode (hsds-format.md §3.3), cut the selection,
+  serialise. Safe to call from threads; the codecs release the GIL.
+- :func:`run_task` = ``process(task, await fetch(task, storage))``.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .codecs import decode_chunk
+from .errors import ChunkDecodeError, HsdsBackendsError, SelectionError, TaskError
+from .selection import Coords, Hyperslab, Slice, parse_select
+from .tasks import ChunkResult, ChunkTask, field_dtype, query_dtype
+from .vlen import decode_vlen, encode_vlen
+
+if TYPE_CHECKING:
+    from .dataset import DatasetMeta
+    from .query import Query
+    from .storage import Storage
+
+__all__ = ["fetch", "process", "run_task", "decode_to_array", "chunk_index_tuple"]
+
+
+async def fetch(task: ChunkTask, storage: Storage) -> bytes | None:
+    """Return the stored bytes of the task's chunk, or ``None`` if it does not exist."""
+    loc = task.location
+    if loc is None:
+        return None
+    return await storage.get(loc.bucket, loc.key, loc.offset, loc.size)
+
+
+async def run_task(task: ChunkTask, storage: Storage) -> ChunkResult:
+    """Execute one chunk task against ``storage`` (fetch, then :func:`process`)."""
+    return process(task, await fetch(task, storage))
+
+
+def chunk_index_tuple(task: ChunkTask) -> tuple[int, ...]:
+    from .ids import chunk_index
+
+    return chunk_index(task.chunk_id)
+
+
+def decode_to_array(meta: DatasetMeta, data: bytes | bytearray | memoryview, chunk_id: str, key: str, *, linked: bool = False) -> np.ndarray[Any, Any]:
+    """Decode stored chunk bytes into an array of the chunk shape.
+
+    Fixed-size types come back as a ``V<itemsize>`` view (byte-exact, any
+    type); variable-length types as an object/structured array.
+
+    Raises
+    ------
+    ChunkDecodeError
+        Corrupt, truncated or wrong-length bytes; the message names the chunk
+        id and the key.
+    """
+    chunks = meta.chunks
+    count = math.prod(chunks)
+    if meta.is_vlen:
+        raw = decode_chunk(data, meta.ops, itemsize=1, nbytes=None, chunk_id=chunk_id, key=key, linked=linked)
+        try:
+            return decode_vlen(raw, meta.dtype, count).reshape(chunks)
+        except ValueError as exc:
+            raise ChunkDecodeError(f"chunk {chunk_id} (key {key}) holds malformed variable-length data: {exc}") from exc
+    nbytes = count * meta.dtype.itemsize
+    if linked and meta.layout_class == "H5D_CONTIGUOUS_REF" and len(data) < nbytes:
+        # the last contiguous chunk may end at EOF; its tail lies outside the extent (§3.5, as 1.0.2 pads)
+        data = bytes(data) + bytes(nbytes - len(data))
+    raw = decode_chunk(data, meta.ops, itemsize=meta.dtype.itemsize, nbytes=nbytes, chunk_id=chunk_id, key=key, linked=linked)
+    return np.frombuffer(raw, dtype=f"V{meta.dtype.itemsize}").reshape(chunks)
+
+
+def _index(hs: Hyperslab) -> tuple[Any, ...]:
+    coords = [i for i, d in enumerate(hs.dims) if isinstance(d, Coords)]
+    if not coords:
+        return tuple(slice(d.start, d.stop, d.step) for d in hs.dims)  # type: ignore[union-attr]
+    arrays = [d.values if isinstance(d, Coords) else np.arange(d.start, d.stop, d.step) for d in hs.dims]
+    return np.ix_(*arrays)
+
+
+def _fill_chunk(meta: DatasetMeta) -> np.ndarray[Any, Any]:
+    if meta.is_vlen:
+        arr = np.empty(meta.chunks, dtype=meta.dtype)
+        arr[...] = meta.fill_element[()] if meta.dtype.names is None else meta.fill_element
+        return arr
+    fill = meta.fill_element.reshape(1).view(f"V{meta.dtype.itemsize}")
+    return np.broadcast_to(fill, meta.chunks)
+
+
+def _typed(meta: DatasetMeta, arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """View a ``V`` chunk array with the dataset's (compound) dtype."""
+    if arr.dtype.kind == "V" and arr.dtype.names is None and meta.dtype.names is not None:
+        return arr.view(meta.dtype)
+    return arr
+
+
+def _serialise(values: np.ndarray[Any, Any], dt: np.dtype[Any]) -> bytes:
+    if dt.hasobject:
+        return encode_vlen(values, dt)
+    return np.ascontiguousarray(values).tobytes()
+
+
+def _project(meta: DatasetMeta, values: np.ndarray[Any, Any], fields: tuple[str, ...] | None) -> tuple[np.ndarray[Any, Any], np.dtype[Any]]:
+    if not fields:
+        return values, meta.dtype
+    sub = field_dtype(meta.dtype, fields)
+    typed = _typed(meta, values)
+    out = np.empty(typed.shape, dtype=sub)
+    for f in fields:
+        out[f] = typed[f]
+    return out, sub
+
+
+@lru_cache(maxsize=256)
+def _parsed_query(text: str, dtype: np.dtype[Any]) -> Query:
+    from .query import parse_query
+
+    return parse_query(text, dtype)
+
+
+def process(task: ChunkTask, data: bytes | bytearray | memoryview | None) -> ChunkResult:
+    """Decode ``data`` (the task's stored bytes, ``None`` if missing) and cut out the selection.
+
+    Returns
+    -------
+    ChunkResult
+        ``missing`` for an absent chunk (hyperslab and points: the caller fills);
+        a query over an absent chunk runs on a chunk of fill values, so query
+        results agree with reads.
+
+    Raises
+    ------
+    HsdsBackendsError
+        A subclass naming the chunk id: :class:`ChunkDecodeError` for bad
+        bytes, :class:`SelectionError`/:class:`QueryError`/:class:`FieldError`
+        for a bad task.
+    """
+    meta = task.dset
+    cid = task.chunk_id
+    loc = task.location
+    key = loc.key if loc is not None else "(none)"
+    try:
+        if data is None:
+            if task.kind != "query":
+                return ChunkResult(cid, "missing")
+            chunk = _fill_chunk(meta)
+        else:
+            chunk = decode_to_array(meta, data, cid, key, linked=bool(loc and loc.linked))
+        if task.kind == "points":
+            return ChunkResult(cid, "ok", _points(task, meta, chunk))
+        sel = parse_select(task.select, meta.chunks) if task.select is not None else Hyperslab.all(meta.chunks)
+        if task.kind == "query":
+            return ChunkResult(cid, "ok", _query(task, meta, chunk, sel))
+        values, dt = _project(meta, chunk[_index(sel)], task.fields)
+        return ChunkResult(cid, "ok", _serialise(values, dt))
+    except HsdsBackendsError as exc:
+        if cid not in str(exc):
+            exc.args = (f"chunk {cid}: {exc}", *exc.args[1:])
+        raise
+
+
+def _points(task: ChunkTask, meta: DatasetMeta, chunk: np.ndarray[Any, Any]) -> bytes:
+    from .ids import chunk_index
+
+    assert task.points is not None
+    origin = np.asarray(chunk_index(task.chunk_id), dtype=np.int64) * np.asarray(meta.chunks, dtype=np.int64)
+    rel = task.points.astype(np.int64) - origin
+    bad = np.nonzero(((rel < 0) | (rel >= np.asarray(meta.chunks))).any(axis=1))[0]
+    if bad.size:
+        p = task.points[int(bad[0])].tolist()
+        raise SelectionError(f"point {p} does not lie in chunk {task.chunk_id} (chunk origin {origin.tolist()}, chunk dims {list(meta.chunks)})")
+    values = chunk[tuple(rel.T)]
+    values, dt = _project(meta, values, task.fields)
+    return _serialise(values, dt)
+
+
+def _query(task: ChunkTask, meta: DatasetMeta, chunk: np.ndarray[Any, Any], sel: Hyperslab) -> bytes:
+    from .ids import chunk_index
+
+    if meta.rank != 1 or meta.dtype.names is None:
+        raise TaskError(f"query needs a 1-d compound (table) dataset; this dataset has shape {list(meta.shape)} and type {meta.dtype}")
+    dim = sel.dims[0]
+    if not isinstance(dim, Slice):
+        raise SelectionError(f"a query's select must be a range like '[0:100:2]', got {task.select!r}")
+    q = _parsed_query(task.query or "", meta.dtype)
+    rows = _typed(meta, chunk)[dim.start : dim.stop : dim.step]
+    hits = np.nonzero(q.evaluate(rows))[0]
+    if task.limit:
+        hits = hits[: task.limit]
+    qdt = query_dtype(meta.dtype, task.fields)
+    out = np.empty(hits.size, dtype=qdt)
+    origin = chunk_index(task.chunk_id)[0] * meta.chunks[0]
+    # absolute row = chunk origin + start + k·step (HSDS master mis-reports this, §5.3; we do not)
+    out[qdt.names[0]] = origin + dim.start + hits.astype(np.uint64) * dim.step  # type: ignore[index]
+    picked = rows[hits]
+    for f in qdt.names[1:]:  # type: ignore[index]
+        out[f] = picked[f]
+    return _serialise(out, qdt)

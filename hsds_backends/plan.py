@@ -1,0 +1,288 @@
+"""Planning and assembly: a selection becomes chunk tasks, chunk results become the answer.
+
+:func:`plan_hyperslab`, :func:`plan_points` and :func:`plan_query` turn a
+selection into a :class:`ReadPlan`: chunk tasks (hsds-format.md §1.3
+``getChunkIds`` / ``getChunkSelection``) plus where each result lands.
+:class:`Assembler` places results into the output, filling missing chunks with
+the fill value (§3.4), merging query rows in index order and applying a global
+``Limit``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from .errors import QueryError, SelectionError, TaskError
+from .selection import Coords, Hyperslab, Slice, check_points, dim_cuts, format_select
+from .tasks import ChunkResult, ChunkTask, field_dtype, query_dtype
+from .vlen import decode_vlen
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .dataset import DatasetMeta
+
+__all__ = ["ReadPlan", "plan_hyperslab", "plan_points", "plan_query", "Assembler"]
+
+PlanKind = Literal["hyperslab", "points", "query"]
+
+
+@dataclass
+class ReadPlan:
+    """Chunk tasks for one read plus where each result lands.
+
+    ``placements[i]`` belongs to ``tasks[i]``: a tuple of per-dim output
+    indexers (hyperslab), an int array of output positions (points), or
+    ``None`` (query: rows are merged in task order, which is index order).
+    """
+
+    meta: DatasetMeta
+    kind: PlanKind
+    tasks: list[ChunkTask]
+    placements: list[Any]
+    block_shape: tuple[int, ...]
+    result_shape: tuple[int, ...]
+    out_dtype: np.dtype[Any]
+    fields: tuple[str, ...] | None = None
+    limit: int | None = None
+    num_points: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_chunks(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the result (0 for queries, whose size is unknown until run)."""
+        if self.kind == "query" or self.out_dtype.hasobject:
+            return 0
+        return math.prod(self.block_shape) * self.out_dtype.itemsize
+
+    @property
+    def max_task_bytes(self) -> int:
+        """Upper bound on one task's result bytes (vlen and query: a whole chunk's worth)."""
+        return self.meta.chunk_nbytes if self.meta.itemsize else math.prod(self.meta.chunks) * 128
+
+
+def _norm_fields(fields: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    if fields is None:
+        return None
+    if isinstance(fields, str):
+        fields = [f for f in fields.replace(":", ",").split(",") if f.strip()]
+    t = tuple(f.strip() for f in fields)
+    return t or None
+
+
+def plan_hyperslab(meta: DatasetMeta, sel: Hyperslab, fields: Sequence[str] | str | None = None) -> ReadPlan:
+    """Plan a hyperslab read of ``sel`` (optionally projected onto ``fields``)."""
+    flds = _norm_fields(fields)
+    out_dtype = field_dtype(meta.dtype, flds)
+    if meta.is_scalar:
+        sel = Hyperslab((Slice(0, 1, 1),), (True,))
+    if len(sel.dims) != len(meta.data_shape):
+        raise SelectionError(f"selection has rank {len(sel.dims)}, the dataset has rank {meta.rank}")
+    per_dim = [dim_cuts(d, c) for d, c in zip(sel.dims, meta.chunks, strict=True)]
+    tasks: list[ChunkTask] = []
+    placements: list[Any] = []
+    for combo in itertools.product(*per_dim):
+        index = tuple(c.index for c in combo)
+        cid = meta.chunk_id(index)
+        tasks.append(
+            ChunkTask(cid, meta, meta.location(index, cid), "hyperslab", format_select([c.chunk for c in combo]), fields=flds)
+        )
+        placements.append(tuple(c.out for c in combo))
+    return ReadPlan(meta, "hyperslab", tasks, placements, sel.shape, sel.result_shape, out_dtype, flds)
+
+
+def plan_points(meta: DatasetMeta, points: Any, fields: Sequence[str] | str | None = None) -> ReadPlan:
+    """Plan a point read: group (N, rank) absolute coordinates by chunk (§5.2)."""
+    flds = _norm_fields(fields)
+    out_dtype = field_dtype(meta.dtype, flds)
+    pts = check_points(points, meta.shape)
+    n = pts.shape[0]
+    tasks: list[ChunkTask] = []
+    placements: list[Any] = []
+    if n:
+        cidx = pts.astype(np.int64) // np.asarray(meta.chunks, dtype=np.int64)
+        lin = np.ravel_multi_index(tuple(cidx.T), meta.chunk_grid)
+        order = np.argsort(lin, kind="stable")
+        uniq, starts = np.unique(lin[order], return_index=True)
+        ends = [*starts[1:].tolist(), n]
+        for u, s, e in zip(uniq.tolist(), starts.tolist(), ends, strict=True):
+            pos = order[s:e]
+            index = tuple(int(i) for i in np.unravel_index(u, meta.chunk_grid))
+            cid = meta.chunk_id(index)
+            tasks.append(ChunkTask(cid, meta, meta.location(index, cid), "points", points=pts[pos], fields=flds))
+            placements.append(pos)
+    return ReadPlan(meta, "points", tasks, placements, (n,), (n,), out_dtype, flds, num_points=n)
+
+
+def plan_query(
+    meta: DatasetMeta,
+    query: str,
+    sel: Hyperslab | None = None,
+    limit: int | None = None,
+    fields: Sequence[str] | str | None = None,
+) -> ReadPlan:
+    """Plan a query over a 1-d compound dataset, optionally within a stepped range (§5.3).
+
+    The query text is parsed here, so a bad query fails before any chunk is read.
+    """
+    from .query import parse_query
+
+    if meta.rank != 1 or meta.dtype.names is None:
+        raise QueryError(
+            f"query {query!r} needs a 1-d compound (table) dataset; this dataset has shape {list(meta.shape)} and type {meta.dtype}"
+        )
+    parsed = parse_query(query, meta.dtype)
+    flds = _norm_fields(fields)
+    qdt = query_dtype(meta.dtype, flds)
+    if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 0):
+        raise QueryError(f"Limit {limit!r} must be a non-negative integer (0 = no limit)")
+    sel = sel or Hyperslab.all(meta.shape)
+    dim = sel.dims[0]
+    if not isinstance(dim, Slice):
+        raise SelectionError("a query's selection must be a range like [0:1000:2], not a coordinate list")
+    tasks: list[ChunkTask] = []
+    for cut in dim_cuts(dim, meta.chunks[0]):
+        cid = meta.chunk_id((cut.index,))
+        tasks.append(
+            ChunkTask(
+                cid, meta, meta.location((cut.index,), cid), "query", format_select([cut.chunk]),
+                fields=flds, query=parsed.to_wire(), limit=int(limit) if limit else None,
+            )
+        )
+    return ReadPlan(meta, "query", tasks, [None] * len(tasks), (0,), (0,), qdt, flds, int(limit) if limit else None, extra={"query": parsed})
+
+
+class Assembler:
+    """Place chunk results into the output of a :class:`ReadPlan`.
+
+    Call :meth:`add` once per task (any order, any thread-free context), then
+    :meth:`result`. Missing chunks are filled with the (projected) fill value.
+    """
+
+    def __init__(self, plan: ReadPlan) -> None:
+        self.plan = plan
+        dt = plan.out_dtype
+        self._vlen = dt.hasobject
+        self._rows: list[np.ndarray[Any, Any] | None] = [None] * len(plan.tasks) if plan.kind == "query" else []
+        if plan.kind == "query":
+            self._out = None
+        elif self._vlen:
+            self._out = np.empty(plan.block_shape, dtype=dt)
+        else:
+            self._out = np.empty(plan.block_shape, dtype=f"V{dt.itemsize}")
+        self._fill_value: np.ndarray[Any, Any] | None = None
+        self.filled = 0
+        self.bytes_returned = 0
+
+    # -------------------------------------------------------------- helpers
+    def _fill(self) -> np.ndarray[Any, Any]:
+        if self._fill_value is None:
+            meta = self.plan.meta
+            fe = meta.fill_element
+            if self.plan.fields:
+                proj = np.empty((), dtype=self.plan.out_dtype)
+                for f in self.plan.fields:
+                    proj[f] = fe[f]
+                fe = proj
+            self._fill_value = fe if self._vlen else fe.reshape(1).view(f"V{self.plan.out_dtype.itemsize}").reshape(())
+        return self._fill_value
+
+    def _values(self, data: bytes | bytearray | memoryview, shape: tuple[int, ...], cid: str) -> np.ndarray[Any, Any]:
+        dt = self.plan.out_dtype
+        n = math.prod(shape)
+        if self._vlen:
+            try:
+                return decode_vlen(data, dt, n).reshape(shape)
+            except ValueError as exc:
+                raise TaskError(f"chunk {cid}: result holds malformed variable-length data: {exc}") from exc
+        if len(data) != n * dt.itemsize:
+            raise TaskError(f"chunk {cid}: result has {len(data)} bytes, expected {n * dt.itemsize} ({n} × {dt.itemsize})")
+        return np.frombuffer(data, dtype=f"V{dt.itemsize}").reshape(shape)
+
+    # ----------------------------------------------------------------- API
+    def add(self, i: int, res: ChunkResult) -> None:
+        """Place the result of ``plan.tasks[i]``."""
+        plan = self.plan
+        place = plan.placements[i]
+        self.bytes_returned += len(res.data)
+        if plan.kind == "query":
+            if res.status == "missing":  # a remote executor may still say 404 for "no rows"
+                self._rows[i] = np.empty(0, dtype=plan.out_dtype)
+            else:
+                qdt = plan.out_dtype
+                if self._vlen:
+                    self._rows[i] = decode_vlen(res.data, qdt, _count_rows(res.data, qdt))
+                else:
+                    if len(res.data) % qdt.itemsize:
+                        raise TaskError(f"chunk {res.chunk_id}: query result of {len(res.data)} bytes is not whole rows of {qdt.itemsize}")
+                    self._rows[i] = np.frombuffer(res.data, dtype=qdt)
+            return
+        out = self._out
+        assert out is not None
+        if plan.kind == "points":
+            if res.status == "missing":
+                out[place] = self._fill()
+                self.filled += 1
+            else:
+                out[place] = self._values(res.data, (len(place),), res.chunk_id)
+            return
+        idx = _outer(place)
+        if res.status == "missing":
+            out[idx] = self._fill()
+            self.filled += 1
+        else:
+            shape = tuple(len(p) if isinstance(p, np.ndarray) else (p.stop - p.start) for p in place)
+            out[idx] = self._values(res.data, shape, res.chunk_id)
+
+    def result(self) -> np.ndarray[Any, Any]:
+        """Return the assembled array (or query rows)."""
+        plan = self.plan
+        if plan.kind == "query":
+            parts = [r for r in self._rows if r is not None and r.size]
+            rows = np.concatenate(parts) if parts else np.empty(0, dtype=plan.out_dtype)
+            if plan.limit:
+                rows = rows[: plan.limit]
+            return rows
+        out = self._out
+        assert out is not None
+        if not self._vlen:
+            out = out.view(plan.out_dtype) if plan.out_dtype.subdtype is None else _view_subarray(out, plan.out_dtype)
+        return out.reshape(plan.result_shape + out.shape[len(plan.block_shape) :])
+
+
+def _view_subarray(out: np.ndarray[Any, Any], dt: np.dtype[Any]) -> np.ndarray[Any, Any]:
+    base, dims = dt.subdtype  # type: ignore[misc]
+    return out.view(base).reshape(out.shape + tuple(dims))
+
+
+def _outer(place: tuple[Any, ...]) -> tuple[Any, ...]:
+    if not any(isinstance(p, np.ndarray) for p in place):
+        return place
+    arrays = [p if isinstance(p, np.ndarray) else np.arange(p.start, p.stop) for p in place]
+    return np.ix_(*arrays)
+
+
+def _count_rows(data: bytes | bytearray | memoryview, dt: np.dtype[Any]) -> int:
+    """Count vlen-encoded rows by walking the byte stream once."""
+    from .vlen import _decoder
+
+    buf = memoryview(data).cast("B")
+    dec = _decoder(dt)
+    pos = n = 0
+    while pos < len(buf):
+        _, pos = dec(buf, pos)
+        n += 1
+    return n
+
+
+def coords_of(sel: Hyperslab) -> list[Coords]:  # pragma: no cover - helper for callers
+    return [d for d in sel.dims if isinstance(d, Coords)]

@@ -1,0 +1,332 @@
+"""Write domains and datasets in HSDS's storage format (for tests, demos and benchmarks).
+
+Objects go where HSDS puts them (hsds-format.md §1.2): folder and domain
+``.domain.json``, the root group ``db/<root>/.group.json``, dataset JSON and
+chunk objects; chunk bytes are encoded as HSDS encodes them (§3.3 write side,
+via :func:`hsds_backends.codecs.encode_chunk`). A read never calls this module.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .codecs import encode_chunk, encode_linked_chunk, filter_ops
+from .dataset import DatasetMeta
+from .dtypes import type_json_from_dtype
+from .errors import DatasetJsonError, SelectionError
+from .ids import chunk_id, chunk_key, domain_key, new_object_id, new_root_id, object_key
+from .storage import Storage, check_bucket
+from .vlen import encode_vlen
+
+__all__ = ["Writer", "normalize_filters", "FILTER_NAMES"]
+
+#: Filter name → the object HSDS stores in ``creationProperties.filters`` (§2.4).
+FILTER_NAMES: dict[str, dict[str, Any]] = {
+    "gzip": {"class": "H5Z_FILTER_DEFLATE", "id": 1, "name": "gzip"},
+    "deflate": {"class": "H5Z_FILTER_DEFLATE", "id": 1, "name": "gzip"},
+    "shuffle": {"class": "H5Z_FILTER_SHUFFLE", "id": 2, "name": "shuffle"},
+    "fletcher32": {"class": "H5Z_FILTER_FLETCHER32", "id": 3, "name": "fletcher32"},
+    "blosclz": {"class": "H5Z_FILTER_BLOSC", "id": 32001, "name": "blosclz"},
+    "lz4": {"class": "H5Z_FILTER_LZ4", "id": 32004, "name": "lz4"},
+    "lz4hc": {"class": "H5Z_FILTER_LZ4HC", "id": 32005, "name": "lz4hc"},
+    "bitshuffle": {"class": "H5Z_FILTER_BITSHUFFLE", "id": 32008, "name": "bitshuffle"},
+    "zstd": {"class": "H5Z_FILTER_ZSTD", "id": 32015, "name": "zstd"},
+}
+_COMPRESSORS = {"gzip", "deflate", "blosclz", "lz4", "lz4hc", "zstd"}
+
+
+def normalize_filters(filters: Iterable[Any] | None) -> list[dict[str, Any]]:
+    """Return HSDS's stored filter objects for names like ``"gzip"``, ``("gzip", 4)``, or filter dicts."""
+    out: list[dict[str, Any]] = []
+    for f in filters or ():
+        level = None
+        if isinstance(f, tuple):
+            f, level = f
+        if isinstance(f, dict):
+            out.append(dict(f))
+            continue
+        name = str(f).lower()
+        if name not in FILTER_NAMES:
+            raise DatasetJsonError(f"unknown filter {f!r}; choose from {sorted(FILTER_NAMES)}")
+        item = dict(FILTER_NAMES[name])
+        if name in _COMPRESSORS:
+            item["level"] = 5 if level is None else int(level)
+        out.append(item)
+    return out
+
+
+def _now() -> float:
+    return time.time()
+
+
+class Writer:
+    """Create folders, domains, groups and datasets in ``bucket`` of ``storage``.
+
+    Parameters
+    ----------
+    storage
+        Where to write.
+    bucket
+        Bucket (posix: a folder under ``root_dir``).
+    owner
+        Owner recorded in domain ACLs (HSDS user name).
+    """
+
+    def __init__(self, storage: Storage, bucket: str = "hsdstest", *, owner: str = "admin") -> None:
+        self.storage = storage
+        self.bucket = check_bucket(bucket)
+        self.owner = owner
+
+    async def _put_json(self, key: str, obj: Mapping[str, Any]) -> None:
+        await self.storage.put(self.bucket, key, json.dumps(obj).encode())
+
+    async def _get_json(self, key: str) -> Any:
+        raw = await self.storage.get(self.bucket, key)
+        return None if raw is None else json.loads(raw)
+
+    def _acls(self) -> dict[str, Any]:
+        full = {k: True for k in ("create", "read", "update", "delete", "readACL", "updateACL")}
+        default = {k: k == "read" for k in full}
+        return {self.owner: full, "default": default}
+
+    async def create_domain(self, domain: str, *, folders: bool = True) -> str:
+        """Create ``domain`` (and its parent folders) unless it exists; return its root group id."""
+        key = domain_key(domain)
+        existing = await self._get_json(key)
+        if existing and existing.get("root"):
+            return str(existing["root"])
+        if folders:
+            parts = domain.strip("/").split("/")
+            for i in range(1, len(parts)):
+                fkey = domain_key("/" + "/".join(parts[:i]))
+                if await self._get_json(fkey) is None:
+                    t = _now()
+                    await self._put_json(fkey, {"owner": self.owner, "acls": self._acls(), "created": t, "lastModified": t})
+        root = new_root_id()
+        t = _now()
+        await self._put_json(object_key(root), {"id": root, "root": root, "created": t, "lastModified": t, "links": {}, "attributes": {}})
+        await self._put_json(key, {"root": root, "owner": self.owner, "acls": self._acls(), "created": t, "lastModified": t})
+        return root
+
+    async def _link(self, domain: str, h5path: str, obj_id: str) -> None:
+        """Link ``obj_id`` at ``h5path``, creating intermediate groups."""
+        root = await self.create_domain(domain)
+        parts = [p for p in h5path.split("/") if p]
+        if not parts:
+            raise SelectionError(f"h5path {h5path!r} is empty; give a name such as '/dset'")
+        gid = root
+        for i, name in enumerate(parts):
+            gkey = object_key(gid)
+            group = await self._get_json(gkey)
+            links = group.setdefault("links", {})
+            last = i == len(parts) - 1
+            if name in links:
+                if last:
+                    raise DatasetJsonError(f"{h5path!r} already exists in domain {domain!r}")
+                gid = links[name]["id"]
+                continue
+            t = _now()
+            target = obj_id if last else new_object_id("g", root)
+            links[name] = {"class": "H5L_TYPE_HARD", "id": target, "title": name, "created": t}
+            group["lastModified"] = t
+            await self._put_json(gkey, group)
+            if not last:
+                await self._put_json(object_key(target), {"id": target, "root": root, "created": t, "lastModified": t, "links": {}, "attributes": {}})
+            gid = target
+
+    async def create_dataset(
+        self,
+        domain: str,
+        h5path: str,
+        data: Any = None,
+        *,
+        shape: Sequence[int] | None = None,
+        dtype: Any = None,
+        chunks: Sequence[int] | None = None,
+        filters: Iterable[Any] | None = None,
+        fillvalue: Any = None,
+        skip_chunk: Callable[[tuple[int, ...]], bool] | None = None,
+        write_fill_chunks: bool = True,
+        layout_style: str = "master",
+        partition_count: int | None = None,
+    ) -> DatasetMeta:
+        """Create a chunked dataset and write ``data`` into chunk objects.
+
+        Parameters
+        ----------
+        data
+            Array to store (``None``: no chunks are written; all reads give fill).
+        shape, dtype
+            Needed when ``data`` is ``None``; ``shape=()`` makes a scalar dataset.
+        chunks
+            Chunk dims (default: the whole shape).
+        filters
+            Names (``"gzip"``, ``("gzip", 4)``, ``"shuffle"``, ``"lz4"``, ...) or HSDS filter objects.
+        fillvalue
+            Fill value (stored in ``creationProperties.fillValue``).
+        skip_chunk
+            Return True for chunk indices to leave unwritten (they read as fill).
+        write_fill_chunks
+            When False, chunks whose every element equals the fill value are not written.
+        layout_style
+            ``"master"`` writes top-level ``layout`` and ``creationProperties.layout``;
+            ``"1.0.2"`` writes only ``creationProperties.layout`` (§2.3).
+        partition_count
+            Spread chunk keys over ``p<N>/`` folders (§1.4).
+        """
+        arr = None if data is None else np.asarray(data, dtype=dtype)
+        dt = np.dtype(dtype) if dtype is not None else (arr.dtype if arr is not None else np.dtype("<f4"))
+        if arr is not None:
+            dt = arr.dtype
+            shape = arr.shape
+        if shape is None:
+            raise DatasetJsonError("pass data or a shape")
+        shape = tuple(int(s) for s in shape)
+        dshape = shape or (1,)
+        chunks = tuple(int(c) for c in (chunks or dshape))
+        if len(chunks) != len(dshape) or any(c < 1 for c in chunks):
+            raise DatasetJsonError(f"chunks {list(chunks)} do not fit shape {list(shape)}")
+        root = await self.create_domain(domain)
+        did = new_object_id("d", root)
+        flist = normalize_filters(filters)
+        cp: dict[str, Any] = {"layout": {"class": "H5D_CHUNKED", "dims": list(chunks)}, "filters": flist}
+        if fillvalue is not None:
+            cp.update(_fill_json(fillvalue, dt))
+        t = _now()
+        dj: dict[str, Any] = {
+            "id": did,
+            "root": root,
+            "created": t,
+            "lastModified": t,
+            "type": type_json_from_dtype(dt),
+            "shape": {"class": "H5S_SCALAR"} if not shape else {"class": "H5S_SIMPLE", "dims": list(shape), "maxdims": list(shape)},
+            "attributes": {},
+            "creationProperties": cp,
+        }
+        if layout_style == "master":
+            dj["layout"] = {"class": "H5D_CHUNKED", "dims": list(chunks)}
+            if partition_count:
+                dj["layout"]["partition_count"] = int(partition_count)
+        elif partition_count:
+            cp["layout"]["partition_count"] = int(partition_count)
+        meta = DatasetMeta.from_json(dj, self.bucket)
+        await self._put_json(object_key(did), dj)
+        await self._link(domain, h5path, did)
+        if arr is not None:
+            await self._write_chunks(meta, arr.reshape(dshape), skip_chunk, write_fill_chunks)
+        return meta
+
+    async def _write_chunks(self, meta: DatasetMeta, arr: np.ndarray[Any, Any], skip_chunk: Callable[[tuple[int, ...]], bool] | None, write_fill: bool) -> None:
+        fill = meta.fill_element
+        ops = meta.ops
+        for index in itertools.product(*(range(n) for n in meta.chunk_grid)):
+            if skip_chunk is not None and skip_chunk(index):
+                continue
+            region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, meta.chunks, meta.data_shape, strict=True))
+            block = np.empty(meta.chunks, dtype=meta.dtype)
+            block[...] = fill[()] if not meta.is_vlen or meta.dtype.names is None else fill
+            part = arr[region]
+            block[tuple(slice(0, n) for n in part.shape)] = part
+            if not write_fill and _all_fill(part, fill):
+                continue
+            raw = encode_vlen(block, meta.dtype) if meta.is_vlen else block.tobytes()
+            enc = encode_chunk(raw, ops, itemsize=1 if meta.is_vlen else meta.dtype.itemsize)
+            await self.storage.put(self.bucket, chunk_key(chunk_id(meta.id, index, meta.partition_count)), enc)
+
+    async def create_linked_dataset(
+        self,
+        domain: str,
+        h5path: str,
+        data: Any,
+        *,
+        file_key: str,
+        layout: str = "H5D_CHUNKED_REF",
+        chunks: Sequence[int] | None = None,
+        filters: Iterable[Any] | None = None,
+        fillvalue: Any = None,
+        skip_chunk: Callable[[tuple[int, ...]], bool] | None = None,
+        header_bytes: int = 2048,
+    ) -> DatasetMeta:
+        """Write ``data`` into a linked "HDF5-like" file and a reference-layout dataset (§3.5).
+
+        The file holds ``header_bytes`` of padding, then each chunk as HDF5's
+        filter pipeline would store it (shuffle → zlib → fletcher32), and the
+        dataset JSON points into it with ``H5D_CHUNKED_REF`` offsets/sizes or an
+        ``H5D_CONTIGUOUS_REF`` offset/size (contiguous data is unfiltered).
+        """
+        arr = np.asarray(data)
+        dt = arr.dtype
+        shape = arr.shape
+        root = await self.create_domain(domain)
+        did = new_object_id("d", root)
+        flist = normalize_filters(filters)
+        blob = bytearray(header_bytes)
+        cp_layout: dict[str, Any] = {"class": layout, "file_uri": f"{self.bucket}/{file_key}"}
+        if layout == "H5D_CONTIGUOUS_REF":
+            cp_layout.update({"offset": len(blob), "size": arr.nbytes})
+            blob += arr.tobytes()
+            dims = None
+        elif layout == "H5D_CHUNKED_REF":
+            dims = tuple(int(c) for c in (chunks or shape))
+            table: dict[str, list[int]] = {}
+            ops = filter_ops(flist)
+            grid = [-(-s // c) for s, c in zip(shape, dims, strict=True)]
+            for index in itertools.product(*(range(n) for n in grid)):
+                if skip_chunk is not None and skip_chunk(index):
+                    continue
+                block = np.zeros(dims, dtype=dt)
+                if fillvalue is not None:
+                    block[...] = fillvalue
+                region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, dims, shape, strict=True))
+                part = arr[region]
+                block[tuple(slice(0, n) for n in part.shape)] = part
+                enc = encode_linked_chunk(block.tobytes(), ops, itemsize=dt.itemsize)
+                table["_".join(map(str, index))] = [len(blob), len(enc)]
+                blob += enc
+            cp_layout.update({"dims": list(dims), "chunks": table})
+        else:
+            raise DatasetJsonError(f"layout {layout!r} must be 'H5D_CHUNKED_REF' or 'H5D_CONTIGUOUS_REF'")
+        await self.storage.put(self.bucket, file_key, bytes(blob))
+        cp: dict[str, Any] = {"layout": cp_layout, "filters": flist}
+        if fillvalue is not None:
+            cp.update(_fill_json(fillvalue, dt))
+        t = _now()
+        dj: dict[str, Any] = {
+            "id": did, "root": root, "created": t, "lastModified": t,
+            "type": type_json_from_dtype(dt),
+            "shape": {"class": "H5S_SIMPLE", "dims": list(shape), "maxdims": list(shape)},
+            "attributes": {}, "creationProperties": cp,
+        }
+        if dims is not None:
+            dj["layout"] = {"class": "H5D_CHUNKED", "dims": list(dims)}
+        meta = DatasetMeta.from_json(dj, self.bucket)
+        if dims is None:
+            dj["layout"] = {"class": "H5D_CHUNKED", "dims": list(meta.chunks)}
+        await self._put_json(object_key(did), dj)
+        await self._link(domain, h5path, did)
+        return meta
+
+
+def _fill_json(fillvalue: Any, dt: np.dtype[Any]) -> dict[str, Any]:
+    """Fill value as HSDS stores it (§2.4): JSON for ints/floats, base64 of the element otherwise."""
+    if dt.hasobject:
+        raise DatasetJsonError("variable-length datasets cannot have a fill value here; their elements read as empty")
+    fv = np.asarray(fillvalue, dtype=dt)
+    if dt.kind in "iuf" and dt.names is None and dt.subdtype is None:
+        return {"fillValue": fv.item()}
+    import base64
+
+    return {"fillValue": base64.b64encode(fv.tobytes()).decode(), "fillValue_encoding": "base64"}
+
+
+def _all_fill(part: np.ndarray[Any, Any], fill: np.ndarray[Any, Any]) -> bool:
+    if part.dtype.hasobject:
+        return False
+    a = np.ascontiguousarray(part).view(np.uint8).reshape(-1, part.dtype.itemsize) if part.size else np.empty((0, part.dtype.itemsize), np.uint8)
+    return bool((a == np.frombuffer(fill.tobytes(), np.uint8)).all())

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One entry point for users and CI: sets up .venv (idempotently), then runs a job.
+#   bash scripts/run.sh demo [ARGS...]   write a sample domain and read it through every installed backend
+#   bash scripts/run.sh test [PYTEST ARGS...]   run the test suite (starts moto server and real HSDS itself)
+#   bash scripts/run.sh bench [ARGS...]  run the benchmark script
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PY=${PYTHON:-python3}
+VENV="$ROOT/.venv"
+job=${1:-demo}; shift || true
+
+extras="test"
+[ "$job" = "bench" ] && extras="test,bench"
+# every distribution in this repository: the core plus backends/* that exist
+pkgs=("-e" "$ROOT[$extras]")
+for d in "$ROOT"/backends/*/; do
+  [ -f "$d/pyproject.toml" ] && pkgs+=("-e" "$d")
+done
+stamp="$VENV/.installed-$(cat "$ROOT"/pyproject.toml "$ROOT"/backends/*/pyproject.toml 2>/dev/null | { sha1sum 2>/dev/null || shasum; } | cut -c1-12)-$extras"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+if [ ! -f "$stamp" ]; then
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q "${pkgs[@]}"
+  rm -f "$VENV"/.installed-*
+  touch "$stamp"
+fi
+
+case "$job" in
+  demo)  exec "$VENV/bin/hsds-backends" demo "$@" ;;
+  test)  exec "$VENV/bin/python" -m pytest "$@" ;;
+  bench) exec "$VENV/bin/python" benchmarks/bench.py "$@" ;;
+  *) echo "usage: bash scripts/run.sh demo|test|bench [ARGS...]" >&2; exit 2 ;;
+esac
