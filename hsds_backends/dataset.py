@@ -208,7 +208,7 @@ class DatasetMeta:
 
     @cached_property
     def ops(self) -> FilterOps:
-        return filter_ops(list(self.filters), is_vlen=self.is_vlen)
+        return filter_ops(list(self.filters), is_vlen=self.is_vlen, linked=self.layout_class != "H5D_CHUNKED")
 
     @property
     def fill_element(self) -> np.ndarray[Any, Any]:

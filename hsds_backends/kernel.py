@@ -91,7 +91,10 @@ def _index(hs: Hyperslab) -> tuple[Any, ...]:
 def _fill_chunk(meta: DatasetMeta) -> np.ndarray[Any, Any]:
     if meta.is_vlen:
         arr = np.empty(meta.chunks, dtype=meta.dtype)
-        arr[...] = meta.fill_element[()] if meta.dtype.names is None else meta.fill_element
+        if meta.dtype.names is None:
+            arr.fill(meta.fill_element[()])  # an element may itself be an array: no broadcasting
+        else:
+            arr[...] = meta.fill_element
         return arr
     fill = meta.fill_element.reshape(1).view(f"V{meta.dtype.itemsize}")
     return np.broadcast_to(fill, meta.chunks)

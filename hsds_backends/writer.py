@@ -230,7 +230,10 @@ class Writer:
                 continue
             region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, meta.chunks, meta.data_shape, strict=True))
             block = np.empty(meta.chunks, dtype=meta.dtype)
-            block[...] = fill[()] if not meta.is_vlen or meta.dtype.names is None else fill
+            if meta.is_vlen and meta.dtype.names is None:
+                block.fill(fill[()])  # an element may itself be an array (vlen of ints): no broadcasting
+            else:
+                block[...] = fill
             part = arr[region]
             block[tuple(slice(0, n) for n in part.shape)] = part
             if not write_fill and _all_fill(part, fill):

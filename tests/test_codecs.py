@@ -55,7 +55,7 @@ def hdf5_shuffle(raw: bytes, itemsize: int) -> bytes:
 def bshuf_framed(arr: np.ndarray, block: int) -> bytes:
     """The HDF5 bitshuffle+LZ4 framing, built with the bitshuffle package itself."""
     bitshuffle = pytest.importorskip("bitshuffle")
-    body = bitshuffle.compress_lz4(arr, block).tobytes()
+    body: bytes = bitshuffle.compress_lz4(arr, block).tobytes()
     return struct.pack(">QI", arr.nbytes, block * arr.itemsize) + body
 
 
@@ -83,7 +83,7 @@ def test_known_filters_match_hsds_filter_defs() -> None:
         ["H5Z_FILTER_SHUFFLE", {"class": "H5Z_FILTER_DEFLATE", "id": 1}],
     ],
 )
-def test_filter_ops_normalises_every_item_form(filters: list) -> None:
+def test_filter_ops_normalises_every_item_form(filters: list[object]) -> None:
     expected = FilterOps(compressor="zlib", level=5, shuffle=1, fletcher32=False, unsupported=None)
     assert filter_ops(filters) == expected
     assert filter_ops(list(reversed(filters))) == expected
@@ -230,6 +230,14 @@ def test_decode_accepts_any_buffer(wrap: type) -> None:
     ops = filter_ops(["gzip", "shuffle"])
     stored = encode_chunk(raw, ops, itemsize=2)
     assert decode(wrap(stored), ops, 2, len(raw)) == raw
+
+
+def test_decode_counts_bytes_of_typed_memoryviews() -> None:
+    arr = np.arange(64, dtype="<u4")
+    raw = arr.tobytes()
+    assert decode(memoryview(arr.data), filter_ops([]), 4, len(raw)) == raw
+    assert decode(np.frombuffer(hdf5_shuffle(raw, 4), "<u4").data, filter_ops([2]), 4, len(raw),
+                  linked=True) == raw
 
 
 # ----------------------------------------------------------------------------- Blosc and zlib
@@ -413,6 +421,13 @@ def test_linked_chunk_too_short_for_fletcher32() -> None:
         decode(b"ab", filter_ops(["fletcher32"]), 1, 2, linked=True)
 
 
+def test_fletcher32_of_an_empty_payload_is_zero() -> None:
+    # numcodecs' Fletcher32 cannot take an empty payload; HDF5's checksum of nothing is 0.
+    assert decode(b"\0\0\0\0", filter_ops(["fletcher32"]), 1, 0, linked=True) == b""
+    with pytest.raises(ChunkDecodeError, match=NAMES_CHUNK + ".*fletcher32"):
+        decode(b"\0\0\1\0", filter_ops(["fletcher32"]), 1, 0, linked=True)
+
+
 def with_fletcher32(body: bytes) -> bytes:
     return bytes(Fletcher32().encode(np.frombuffer(body, np.uint8)))
 
@@ -561,7 +576,7 @@ def test_non_blosc_data_for_blosc_compressor_raises(compressor: str) -> None:
 @pytest.mark.parametrize(("filters", "name"), [([32000], "lzf"), (["szip"], "szip"),
                                                ([2, "H5Z_FILTER_SNAPPY"], "snappy"),
                                                ([{"class": "H5Z_FILTER_USER", "id": 307}], "filter id 307")])
-def test_unsupported_filter_raises_at_decode(filters: list, name: str) -> None:
+def test_unsupported_filter_raises_at_decode(filters: list[object], name: str) -> None:
     ops = filter_ops(filters)
     with pytest.raises(UnsupportedFilterError, match=NAMES_CHUNK + f".*{name!r}.*supported filters: gzip"):
         decode(b"anything", ops, 4, 8)
@@ -585,7 +600,7 @@ def test_unsupported_filter_error_is_a_chunk_decode_error() -> None:
      ({"shuffle": True}, [2]),
      ({"fletcher32": True}, [3])],
 )
-def test_chunks_written_by_hdf5_decode_as_linked(tmp_path: Path, kwargs: dict,
+def test_chunks_written_by_hdf5_decode_as_linked(tmp_path: Path, kwargs: dict[str, bool | str],
                                                  filters: list[int]) -> None:
     # HDF5 runs the pipeline in this order: shuffle, deflate, fletcher32.
     h5py = pytest.importorskip("h5py")

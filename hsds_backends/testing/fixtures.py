@@ -1,0 +1,52 @@
+"""Pytest plugin with fixtures for services the tests need (``pytest_plugins = [...]``).
+
+- ``moto_server`` (session): a real moto S3 server on 127.0.0.1 in a subprocess.
+- ``s3_config``: config keys pointing at it, with a fresh bucket per test.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+
+from .moto import MotoServer
+
+__all__ = ["create_bucket", "moto_server", "s3_config"]
+
+
+def create_bucket(config: Mapping[str, Any], bucket: str) -> None:
+    """Create ``bucket`` on the S3 endpoint in ``config`` (test set-up only; reads never do this)."""
+    import botocore.session
+
+    session = botocore.session.get_session()
+    client = session.create_client(
+        "s3",
+        endpoint_url=config["aws_s3_gateway"],
+        region_name=config.get("aws_region") or "us-east-1",
+        aws_access_key_id=config.get("aws_access_key_id"),
+        aws_secret_access_key=config.get("aws_secret_access_key"),
+    )
+    try:
+        client.create_bucket(Bucket=bucket)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """A moto S3 server on 127.0.0.1 for the whole session."""
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_config(moto_server: MotoServer) -> dict[str, Any]:
+    """Config for the moto server with a fresh, empty bucket as ``bucket_name``."""
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    cfg = dict(moto_server.config())
+    create_bucket(cfg, bucket)
+    cfg["bucket_name"] = bucket
+    return cfg
