@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any, Final
@@ -43,6 +44,7 @@ __all__ = [
     "backend_names",
     "make_backend",
     "ENTRY_POINT_GROUP",
+    "build_plugin_manager",
 ]
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,8 @@ class _State:
 
 _lock = threading.Lock()
 _state: _State | None = None
+# every manager built here, so list_backends(pm)/make_backend(pm=pm) see its broken plugins too
+_STATES: weakref.WeakKeyDictionary[pluggy.PluginManager, _State] = weakref.WeakKeyDictionary()
 
 
 def _ep_dist(ep: EntryPoint) -> tuple[str, str]:
@@ -96,6 +100,19 @@ def _ep_dist(ep: EntryPoint) -> tuple[str, str]:
     if dist is None:
         return ("?", "?")
     return (dist.metadata["Name"] or "?", dist.version or "?")
+
+
+def build_plugin_manager(*, blocked: Iterable[str] = (), eps: Iterable[EntryPoint] | None = None) -> pluggy.PluginManager:
+    """Build a new plugin manager (the process-wide one is :func:`get_plugin_manager`).
+
+    Parameters
+    ----------
+    blocked
+        Plugin names to block before loading (like pytest's ``-p no:NAME``).
+    eps
+        Entry points to load instead of discovering the ``hsds_backends`` group.
+    """
+    return _build(blocked, eps).pm
 
 
 def _build(blocked: Iterable[str] = (), eps: Iterable[EntryPoint] | None = None) -> _State:
@@ -115,10 +132,14 @@ def _build(blocked: Iterable[str] = (), eps: Iterable[EntryPoint] | None = None)
         if pm.is_blocked(ep.name) or pm.has_plugin(ep.name):
             continue
         dist = _ep_dist(ep)
+        plugin: object = None
         try:
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
+            _check_hooks(pm, plugin, ep.name)
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
+            if plugin is not None and pm.is_registered(plugin):
+                pm.unregister(plugin)
             state.broken[ep.name] = exc
             warnings.warn(
                 f"skipping hsds_backends plugin {ep.name!r} ({ep.value}) from distribution {dist[0]!r}: "
@@ -140,7 +161,20 @@ def _build(blocked: Iterable[str] = (), eps: Iterable[EntryPoint] | None = None)
             lambda name, impls, kw: log.warning("hook %s(%s) -> %s", name, sorted(kw), [i.plugin_name for i in impls]),
             lambda outcome, name, impls, kw: None,
         )
+    _STATES[pm] = state
     return state
+
+
+def _check_hooks(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+    """Raise PluginError if ``plugin`` implements a hook that has no spec (a misspelling)."""
+    import difflib
+
+    specs = [n for n in dir(hookspecs) if n.startswith("hsds_backends_")]
+    for caller in pm.get_hookcallers(plugin) or ():
+        if not caller.has_spec():
+            close = difflib.get_close_matches(caller.name, specs, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; hooks are: {specs}"
+            raise PluginError(f"plugin {name!r} implements unknown hook {caller.name!r}{hint}")
 
 
 def _core_version() -> str:
@@ -189,10 +223,7 @@ def backend_names(pm: pluggy.PluginManager | None = None) -> list[str]:
 
 
 def _state_for(pm: pluggy.PluginManager) -> _State:
-    st = _state
-    if st is not None and st.pm is pm:
-        return st
-    return _State(pm)
+    return _STATES.get(pm) or _State(pm)
 
 
 def list_backends(pm: pluggy.PluginManager | None = None) -> list[BackendInfo]:
