@@ -206,6 +206,33 @@ def _write(root: Path, arr: np.ndarray[Any, Any], chunks: Any = (5, 5)) -> None:
     asyncio.run(Writer(PosixStorage(root)).create_dataset("/home/p/d.h5", "/x", arr, chunks=chunks))
 
 
+def test_estimate_cost_hook_can_be_overridden() -> None:
+    pm = plugins.build_plugin_manager(eps=())
+
+    class Site:
+        @hb.hookimpl
+        def hsds_backends_estimate_cost(self, backend: Any) -> hb.CostEstimate:
+            return hb.CostEstimate(123.0, 0.0, "site figure")
+
+    pm.register(Site(), name="site")
+    b = plugins.make_backend("inline", {}, pm)
+    from hsds_backends.selector import estimate
+
+    assert estimate(pm, b, None).seconds == 123.0  # type: ignore[arg-type]
+
+
+def test_core_imports_no_cloud_sdk_or_dask() -> None:
+    code = (
+        "import sys, hsds_backends, hsds_backends.api, hsds_backends.cli, hsds_backends.plugins;"
+        "hsds_backends.list_backends();"
+        "bad = [m for m in ('aiobotocore', 'botocore', 'boto3', 'dask', 'distributed', 'aiohttp', 'pytest') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "HSDS_BACKENDS_DISABLE_AUTOLOAD"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 # ------------------------------------------------------------- the hook contract
 
 
@@ -240,30 +267,3 @@ def test_hook_bodies_are_only_docstrings() -> None:
         src = inspect.getsource(getattr(hookspecs, name))
         body = src.split('"""')[-1].strip()
         assert body == "", f"{name} has a body beyond its docstring"
-
-
-def test_estimate_cost_hook_can_be_overridden() -> None:
-    pm = plugins.build_plugin_manager(eps=())
-
-    class Site:
-        @hb.hookimpl
-        def hsds_backends_estimate_cost(self, backend: Any) -> hb.CostEstimate:
-            return hb.CostEstimate(123.0, 0.0, "site figure")
-
-    pm.register(Site(), name="site")
-    b = plugins.make_backend("inline", {}, pm)
-    from hsds_backends.selector import estimate
-
-    assert estimate(pm, b, None).seconds == 123.0  # type: ignore[arg-type]
-
-
-def test_core_imports_no_cloud_sdk_or_dask() -> None:
-    code = (
-        "import sys, hsds_backends, hsds_backends.api, hsds_backends.cli, hsds_backends.plugins;"
-        "hsds_backends.list_backends();"
-        "bad = [m for m in ('aiobotocore', 'botocore', 'boto3', 'dask', 'distributed', 'aiohttp', 'pytest') if m in sys.modules];"
-        "print(bad); sys.exit(1 if bad else 0)"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "HSDS_BACKENDS_DISABLE_AUTOLOAD"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert r.returncode == 0, r.stdout + r.stderr
