@@ -71,7 +71,7 @@ import operator
 import re
 import string
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TypeAlias, Union
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TypeAlias
 
 import numpy
 
@@ -87,7 +87,7 @@ __all__ = ["MAX_NESTING", "Query", "parse_query"]
 MAX_NESTING: Final = 100
 """Deepest parenthesis nesting :func:`parse_query` accepts (keeps the parser off Python's recursion limit)."""
 
-_Scalar: TypeAlias = Union[int, float, str, bytes]
+_Scalar: TypeAlias = int | float | str | bytes
 _Category: TypeAlias = Literal["number", "bytes", "text"]
 
 _CMP: Final[dict[str, Callable[[Any, Any], Any]]] = {
@@ -172,13 +172,13 @@ class _Or:
 
 @dataclass(frozen=True, slots=True)
 class _Where:
-    field: _Field
+    column: _Field
     values: tuple[_Const, ...]
     pos: int = field(compare=False)
 
 
-_Cond: TypeAlias = Union[_Compare, _Not, _And, _Or]
-_Node: TypeAlias = Union[_Cond, _Field, _Const]
+_Cond: TypeAlias = _Compare | _Not | _And | _Or
+_Node: TypeAlias = _Cond | _Field | _Const
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,7 +281,7 @@ class Query:
             parts.append(_render(self._expr, top=True))
         if self._where is not None:
             values = ", ".join(_render_const(c.value) for c in self._where.values)
-            parts.append(f"where {self._where.field.name} in ({values})")
+            parts.append(f"where {self._where.column.name} in ({values})")
         return " ".join(parts)
 
 
@@ -340,7 +340,7 @@ def parse_query(text: str, dtype: DTypeLike) -> Query:
 class _Context:
     """The query text, for messages."""
 
-    __slots__ = ("text", "quoted")
+    __slots__ = ("quoted", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -521,7 +521,7 @@ def _category(dt: numpy.dtype[Any]) -> _Category | str:
     if kind == "U":
         return "text"
     if kind == "O":
-        vlen = (dt.metadata or {}).get("vlen")
+        vlen = dt.metadata.get("vlen") if dt.metadata else None
         if vlen is bytes:
             return "bytes"
         if vlen is str:
@@ -538,9 +538,7 @@ def _field_category(ctx: _Context, name: str, dt: numpy.dtype[Any], pos: int) ->
     cat = _category(dt)
     if cat in ("number", "bytes", "text"):
         return cat  # type: ignore[return-value]
-    raise ctx.error(
-        f"field {name!r} at position {pos} is {cat} ({dt}); queries compare numeric and string fields only"
-    )
+    raise ctx.error(f"field {name!r} at position {pos} is {cat} ({dt}); queries compare numeric and string fields only")
 
 
 def _describe(cat: _Category) -> str:
@@ -582,7 +580,7 @@ def _coerce(ctx: _Context, name: str, dt: numpy.dtype[Any], cat: _Category, cons
     return value
 
 
-def _to_float(value: int | float) -> float:
+def _to_float(value: float) -> float:
     """Convert like numpy would, but give infinities instead of OverflowError for huge ints."""
     if isinstance(value, float):
         return value
@@ -748,7 +746,7 @@ class _Parser:
         return _And(tuple(items), _pos(first))
 
     @staticmethod
-    def _extend(items: list[_Cond], node: _Cond, kind: type[_And] | type[_Or]) -> None:
+    def _extend(items: list[_Cond], node: _Cond, kind: type[_And | _Or]) -> None:
         # Flatten (a & b) & c into one chain so the tree stays shallow and to_wire is canonical.
         if isinstance(node, kind):
             items.extend(node.operands)
@@ -971,12 +969,12 @@ def _eval_compare(node: _Compare, rows: NDArray[Any], ctx: _Context) -> NDArray[
 
 
 def _eval_where(where: _Where, rows: NDArray[Any], ctx: _Context) -> NDArray[numpy.bool_]:
-    name = where.field.name
+    name = where.column.name
     col = rows[name]
     values = _where_array(ctx, name, col.dtype, where.values)
     if values is not None:
         return numpy.isin(col, values)
-    cat = _field_category(ctx, name, col.dtype, where.field.pos)
+    cat = _field_category(ctx, name, col.dtype, where.column.pos)
     mask = numpy.zeros(len(rows), dtype=bool)
     for const in where.values:
         try:

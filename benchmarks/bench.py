@@ -1,0 +1,1001 @@
+#!/usr/bin/env python
+"""Reproducible benchmark: hsds-backends vs real HSDS (h5pyd), zarr-python and TensorStore.
+
+One command::
+
+    python benchmarks/bench.py [--backends inline,...] [--repeat N] [--data-dir DIR]
+                               [--skip-hsds] [--skip-zarr] [--skip-tensorstore]
+                               [--json out.json] [--small]
+
+Data (generated once, cached in ``--data-dir``, default ``<repo>/bench-data``):
+
+* ``/grid``: float32 8192x8192, 512x512 chunks, filters ``shuffle`` + ``gzip`` level 4,
+  stored as HSDS stores it (a Blosc container with internal zlib per chunk), written by
+  :class:`hsds_backends.writer.Writer`. Values: a smooth field plus noise, rounded to
+  0.01 like sensor data, so chunks compress like real data (about 2.3x).
+* ``/table``: 4 million rows of ``[('id','<i8'), ('temp','<f4'), ('station','S8')]``,
+  250k-row chunks, same filters; ``temp ~ N(15, 8)`` so about 27% of rows match ``temp > 20``.
+* A zarr v3 copy of the grid (Blosc zlib level 4 + byte shuffle, same chunks), written by
+  zarr-python, read by zarr-python and by TensorStore.
+
+Workloads: full read (first read of a fresh client = "cold", then best of N = "warm"),
+``[::4, 1000:3000]``, one chunk, 1000 random points, and the query ``temp > 20``.
+Systems: every installed hsds-backends backend (``inline``, ...) through the async
+:class:`hsds_backends.Reader`, real HSDS 1.0.2 via h5pyd (on the very files our writer
+wrote), zarr-python and TensorStore. Each timing is the best of ``--repeat`` runs after one
+warm-up; every result is compared byte for byte with a numpy oracle. The table shows
+seconds and the speed-up versus a baseline measured in the same run (HSDS via h5pyd when it
+ran, else zarr-python).
+
+Exit status: 0 when every hsds-backends result matched the oracle, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import hashlib
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import sys
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: Bump when the generated data (values, layout, domain names) changes.
+DATA_VERSION = 1
+BUCKET = "bench"
+DOMAIN = "/home/test_user1/bench.h5"
+OWNER = "test_user1"
+FILTERS: list[Any] = ["shuffle", ("gzip", 4)]
+QUERY = "temp > 20"
+
+#: (key, label) of each workload, in table order.
+WORKLOADS: tuple[tuple[str, str], ...] = (
+    ("full_cold", "full read (cold, 1st)"),
+    ("full", "full read (warm)"),
+    ("stepped", "[::4, 1000:3000]"),
+    ("chunk", "one chunk"),
+    ("points", "1000 random points"),
+    ("query", f"query {QUERY}"),
+)
+
+HSDS_NAME = "HSDS h5pyd"
+ZARR_NAME = "zarr-python"
+TS_NAME = "TensorStore"
+
+
+# ----------------------------------------------------------------------------- data model
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of the generated data.
+
+    Attributes
+    ----------
+    name : str
+        ``"full"`` or ``"small"``; also the sub-folder of the data dir.
+    grid_size : int
+        The grid is ``grid_size`` x ``grid_size`` float32.
+    grid_chunk : int
+        Square chunk edge of the grid.
+    rows : int
+        Rows of the table.
+    table_chunk : int
+        Rows per table chunk.
+    n_points : int
+        Random points read.
+    seed : int
+        Seed of every random number used.
+    """
+
+    name: str
+    grid_size: int
+    grid_chunk: int
+    rows: int
+    table_chunk: int
+    n_points: int = 1000
+    seed: int = 20240601
+
+
+FULL = Profile("full", 8192, 512, 4_000_000, 250_000)
+SMALL = Profile("small", 2048, 512, 400_000, 50_000)
+
+
+@dataclass
+class BenchData:
+    """Paths of one generated data set and its numpy oracle.
+
+    Attributes
+    ----------
+    profile : Profile
+        What was generated.
+    root : pathlib.Path
+        Folder of this profile inside the data dir.
+    hsds_root : pathlib.Path
+        HSDS ``root_dir`` (the bucket is ``hsds_root / BUCKET``).
+    zarr_path : pathlib.Path
+        The zarr v3 copy of the grid.
+    grid, table : numpy.ndarray
+        The oracle arrays.
+    generated_seconds : float
+        Time spent generating the data in this run (0 when it was cached).
+    """
+
+    profile: Profile
+    root: Path
+    hsds_root: Path
+    zarr_path: Path
+    grid: np.ndarray
+    table: np.ndarray
+    generated_seconds: float = 0.0
+
+    @property
+    def zarr_ready(self) -> bool:
+        """Whether the zarr copy exists (zarr-python may be missing at generation time)."""
+        return (self.zarr_path / "zarr.json").exists()
+
+
+@dataclass(frozen=True)
+class Selections:
+    """The selections of the workloads (numpy indices into the grid, points, query).
+
+    Attributes
+    ----------
+    stepped, chunk : tuple of slice
+        ``[::4, 1000:3000]`` and one whole chunk (chunk index (1, 1)).
+    points : numpy.ndarray
+        ``(n, 2)`` int64 coordinates.
+    """
+
+    stepped: tuple[slice, slice]
+    chunk: tuple[slice, slice]
+    points: np.ndarray
+
+    @classmethod
+    def for_profile(cls, p: Profile) -> Selections:
+        """Build the selections of profile ``p`` (points are deterministic)."""
+        rng = np.random.default_rng(p.seed + 1)
+        pts = rng.integers(0, p.grid_size, size=(p.n_points, 2), dtype=np.int64)
+        c = p.grid_chunk
+        return cls(np.s_[::4, 1000:3000], np.s_[c : 2 * c, c : 2 * c], pts)
+
+
+@dataclass
+class Measurement:
+    """One cell of the table.
+
+    Attributes
+    ----------
+    seconds : float or None
+        Best-of-N wall time (the single first read for ``full_cold``); ``None`` when not run.
+    ok : bool or None
+        Result byte-identical to the oracle; ``None`` when not checked or not run.
+    note : str
+        Why there is no figure (``"n/a"``, an error), or a remark.
+    """
+
+    seconds: float | None = None
+    ok: bool | None = None
+    note: str = ""
+
+
+@dataclass
+class SystemRun:
+    """All measurements of one system.
+
+    Attributes
+    ----------
+    name : str
+        Column title (``inline``, ``HSDS h5pyd``, ...).
+    ours : bool
+        An hsds-backends backend (a mismatch fails the run).
+    cells : dict
+        Workload key -> :class:`Measurement`.
+    error : str
+        Set when the system could not run at all.
+    notes : list of str
+        Remarks printed under the table.
+    info : dict
+        Versions, memory figures and similar extras.
+    """
+
+    name: str
+    ours: bool = False
+    cells: dict[str, Measurement] = field(default_factory=dict)
+    error: str = ""
+    notes: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    """Everything one run measured (``--json`` writes it)."""
+
+    profile: Profile
+    repeat: int
+    machine: dict[str, Any]
+    data: dict[str, Any]
+    baseline: str
+    systems: list[SystemRun]
+    seconds_total: float = 0.0
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def make_grid(p: Profile) -> np.ndarray:
+    """Return the oracle grid: smooth field + gaussian noise, rounded to 0.01 (float32).
+
+    Parameters
+    ----------
+    p : Profile
+        Sizes and seed.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(grid_size, grid_size)`` little-endian float32, C order.
+    """
+    n = p.grid_size
+    rng = np.random.default_rng(p.seed)
+    y = np.linspace(0.0, 1.0, n, dtype=np.float32)
+    x = y
+    grid = np.sin(np.float32(2 * np.pi * 3) * y)[:, None] * np.cos(np.float32(2 * np.pi * 2) * x)[None, :]
+    grid *= np.float32(8)
+    grid += (np.float32(15) + np.float32(6) * y)[:, None]
+    grid -= (np.float32(4) * x)[None, :]
+    grid += rng.standard_normal((n, n), dtype=np.float32) * np.float32(0.3)
+    grid *= np.float32(100)
+    np.round(grid, out=grid)
+    grid /= np.float32(100)
+    return grid.astype("<f4", copy=False)
+
+
+def make_table(p: Profile) -> np.ndarray:
+    """Return the oracle table: ids, temperatures ~ N(15, 8) and 100 station names.
+
+    Parameters
+    ----------
+    p : Profile
+        Sizes and seed.
+
+    Returns
+    -------
+    numpy.ndarray
+        Structured array ``[('id','<i8'), ('temp','<f4'), ('station','S8')]``.
+    """
+    rng = np.random.default_rng(p.seed + 2)
+    t = np.empty(p.rows, dtype=[("id", "<i8"), ("temp", "<f4"), ("station", "S8")])
+    t["id"] = np.arange(p.rows, dtype=np.int64)
+    t["temp"] = rng.normal(15.0, 8.0, p.rows).astype("<f4")
+    stations = np.array([b"ST%04d" % i for i in range(100)], dtype="S8")
+    t["station"] = stations[rng.integers(0, 100, p.rows)]
+    return t
+
+
+def data_stamp(p: Profile) -> dict[str, Any]:
+    """Return what the cached data depends on; a difference triggers regeneration.
+
+    Includes a hash of the writer and codec sources, so a change to how chunks are written
+    regenerates the HSDS domain.
+    """
+    h = hashlib.sha256()
+    for mod in ("writer.py", "codecs.py", "dtypes.py", "ids.py"):
+        src = REPO_ROOT / "hsds_backends" / mod
+        if src.exists():
+            h.update(src.read_bytes())
+    return {"version": DATA_VERSION, "profile": asdict(p), "writer_sha256": h.hexdigest()[:16], "numpy": np.__version__.split(".")[0]}
+
+
+async def _write_domain(hsds_root: Path, grid: np.ndarray, table: np.ndarray, p: Profile) -> None:
+    from hsds_backends.storage import PosixStorage
+    from hsds_backends.writer import Writer
+
+    st = PosixStorage(str(hsds_root))
+    try:
+        w = Writer(st, BUCKET, owner=OWNER)
+        await w.create_dataset(DOMAIN, "/grid", grid, chunks=(p.grid_chunk, p.grid_chunk), filters=FILTERS)
+        await w.create_dataset(DOMAIN, "/table", table, chunks=(p.table_chunk,), filters=FILTERS)
+    finally:
+        await st.aclose()
+
+
+def write_zarr_copy(path: Path, grid: np.ndarray, p: Profile) -> None:
+    """Write the grid as a zarr v3 array (Blosc zlib level 4 + shuffle, same chunks).
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        Array folder (replaced if present).
+    grid : numpy.ndarray
+        Data.
+    p : Profile
+        Chunk size.
+    """
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    if path.exists():
+        shutil.rmtree(path)
+    arr = zarr.create_array(
+        store=str(path),
+        shape=grid.shape,
+        chunks=(p.grid_chunk, p.grid_chunk),
+        dtype=grid.dtype,
+        compressors=BloscCodec(cname="zlib", clevel=4, shuffle="shuffle"),
+        fill_value=0.0,
+        zarr_format=3,
+    )
+    arr[...] = grid
+
+
+def ensure_data(data_dir: Path, p: Profile, *, want_zarr: bool, echo: Callable[[str], None]) -> BenchData:
+    """Generate the data of profile ``p`` under ``data_dir/p.name`` unless cached.
+
+    Parameters
+    ----------
+    data_dir : pathlib.Path
+        Cache root.
+    p : Profile
+        What to generate.
+    want_zarr : bool
+        Also write the zarr copy (needs zarr-python).
+    echo : callable
+        Progress messages.
+
+    Returns
+    -------
+    BenchData
+        Paths and oracle arrays.
+    """
+    root = (data_dir / p.name).absolute()
+    stamp_path = root / "stamp.json"
+    stamp = data_stamp(p)
+    hsds_root, zarr_path, oracle = root / "hsds", root / "zarr" / "grid.zarr", root / "oracle"
+    t0 = time.perf_counter()
+    cached = stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp
+    if not cached:
+        echo(f"generating {p.name} data in {root} ...")
+        if root.exists():
+            shutil.rmtree(root)
+        (hsds_root / BUCKET).mkdir(parents=True)
+        oracle.mkdir(parents=True)
+        grid, table = make_grid(p), make_table(p)
+        np.save(oracle / "grid.npy", grid)
+        np.save(oracle / "table.npy", table)
+        asyncio.run(_write_domain(hsds_root, grid, table, p))
+        stamp_path.write_text(json.dumps(stamp, indent=1))
+    else:
+        grid, table = np.load(oracle / "grid.npy"), np.load(oracle / "table.npy")
+    if want_zarr and not (zarr_path / "zarr.json").exists():
+        echo("writing the zarr copy ...")
+        write_zarr_copy(zarr_path, grid, p)
+    spent = time.perf_counter() - t0 if not cached else 0.0
+    return BenchData(p, root, hsds_root, zarr_path, grid, table, spent)
+
+
+def dir_bytes(path: Path) -> int:
+    """Return the total size of the files under ``path`` (0 if it does not exist)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def stored_chunk_bytes(hsds_root: Path) -> dict[str, int]:
+    """Return the stored chunk bytes of ``grid`` (rank 2) and ``table`` (rank 1) in the bench bucket."""
+    out: dict[str, int] = {}
+    for dj in (hsds_root / BUCKET).rglob(".dataset.json"):
+        rank = len(json.loads(dj.read_text()).get("shape", {}).get("dims", []))
+        name = {2: "grid", 1: "table"}.get(rank)
+        if name:
+            out[name] = sum(f.stat().st_size for f in dj.parent.rglob("*") if f.is_file() and not f.name.startswith("."))
+    return out
+
+
+def expected_results(data: BenchData, sel: Selections) -> dict[str, np.ndarray]:
+    """Return the oracle answer of every workload.
+
+    ``query`` is the hsds-backends form (``index`` then the fields); ``query_rows`` the plain
+    matching rows, as HSDS returns them.
+    """
+    from hsds_backends.tasks import query_dtype
+
+    grid, table = data.grid, data.table
+    idx = np.nonzero(table["temp"] > 20)[0]
+    rows = np.empty(len(idx), dtype=query_dtype(table.dtype, None))
+    rows["index"] = idx
+    for f in table.dtype.names or ():
+        rows[f] = table[f][idx]
+    return {
+        "full": grid,
+        "stepped": grid[sel.stepped],
+        "chunk": grid[sel.chunk],
+        "points": grid[sel.points[:, 0], sel.points[:, 1]],
+        "query": rows,
+        "query_rows": table[idx],
+    }
+
+
+def identical(got: Any, exp: np.ndarray) -> bool:
+    """Return True when ``got`` has the dtype, shape and bytes of ``exp``."""
+    a = np.asarray(got)
+    return a.dtype == exp.dtype and a.shape == exp.shape and a.tobytes() == exp.tobytes()
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def time_best(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
+    """Run ``fn`` once (warm-up, result kept), then ``repeat`` times; return (best seconds, result)."""
+    result = fn()
+    best = math.inf
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best, result
+
+
+async def atime_best(fn: Callable[[], Awaitable[Any]], repeat: int) -> tuple[float, Any]:
+    """Async :func:`time_best`."""
+    result = await fn()
+    best = math.inf
+    for _ in range(repeat):
+        t = time.perf_counter()
+        await fn()
+        best = min(best, time.perf_counter() - t)
+    return best, result
+
+
+def _timed_cells(
+    run: SystemRun,
+    ops: dict[str, Callable[[], Any]],
+    expected: dict[str, np.ndarray],
+    repeat: int,
+    exp_key: dict[str, str] | None = None,
+) -> None:
+    """Fill ``run.cells`` by timing each of ``ops`` (``full`` gets a cold first-read cell)."""
+    exp_key = exp_key or {}
+    for key, fn in ops.items():
+        try:
+            if key == "full":
+                t = time.perf_counter()
+                first = fn()
+                cold = time.perf_counter() - t
+                run.cells["full_cold"] = Measurement(cold, identical(first, expected["full"]))
+                del first
+            best, res = time_best(fn, repeat)
+            run.cells[key] = Measurement(best, identical(res, expected[exp_key.get(key, key)]))
+            del res
+        except Exception as exc:  # noqa: BLE001 - record and go on with the next workload
+            run.cells[key] = Measurement(note=f"error: {type(exc).__name__}: {exc}"[:300])
+
+
+# ----------------------------------------------------------------------------- hsds-backends
+
+
+def _vm_kib(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux ``clear_refs`` 5)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+async def _measure_memory(dset: Any, backend: str, out_bytes: int) -> dict[str, Any]:
+    """Peak RSS delta and tracemalloc peak of one full read (untimed)."""
+    info: dict[str, Any] = {"output_mb": out_bytes / 2**20}
+    gc.collect()
+    if _reset_peak_rss():
+        base = _vm_kib("VmRSS") or 0
+        res = await dset.read(None, backend=backend)
+        peak = _vm_kib("VmHWM") or 0
+        info["rss_method"] = "VmHWM after clear_refs"
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        res = await dset.read(None, backend=backend)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        info["rss_method"] = "ru_maxrss (a high-water mark: underestimates when an earlier peak was higher)"
+    info["peak_rss_delta_mb"] = max(0, peak - base) / 1024
+    del res
+    gc.collect()
+    tracemalloc.start()
+    try:
+        res = await dset.read(None, backend=backend)
+        info["tracemalloc_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+    del res
+    return info
+
+
+async def _bench_backend_async(name: str, data: BenchData, sel: Selections, expected: dict[str, np.ndarray], repeat: int) -> SystemRun:
+    from hsds_backends.api import Reader
+
+    run = SystemRun(name, ours=True)
+    cfg = {"root_dir": str(data.hsds_root), "bucket_name": BUCKET, "backend": name}
+    async with Reader(cfg) as reader:
+        dom = await reader.open(DOMAIN)
+        grid, table = await dom.get("/grid"), await dom.get("/table")
+        ops: dict[str, Callable[[], Awaitable[Any]]] = {
+            "full": lambda: grid.read(None, backend=name),
+            "stepped": lambda: grid.read(sel.stepped, backend=name),
+            "chunk": lambda: grid.read(sel.chunk, backend=name),
+            "points": lambda: grid.read_points(sel.points, backend=name),
+            "query": lambda: table.query(QUERY, backend=name),
+        }
+        for key, fn in ops.items():
+            try:
+                if key == "full":
+                    t = time.perf_counter()
+                    first = await fn()
+                    run.cells["full_cold"] = Measurement(time.perf_counter() - t, identical(first, expected["full"]))
+                    del first
+                best, res = await atime_best(fn, repeat)
+                run.cells[key] = Measurement(best, identical(res, expected[key]))
+                del res
+            except Exception as exc:  # noqa: BLE001
+                run.cells[key] = Measurement(ok=False, note=f"error: {type(exc).__name__}: {exc}"[:300])
+        try:
+            run.info["memory"] = await _measure_memory(grid, name, expected["full"].nbytes)
+        except Exception as exc:  # noqa: BLE001
+            run.notes.append(f"memory measurement failed: {type(exc).__name__}: {exc}")
+    return run
+
+
+def bench_backend(name: str, data: BenchData, sel: Selections, expected: dict[str, np.ndarray], repeat: int) -> SystemRun:
+    """Time the workloads through the async :class:`hsds_backends.Reader` on backend ``name``.
+
+    Parameters
+    ----------
+    name : str
+        Installed backend name.
+    data, sel, expected
+        Data set, selections and oracle answers.
+    repeat : int
+        Timed runs per workload (after one warm-up).
+
+    Returns
+    -------
+    SystemRun
+        One cell per workload, plus peak-memory figures of the full read in ``info``.
+    """
+    try:
+        return asyncio.run(_bench_backend_async(name, data, sel, expected, repeat))
+    except Exception as exc:  # noqa: BLE001
+        return SystemRun(name, ours=True, error=f"{type(exc).__name__}: {exc}")
+
+
+# ----------------------------------------------------------------------------- real HSDS
+
+_H5PYD_SCRIPT = r'''
+import time, sys, numcodecs
+from time import perf_counter
+
+f = h5pyd.File(args["domain"], "r", **kw)
+g, t = f["/grid"], f["/table"]
+st = slice(*args["stepped"][0]), slice(*args["stepped"][1])
+ch = slice(*args["chunk"][0]), slice(*args["chunk"][1])
+pts = [tuple(p) for p in args["points"]]
+nrows = t.shape[0]
+ops = {
+    "full": lambda: g[...],
+    "stepped": lambda: g[st],
+    "chunk": lambda: g[ch],
+    "points": lambda: g.points[pts],
+    # Table.read_where() is the documented call, but see "read_where" below
+    "query": lambda: t.__getitem__((slice(0, nrows),), query=args["query"]),
+}
+out = {"cells": {}, "versions": {"h5pyd": h5pyd.version.version, "numpy": np.__version__,
+                                  "numcodecs": numcodecs.__version__, "python": sys.version.split()[0]}}
+
+def save(key, arr):
+    path = _os.path.join(args["out_dir"], key + ".npy")
+    np.save(path, np.asarray(arr))
+    return path
+
+for key, fn in ops.items():
+    try:
+        if key == "full":
+            t0 = perf_counter(); first = fn(); cold = perf_counter() - t0
+            out["cells"]["full_cold"] = {"seconds": cold, "npy": save("full_cold", first)}
+            del first
+        res = fn()  # warm-up
+        best = float("inf")
+        for _ in range(args["repeat"]):
+            t0 = perf_counter(); fn(); best = min(best, perf_counter() - t0)
+        out["cells"][key] = {"seconds": best, "npy": save(key, res)}
+        del res
+    except Exception as exc:
+        out["cells"][key] = {"error": "%s: %s" % (type(exc).__name__, str(exc)[:300])}
+
+try:  # the documented query call, timed once, to report what it returns
+    t0 = perf_counter(); n = sum(1 for _ in t.read_where(args["query"])); s = perf_counter() - t0
+    out["read_where"] = {"rows": n, "seconds": s}
+except Exception as exc:
+    out["read_where"] = {"error": "%s: %s" % (type(exc).__name__, str(exc)[:300])}
+f.close()
+emit(out)
+'''
+
+
+def _slice_args(s: tuple[slice, ...]) -> list[list[int | None]]:
+    return [[x.start, x.stop, x.step] for x in s]
+
+
+def bench_hsds(data: BenchData, sel: Selections, expected: dict[str, np.ndarray], repeat: int, echo: Callable[[str], None]) -> SystemRun:
+    """Time the workloads through h5pyd against a real HSDS 1.0.2 serving our writer's files.
+
+    HSDS runs from its own venv (``tests/hsds_harness.py``) on unix sockets with the posix
+    root ``data.hsds_root``; the h5pyd client runs in that venv too and times each workload
+    with ``time.perf_counter``. The first full read after server start is the cold figure
+    (fresh DN chunk caches; the OS page cache is warm for every system alike).
+
+    Returns
+    -------
+    SystemRun
+        ``error`` is set when HSDS cannot be started (e.g. no package registry to build its venv).
+    """
+    run = SystemRun(HSDS_NAME)
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    try:
+        import hsds_harness as harness
+    except ImportError as exc:
+        run.error = f"tests/hsds_harness.py not importable: {exc}"
+        return run
+    finally:
+        sys.path.pop(0)
+    try:
+        harness.ensure_hsds_venv()
+        server = harness.HsdsServer(data.hsds_root, bucket=BUCKET)
+        server.start()
+    except Exception as exc:  # noqa: BLE001 - HsdsUnavailable, HsdsError, ...
+        run.error = f"HSDS not started: {type(exc).__name__}: {str(exc)[:500]}"
+        return run
+    try:
+        run.info["start_seconds"] = server.start_seconds
+        run.info["dn_count"] = server.dn_count
+        echo(f"  HSDS ready in {server.start_seconds:.1f} s ({server.dn_count} DNs, unix sockets)")
+        out_dir = server.socket_dir / "bench-out"
+        out_dir.mkdir(exist_ok=True)
+        res = server.run_h5pyd(
+            _H5PYD_SCRIPT,
+            timeout=3600,
+            domain=DOMAIN,
+            repeat=repeat,
+            stepped=_slice_args(sel.stepped),
+            chunk=_slice_args(sel.chunk),
+            points=sel.points.tolist(),
+            query=QUERY,
+            out_dir=str(out_dir),
+        )
+        run.info["versions"] = res.get("versions", {})
+        exp_key = {"full_cold": "full", "query": "query_rows"}
+        for key, cell in res["cells"].items():
+            if "error" in cell:
+                run.cells[key] = Measurement(ok=False, note="error: " + cell["error"])
+                continue
+            got = np.load(cell["npy"])
+            run.cells[key] = Measurement(cell["seconds"], identical(got, expected[exp_key.get(key, key)]))
+            os.unlink(cell["npy"])
+            del got
+        rw = res.get("read_where", {})
+        n_exp = len(expected["query_rows"])
+        if "rows" in rw and rw["rows"] != n_exp:
+            run.notes.append(
+                f"h5pyd Table.read_where({QUERY!r}) yields {rw['rows']:,} of {n_exp:,} matching rows "
+                f"({rw['seconds']:.3f} s): its Cursor stops after the first ~1 MB row buffer; the query cell "
+                "times Dataset.__getitem__(slice, query=...) instead, which returns every match"
+            )
+        elif "rows" in rw:
+            run.notes.append(f"h5pyd Table.read_where returned all {n_exp:,} rows in {rw['seconds']:.3f} s")
+        else:
+            run.notes.append(f"h5pyd Table.read_where failed: {rw.get('error')}")
+    except Exception as exc:  # noqa: BLE001
+        run.error = f"{type(exc).__name__}: {str(exc)[:1500]}"
+    finally:
+        server.stop()
+    return run
+
+
+# ----------------------------------------------------------------------------- zarr, TensorStore
+
+
+def bench_zarr(data: BenchData, sel: Selections, expected: dict[str, np.ndarray], repeat: int) -> SystemRun:
+    """Time the grid workloads with zarr-python on the zarr copy (query: not applicable)."""
+    run = SystemRun(ZARR_NAME)
+    try:
+        import zarr
+    except ImportError as exc:
+        run.error = f"zarr not installed ({exc}); pip install zarr"
+        return run
+    run.info["versions"] = {"zarr": zarr.__version__}
+    z = zarr.open_array(str(data.zarr_path), mode="r")
+    rows, cols = sel.points[:, 0], sel.points[:, 1]
+    ops: dict[str, Callable[[], Any]] = {
+        "full": lambda: z[...],
+        "stepped": lambda: z[sel.stepped],
+        "chunk": lambda: z[sel.chunk],
+        "points": lambda: z.vindex[rows, cols],
+    }
+    _timed_cells(run, ops, expected, repeat)
+    run.cells["query"] = Measurement(note="n/a")
+    return run
+
+
+def bench_tensorstore(data: BenchData, sel: Selections, expected: dict[str, np.ndarray], repeat: int) -> SystemRun:
+    """Time the grid workloads with TensorStore (``zarr3`` driver) on the zarr copy (query: n/a)."""
+    run = SystemRun(TS_NAME)
+    try:
+        import tensorstore as ts
+    except ImportError as exc:
+        run.error = f"tensorstore not installed ({exc}); pip install tensorstore"
+        return run
+    run.info["versions"] = {"tensorstore": ts.__version__}
+    arr = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(data.zarr_path)}}, read=True).result()
+    rows, cols = sel.points[:, 0], sel.points[:, 1]
+    ops: dict[str, Callable[[], Any]] = {
+        "full": lambda: arr.read().result(),
+        "stepped": lambda: arr[sel.stepped].read().result(),
+        "chunk": lambda: arr[sel.chunk].read().result(),
+        "points": lambda: arr.vindex[rows, cols].read().result(),
+    }
+    _timed_cells(run, ops, expected, repeat)
+    run.cells["query"] = Measurement(note="n/a")
+    return run
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def machine_info() -> dict[str, Any]:
+    """Return cores, CPU model, Python and library versions, zlib/isal availability."""
+    import zlib
+
+    info: dict[str, Any] = {
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "zlib": zlib.ZLIB_RUNTIME_VERSION,
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as f:
+            info["mem_gb"] = round(int(f.readline().split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    try:
+        import isal
+
+        info["isal"] = getattr(isal, "__version__", "yes")
+    except ImportError:
+        info["isal"] = None
+    try:
+        import numcodecs
+        from numcodecs import blosc
+
+        info["numcodecs"] = numcodecs.__version__
+        info["blosc"] = getattr(blosc, "VERSION_STRING", "?")
+    except ImportError:
+        pass
+    import hsds_backends
+
+    info["hsds_backends"] = hsds_backends.__version__
+    return info
+
+
+def choose_baseline(systems: Sequence[SystemRun]) -> str:
+    """Return the baseline column: HSDS h5pyd when it ran, else zarr-python, else the first system."""
+    ran = {s.name for s in systems if not s.error and any(c.seconds for c in s.cells.values())}
+    for name in (HSDS_NAME, ZARR_NAME, TS_NAME):
+        if name in ran:
+            return name
+    return next(iter(ran), "")
+
+
+def _fmt_seconds(s: float) -> str:
+    if s >= 100:
+        return f"{s:.0f} s"
+    if s >= 1:
+        return f"{s:.2f} s"
+    if s >= 0.01:
+        return f"{s * 1e3:.0f} ms"
+    return f"{s * 1e3:.2f} ms"
+
+
+def format_cell(m: Measurement | None, base: Measurement | None, is_base: bool) -> str:
+    """Render one cell: time, speed-up vs the baseline (``base_time / time``) and ✓/✗."""
+    if m is None:
+        return "—"
+    if m.seconds is None:
+        return "—" if m.note in ("", "n/a") else "error"
+    parts = [_fmt_seconds(m.seconds)]
+    if is_base:
+        parts.append("(base)")
+    elif base is not None and base.seconds:
+        parts.append(f"{base.seconds / m.seconds:.2f}×")
+    else:
+        parts.append("  —  ")
+    if m.ok is not None:
+        parts.append("✓" if m.ok else "✗")
+    return " ".join(parts)
+
+
+def render(report: Report) -> str:
+    """Return the printed report: machine line, data line, table and notes."""
+    p, m = report.profile, report.machine
+    lines = [
+        f"machine: {m.get('cores')} cores ({m.get('cpu')}), {m.get('mem_gb', '?')} GB RAM; python {m['python']}, "
+        f"numpy {m['numpy']}, numcodecs {m.get('numcodecs', '-')} (blosc {m.get('blosc', '-')}), zlib {m['zlib']}, "
+        f"isal {m.get('isal') or 'not installed'}, hsds-backends {m.get('hsds_backends')}",
+        f"data ({p.name}): grid float32 {p.grid_size}x{p.grid_size}, {p.grid_chunk}x{p.grid_chunk} chunks, "
+        f"shuffle+gzip 4 as HSDS stores it ({report.data.get('grid_stored_mb', 0):.0f} MB stored for "
+        f"{report.data.get('grid_mb', 0):.0f} MB, zarr copy {report.data.get('zarr_stored_mb', 0):.0f} MB); "
+        f"table {p.rows:,} rows in {p.table_chunk:,}-row chunks ({report.data.get('query_rows', 0):,} match {QUERY!r})",
+        f"timing: best of {report.repeat} after one warm-up (cold = the first read of a fresh client); "
+        f"cell = time, speed-up vs baseline (baseline time / time, >1 is faster), ✓/✗ = byte-identical to numpy",
+        f"baseline: {report.baseline or 'none'}",
+        "",
+    ]
+    systems = [s for s in report.systems if not s.error]
+    base_run = next((s for s in systems if s.name == report.baseline), None)
+    header = ["workload", *[s.name for s in systems]]
+    rows = []
+    for key, label in WORKLOADS:
+        base = base_run.cells.get(key) if base_run else None
+        rows.append([label, *[format_cell(s.cells.get(key), base, s is base_run) for s in systems]])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = lambda r: "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |"  # noqa: E731
+    lines.append(fmt(header))
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines.extend(fmt(r) for r in rows)
+    lines.append("")
+    for s in report.systems:
+        if s.error:
+            lines.append(f"{s.name}: not run — {s.error}")
+        for key, c in s.cells.items():
+            if c.note and c.note != "n/a":
+                lines.append(f"{s.name} / {key}: {c.note}")
+        for n in s.notes:
+            lines.append(f"{s.name}: {n}")
+        mem = s.info.get("memory")
+        if mem:
+            lines.append(
+                f"{s.name}: full read peak RSS +{mem['peak_rss_delta_mb']:.0f} MB "
+                f"({mem['peak_rss_delta_mb'] / mem['output_mb']:.2f}x the {mem['output_mb']:.0f} MB output; "
+                f"{mem['rss_method']}), tracemalloc peak {mem['tracemalloc_peak_mb']:.0f} MB "
+                f"({mem['tracemalloc_peak_mb'] / mem['output_mb']:.2f}x)"
+            )
+        if s.name == HSDS_NAME and s.info.get("versions"):
+            v = s.info["versions"]
+            lines.append(
+                f"{s.name}: hsds 1.0.2, h5pyd {v.get('h5pyd')}, numcodecs {v.get('numcodecs')}; "
+                f"{s.info.get('dn_count')} DNs on unix sockets, default config; started in {s.info.get('start_seconds', 0):.1f} s"
+            )
+    lines.append(f"total run time {report.seconds_total:.0f} s")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line (see the module docstring)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backends", help="comma-separated hsds-backends backends (default: every installed one)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs per workload after one warm-up; the best counts (default 3)")
+    ap.add_argument("--data-dir", type=Path, default=REPO_ROOT / "bench-data", help="data cache (default <repo>/bench-data)")
+    ap.add_argument("--skip-hsds", action="store_true", help="do not run real HSDS via h5pyd")
+    ap.add_argument("--skip-zarr", action="store_true", help="do not run zarr-python")
+    ap.add_argument("--skip-tensorstore", action="store_true", help="do not run TensorStore")
+    ap.add_argument("--json", type=Path, help="also write the results as JSON here")
+    ap.add_argument("--small", action="store_true", help="2048x2048 grid and 400k rows: a quick smoke run")
+    args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error("--repeat must be >= 1")
+    return args
+
+
+def _module_available(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; return the exit status (1 if an hsds-backends result mismatched)."""
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    echo = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731 - progress on stderr, table on stdout
+    from hsds_backends import list_backends
+
+    installed = [b.name for b in list_backends()]
+    names = [n.strip() for n in args.backends.split(",") if n.strip()] if args.backends else installed
+    unknown = [n for n in names if n not in installed]
+    if unknown:
+        echo(f"backend(s) not installed: {', '.join(unknown)}; installed: {', '.join(installed)}")
+        return 2
+
+    profile = SMALL if args.small else FULL
+    want_zarr = not (args.skip_zarr and args.skip_tensorstore) and _module_available("zarr")
+    data = ensure_data(args.data_dir, profile, want_zarr=want_zarr, echo=echo)
+    if data.generated_seconds:
+        echo(f"data generated in {data.generated_seconds:.1f} s")
+    sel = Selections.for_profile(profile)
+    expected = expected_results(data, sel)
+
+    systems: list[SystemRun] = []
+    for name in names:
+        echo(f"running hsds-backends backend {name!r} ...")
+        systems.append(bench_backend(name, data, sel, expected, args.repeat))
+    if not args.skip_hsds:
+        echo(f"running {HSDS_NAME} ...")
+        systems.append(bench_hsds(data, sel, expected, args.repeat, echo))
+    zarr_missing = "zarr copy missing (zarr-python not installed when the data was generated); pip install zarr"
+    if not args.skip_zarr:
+        echo(f"running {ZARR_NAME} ...")
+        systems.append(bench_zarr(data, sel, expected, args.repeat) if data.zarr_ready or not _module_available("zarr") else SystemRun(ZARR_NAME, error=zarr_missing))
+    if not args.skip_tensorstore:
+        echo(f"running {TS_NAME} ...")
+        systems.append(bench_tensorstore(data, sel, expected, args.repeat) if data.zarr_ready or not _module_available("tensorstore") else SystemRun(TS_NAME, error=zarr_missing))
+
+    stored = stored_chunk_bytes(data.hsds_root)
+    report = Report(
+        profile=profile,
+        repeat=args.repeat,
+        machine=machine_info(),
+        data={
+            "dir": str(data.root),
+            "grid_mb": data.grid.nbytes / 2**20,
+            "grid_stored_mb": stored.get("grid", 0) / 2**20,
+            "table_stored_mb": stored.get("table", 0) / 2**20,
+            "table_mb": data.table.nbytes / 2**20,
+            "zarr_stored_mb": dir_bytes(data.zarr_path) / 2**20,
+            "query_rows": int(len(expected["query_rows"])),
+            "generated_seconds": data.generated_seconds,
+        },
+        baseline=choose_baseline(systems),
+        systems=systems,
+    )
+    report.seconds_total = time.perf_counter() - t_start
+    print(render(report))
+    if args.json:
+        args.json.write_text(json.dumps(asdict(report), indent=1, default=str))
+    bad = [s.name for s in systems if s.ours and (s.error or any(c.ok is False or c.note.startswith("error") for c in s.cells.values()))]
+    if bad:
+        print(f"FAILED: hsds-backends result mismatch or error in: {', '.join(bad)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""The Python API (sync and async) and the ``hsds-backends`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import hsds_backends as hb
+from hsds_backends.cli import cli
+from hsds_backends.storage import PosixStorage
+from hsds_backends.writer import Writer
+
+DOMAIN = "/home/test/api.h5"
+TABLE = np.dtype([("id", "<i8"), ("temp", "<f4"), ("station", "S8")])
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("api")
+
+    async def write() -> None:
+        w = Writer(PosixStorage(root), "hsdstest")
+        await w.create_dataset(DOMAIN, "/grid", np.arange(64 * 48, dtype="<f4").reshape(64, 48), chunks=(16, 16), filters=["shuffle", "gzip"], fillvalue=-9, skip_chunk=lambda i: i == (0, 1))
+        t = np.zeros(500, dtype=TABLE)
+        t["id"] = np.arange(500)
+        t["temp"] = (np.arange(500) % 40).astype("<f4")
+        t["station"] = [b"S%d" % (i % 3) for i in range(500)]
+        await w.create_dataset(DOMAIN, "/group/table", t, chunks=(64,))
+        v = np.empty(5, dtype=hb.vlen_dtype(str))
+        v[:] = ["x", "", "yy", "zzz", "é"]
+        await w.create_dataset(DOMAIN, "/vlen", v, chunks=(2,))
+
+    asyncio.run(write())
+    return root
+
+
+def _grid() -> np.ndarray[Any, Any]:
+    g = np.arange(64 * 48, dtype="<f4").reshape(64, 48)
+    g[0:16, 16:32] = -9
+    return g
+
+
+def _table() -> np.ndarray[Any, Any]:
+    t = np.zeros(500, dtype=TABLE)
+    t["id"] = np.arange(500)
+    t["temp"] = (np.arange(500) % 40).astype("<f4")
+    t["station"] = [b"S%d" % (i % 3) for i in range(500)]
+    return t
+
+
+# ------------------------------------------------------------------- sync API
+
+
+def test_sync_api_reads(root: Path) -> None:
+    with hb.open_domain(DOMAIN, root_dir=str(root)) as dom:
+        g = dom["/grid"]
+        assert (g.shape, g.dtype, g.chunks, g.fillvalue) == ((64, 48), np.dtype("<f4"), (16, 16), np.float32(-9))
+        assert repr(g) == "<Dataset '/grid' shape=(64, 48) dtype=float32 chunks=(16, 16)>"
+        np.testing.assert_array_equal(g[...], _grid())
+        np.testing.assert_array_equal(g[3:60:7, -5], _grid()[3:60:7, -5])
+        np.testing.assert_array_equal(g.read("[3:60:7, 43]"), _grid()[3:60:7, 43:44])
+        np.testing.assert_array_equal(g.read_points([[0, 17], [63, 47]]), np.array([-9, 63 * 48 + 47], dtype="<f4"))
+        t = dom.get("group/table")
+        rows = t.query("temp > 37", limit=4)
+        assert rows["index"].tolist() == [38, 39, 78, 79]
+        assert rows.dtype.names == ("index", "id", "temp", "station")
+        assert dom["/vlen"][1:4].tolist() == ["", "yy", "zzz"]
+
+
+def test_sync_api_string_index_is_refused(root: Path) -> None:
+    with hb.open_domain(DOMAIN, root_dir=str(root)) as dom:
+        with pytest.raises(hb.SelectionError, match=r"use \.read\('\[0:3\]'\)"):
+            dom["/grid"]["[0:3]"]
+
+
+def test_unknown_domain_and_dataset(root: Path) -> None:
+    with pytest.raises(hb.DomainNotFoundError, match=r"domain '/home/test/nope.h5' not found in bucket 'hsdstest'"):
+        hb.open_domain("/home/test/nope.h5", root_dir=str(root))
+    with pytest.raises(hb.DomainNotFoundError, match="is a folder, not a domain"):
+        hb.open_domain("/home/test", root_dir=str(root))
+    with hb.open_domain(DOMAIN, root_dir=str(root)) as dom:
+        with pytest.raises(hb.DatasetNotFoundError, match=r"no link 'tabel' in group '/group' .* links there: \['table'\]"):
+            dom["/group/tabel"]
+        with pytest.raises(hb.DatasetNotFoundError, match=r"'/group' in domain .* is not a dataset"):
+            dom["/group"]
+
+
+def test_bad_paths_are_rejected(root: Path) -> None:
+    with pytest.raises(hb.StoragePathError, match=r"domain '/home/\.\./etc' contains"):
+        hb.open_domain("/home/../etc", root_dir=str(root))
+    with pytest.raises(hb.StoragePathError, match="bucket '../x' is not a valid bucket name"):
+        hb.open_domain(DOMAIN, root_dir=str(root), bucket="../x")
+    with pytest.raises(hb.StoragePathError, match="escapes|contains"):
+        PosixStorage(root).path("hsdstest", "a/../../b")
+
+
+def test_errors_are_rooted_and_not_valueerror() -> None:
+    import hsds_backends.errors as e
+
+    for name in e.__all__:
+        cls = getattr(e, name)
+        assert issubclass(cls, e.HsdsBackendsError)
+        assert not issubclass(cls, ValueError), name
+
+
+async def test_async_api_and_stats(root: Path) -> None:
+    async with hb.Reader({"root_dir": str(root), "bucket_name": "hsdstest"}) as reader:
+        dom = await reader.open(DOMAIN)
+        g = await dom.get("/grid")
+        res = await g.read_result(np.s_[0:32, 0:32])
+        np.testing.assert_array_equal(res.data, _grid()[0:32, 0:32])
+        s = res.stats
+        assert (s.backend, s.kind, s.chunks, s.missing) == ("inline", "hyperslab", 4, 1)
+        assert s.bytes_returned == 3 * 16 * 16 * 4
+        assert s.reason.startswith("auto: fastest estimate")
+        t = await dom.get("/group/table")
+        rows = await t.query("station == b'S1'", select="[100:200:5]", fields="temp")
+        exp = np.arange(100, 200, 5)
+        exp = exp[exp % 3 == 1]
+        assert rows["index"].tolist() == exp.tolist()
+        assert rows.dtype.names == ("index", "temp")
+
+
+# ------------------------------------------------------------------------ CLI
+
+
+def _invoke(*args: str) -> Any:
+    r = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return r
+
+
+def test_cli_read_select(root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o.npy"
+    r = _invoke("read", DOMAIN, "/grid", "--root-dir", str(root), "--select", "[0:64:3, 5:40]", "-o", str(out), "--explain", "--stats")
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(np.load(out), _grid()[0:64:3, 5:40])
+    assert "backend: inline (auto: fastest estimate" in r.stderr
+    stats = json.loads(r.stderr.strip().splitlines()[-1])
+    assert stats["backend"] == "inline" and stats["chunks"] == 12 and stats["missing"] == 1
+
+
+def test_cli_read_points_query_fields(root: Path, tmp_path: Path) -> None:
+    pts = tmp_path / "p.npy"
+    np.save(pts, np.array([[5, 5], [0, 20], [63, 0]]))
+    out = tmp_path / "v.npy"
+    assert _invoke("read", DOMAIN, "/grid", "--root-dir", str(root), "--points", str(pts), "-o", str(out)).exit_code == 0
+    np.testing.assert_array_equal(np.load(out), _grid()[[5, 0, 63], [5, 20, 0]])
+    r = _invoke("read", DOMAIN, "/group/table", "--root-dir", str(root), "--query", "temp > 38 AND id < 200", "--limit", "3", "--fields", "station,id", "-o", str(out))
+    assert r.exit_code == 0, r.output
+    rows = np.load(out)
+    assert rows.dtype.names == ("index", "station", "id")
+    assert rows["index"].tolist() == [39, 79, 119]
+    assert rows["station"].tolist() == [b"S0", b"S1", b"S2"]
+
+
+def test_cli_errors_are_messages_not_tracebacks(root: Path, tmp_path: Path) -> None:
+    out = str(tmp_path / "x.npy")
+    cases = [
+        (["--select", "[0:65, :]"], "bad select '[0:65, :]': 0:65 is out of range for dimension 0 (extent 64)"),
+        (["--query", "temp > 3"], "query 'temp > 3' needs a 1-d compound (table) dataset"),
+        (["--fields", "a"], "fields ['a'] given, but the dataset type float32 is not a compound"),
+        (["--backend", "lamda"], "unknown backend 'lamda'; installed backends: ["),
+        (["--backend", "dask"], "backend 'dask' is not installed; run: pip install hsds-backends-dask"),
+    ]
+    for extra, msg in cases:
+        r = CliRunner().invoke(cli, ["read", DOMAIN, "/grid", "--root-dir", str(root), "-o", out, *extra])
+        assert r.exit_code == 1, (extra, r.output)
+        assert msg in r.output, (extra, r.output)
+        assert "Traceback" not in r.output
+    r = CliRunner().invoke(cli, ["read", DOMAIN, "/nope", "--root-dir", str(root), "-o", out])
+    assert r.exit_code == 1 and "no link 'nope' in group '/'" in r.output
+
+
+def test_cli_backends_json() -> None:
+    r = _invoke("backends", "--json")
+    data = json.loads(r.output)
+    inline = [d for d in data if d["name"] == "inline"][0]
+    assert inline["distribution"] == "hsds-backends"
+    assert inline["capabilities"]["query"] is True
+    r = _invoke("backends")
+    assert r.output.startswith("inline") or "inline " in r.output
+
+
+def test_cli_demo_runs_and_verifies(tmp_path: Path) -> None:
+    r = _invoke("demo", "--dir", str(tmp_path / "d"), "--size", "512", "--backend", "inline")
+    assert r.exit_code == 0, r.output
+    assert "all results byte-identical to the numpy oracle" in r.output
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("inline ")]
+    assert len(lines) == 5 and all(ln.endswith("yes") for ln in lines)
+    assert os.path.isfile(tmp_path / "d" / "hsdstest" / "home" / "demo" / "sample.h5" / ".domain.json")
+
+
+def test_console_script_installed(root: Path, tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "hsds-backends"
+    out = tmp_path / "o.npy"
+    r = subprocess.run([str(exe), "read", DOMAIN, "/vlen", "--root-dir", str(root), "-o", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert np.load(out, allow_pickle=True).tolist() == ["x", "", "yy", "zzz", "é"]
+
+
+def test_read_never_writes(root: Path, tmp_path: Path) -> None:
+    def snapshot() -> dict[str, tuple[int, int]]:
+        out = {}
+        for dirpath, _, files in os.walk(root):
+            for f in files:
+                st = os.stat(os.path.join(dirpath, f))
+                out[os.path.join(dirpath, f)] = (st.st_size, st.st_mtime_ns)
+        return out
+
+    before = snapshot()
+    with hb.open_domain(DOMAIN, root_dir=str(root)) as dom:
+        dom["/grid"][...]
+        dom["/group/table"].query("temp > 3")
+        with pytest.raises(hb.SelectionError):
+            dom["/grid"].read("[0:100, 0]")
+    _invoke("read", DOMAIN, "/grid", "--root-dir", str(root), "-o", str(tmp_path / "x.npy"))
+    assert snapshot() == before
