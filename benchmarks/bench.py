@@ -40,7 +40,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
 import sys
 import time
@@ -169,8 +168,10 @@ class Selections:
         """Build the selections of profile ``p`` (points are deterministic)."""
         rng = np.random.default_rng(p.seed + 1)
         pts = rng.integers(0, p.grid_size, size=(p.n_points, 2), dtype=np.int64)
-        c = p.grid_chunk
-        return cls(np.s_[::4, 1000:3000], np.s_[c : 2 * c, c : 2 * c], pts)
+        c, n = p.grid_chunk, p.grid_size
+        # numpy clips slices to the shape, TensorStore does not: store them clipped
+        stepped = tuple(slice(*s.indices(n)) for s in np.s_[::4, 1000:3000])
+        return cls(stepped, np.s_[c : 2 * c, c : 2 * c], pts)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -485,51 +486,77 @@ def _timed_cells(
 # ----------------------------------------------------------------------------- hsds-backends
 
 
-def _vm_kib(field_name: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+_MEMORY_PROBE = r"""
+import asyncio, gc, json, sys
+from hsds_backends.api import Reader
 
+def kib(name):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
 
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark of this process (Linux ``clear_refs`` 5)."""
-    try:
+async def main(root, bucket, domain, backend):
+    async with Reader({"root_dir": root, "bucket_name": bucket, "backend": backend}) as reader:
+        dset = await (await reader.open(domain)).get("/grid")
+        await dset.read(tuple(slice(0, c) for c in dset.chunks), backend=backend)  # imports, pools
+        gc.collect()
         with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+            f.write("5")  # reset VmHWM to the current RSS
+        base = kib("VmRSS")
+        out = await dset.read(None, backend=backend)
+        peak = kib("VmHWM")
+        print(json.dumps({"base_kib": base, "peak_kib": peak, "output_bytes": out.nbytes}))
+
+asyncio.run(main(*sys.argv[1:]))
+"""
 
 
-async def _measure_memory(dset: Any, backend: str, out_bytes: int) -> dict[str, Any]:
-    """Peak RSS delta and tracemalloc peak of one full read (untimed)."""
-    info: dict[str, Any] = {"output_mb": out_bytes / 2**20}
-    gc.collect()
-    if _reset_peak_rss():
-        base = _vm_kib("VmRSS") or 0
-        res = await dset.read(None, backend=backend)
-        peak = _vm_kib("VmHWM") or 0
-        info["rss_method"] = "VmHWM after clear_refs"
+def measure_memory(data: BenchData, backend: str) -> dict[str, Any]:
+    """Return the peak-memory figures of one full read on ``backend`` (untimed).
+
+    Two figures: the peak RSS growth of a full read in a fresh interpreter (Linux
+    ``VmHWM`` after resetting it through ``/proc/self/clear_refs``; the fresh process keeps
+    earlier reads' freed memory out of the figure), and the ``tracemalloc`` peak of a full
+    read in this process (Python and numpy allocations, independent of the allocator).
+
+    Parameters
+    ----------
+    data : BenchData
+        Data set (the grid is read).
+    backend : str
+        Backend name.
+
+    Returns
+    -------
+    dict
+        ``output_mb``, ``peak_rss_delta_mb`` (``None`` if unmeasurable) and ``tracemalloc_peak_mb``.
+    """
+    import subprocess
+
+    from hsds_backends import open_domain
+
+    info: dict[str, Any] = {"output_mb": data.grid.nbytes / 2**20, "peak_rss_delta_mb": None}
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE, str(data.hsds_root), BUCKET, DOMAIN, backend],
+        capture_output=True, text=True, timeout=600,
+    )
+    if proc.returncode == 0:
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        info["peak_rss_delta_mb"] = (r["peak_kib"] - r["base_kib"]) / 1024
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        res = await dset.read(None, backend=backend)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        info["rss_method"] = "ru_maxrss (a high-water mark: underestimates when an earlier peak was higher)"
-    info["peak_rss_delta_mb"] = max(0, peak - base) / 1024
-    del res
-    gc.collect()
-    tracemalloc.start()
-    try:
-        res = await dset.read(None, backend=backend)
-        info["tracemalloc_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
-    finally:
-        tracemalloc.stop()
-    del res
+        info["rss_error"] = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"
+    with open_domain(DOMAIN, root_dir=str(data.hsds_root), bucket=BUCKET) as dom:
+        grid = dom["/grid"]
+        grid.read(tuple(slice(0, c) for c in grid.chunks), backend=backend)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            out = grid.read(None, backend=backend)
+            info["tracemalloc_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+        finally:
+            tracemalloc.stop()
+        del out
     return info
 
 
@@ -560,10 +587,6 @@ async def _bench_backend_async(name: str, data: BenchData, sel: Selections, expe
                 del res
             except Exception as exc:  # noqa: BLE001
                 run.cells[key] = Measurement(ok=False, note=f"error: {type(exc).__name__}: {exc}"[:300])
-        try:
-            run.info["memory"] = await _measure_memory(grid, name, expected["full"].nbytes)
-        except Exception as exc:  # noqa: BLE001
-            run.notes.append(f"memory measurement failed: {type(exc).__name__}: {exc}")
     return run
 
 
@@ -585,9 +608,14 @@ def bench_backend(name: str, data: BenchData, sel: Selections, expected: dict[st
         One cell per workload, plus peak-memory figures of the full read in ``info``.
     """
     try:
-        return asyncio.run(_bench_backend_async(name, data, sel, expected, repeat))
+        run = asyncio.run(_bench_backend_async(name, data, sel, expected, repeat))
     except Exception as exc:  # noqa: BLE001
         return SystemRun(name, ours=True, error=f"{type(exc).__name__}: {exc}")
+    try:
+        run.info["memory"] = measure_memory(data, name)
+    except Exception as exc:  # noqa: BLE001
+        run.notes.append(f"memory measurement failed: {type(exc).__name__}: {exc}")
+    return run
 
 
 # ----------------------------------------------------------------------------- real HSDS
@@ -755,7 +783,7 @@ def bench_tensorstore(data: BenchData, sel: Selections, expected: dict[str, np.n
     except ImportError as exc:
         run.error = f"tensorstore not installed ({exc}); pip install tensorstore"
         return run
-    run.info["versions"] = {"tensorstore": ts.__version__}
+    run.info["versions"] = {"tensorstore": _dist_version("tensorstore")}
     arr = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(data.zarr_path)}}, read=True).result()
     rows, cols = sel.points[:, 0], sel.points[:, 1]
     ops: dict[str, Callable[[], Any]] = {
@@ -889,11 +917,12 @@ def render(report: Report) -> str:
             lines.append(f"{s.name}: {n}")
         mem = s.info.get("memory")
         if mem:
+            out_mb = mem["output_mb"]
+            rss = mem.get("peak_rss_delta_mb")
+            rss_txt = f"peak RSS +{rss:.0f} MB ({rss / out_mb:.2f}x)" if rss is not None else f"peak RSS n/a ({mem.get('rss_error')})"
             lines.append(
-                f"{s.name}: full read peak RSS +{mem['peak_rss_delta_mb']:.0f} MB "
-                f"({mem['peak_rss_delta_mb'] / mem['output_mb']:.2f}x the {mem['output_mb']:.0f} MB output; "
-                f"{mem['rss_method']}), tracemalloc peak {mem['tracemalloc_peak_mb']:.0f} MB "
-                f"({mem['tracemalloc_peak_mb'] / mem['output_mb']:.2f}x)"
+                f"{s.name}: memory of one full read ({out_mb:.0f} MB output): {rss_txt} in a fresh process; "
+                f"tracemalloc peak {mem['tracemalloc_peak_mb']:.0f} MB ({mem['tracemalloc_peak_mb'] / out_mb:.2f}x)"
             )
         if s.name == HSDS_NAME and s.info.get("versions"):
             v = s.info["versions"]
@@ -923,6 +952,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.repeat < 1:
         ap.error("--repeat must be >= 1")
     return args
+
+
+def _dist_version(name: str) -> str:
+    """Return the installed version of distribution ``name`` (``"?"`` if unknown)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "?"
 
 
 def _module_available(name: str) -> bool:

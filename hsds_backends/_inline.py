@@ -18,7 +18,7 @@ from .model import Backend, Capabilities, default_workers
 from .storage import Storage, storage_from_config
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import AsyncIterator, Mapping, Sequence
 
     from .tasks import ChunkResult, ChunkTask
 
@@ -73,7 +73,7 @@ class InlineBackend(Backend):
             return process(task, None)
         return await asyncio.get_running_loop().run_in_executor(self._executor(), process, task, data)
 
-    async def read_chunks(self, tasks: Sequence[ChunkTask]):  # type: ignore[override]
+    async def read_chunks(self, tasks: Sequence[ChunkTask]) -> AsyncIterator[tuple[int, ChunkResult]]:
         if len(tasks) == 1:  # one chunk: skip the worker machinery, keep latency low
             yield 0, await self.read_chunk(tasks[0])
             return

@@ -207,7 +207,7 @@ class Reader:
 def _links(group_json: Mapping[str, Any]) -> dict[str, Any]:
     links = group_json.get("links") or {}
     if isinstance(links, list):  # older layouts keep a list of link objects with a title
-        return {lk.get("title"): lk for lk in links if isinstance(lk, dict)}
+        return {str(lk.get("title")): lk for lk in links if isinstance(lk, dict)}
     return dict(links)
 
 

@@ -107,7 +107,7 @@ def _rows(table: np.ndarray[Any, Any], idx: np.ndarray[Any, Any]) -> np.ndarray[
     qdt = query_dtype(table.dtype, None)
     out = np.empty(len(idx), dtype=qdt)
     out["index"] = idx
-    for f in table.dtype.names:  # type: ignore[union-attr]
+    for f in table.dtype.names or ():
         out[f] = table[f][idx]
     return out
 

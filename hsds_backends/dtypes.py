@@ -177,7 +177,7 @@ def type_json_from_dtype(dt: np.dtype[Any]) -> dict[str, Any]:
     if dt.names is not None:
         return {
             "class": "H5T_COMPOUND",
-            "fields": [{"name": n, "type": type_json_from_dtype(dt.fields[n][0])} for n in dt.names],
+            "fields": [{"name": n, "type": type_json_from_dtype(dt.fields[n][0])} for n in dt.names],  # type: ignore[index]
         }
     if dt.kind == "b":
         return {"class": "H5T_ENUM", "base": {"class": "H5T_INTEGER", "base": "H5T_STD_I8LE"}, "mapping": {"FALSE": 0, "TRUE": 1}}

@@ -46,7 +46,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 @hookspec
-def hsds_backends_backend_classes() -> Sequence[type[Backend]]:
+def hsds_backends_backend_classes() -> Sequence[type[Backend]]:  # type: ignore[empty-body]
     """Declare the backend classes a plugin provides.
 
     Called by :func:`hsds_backends.plugins.list_backends` and by the plugin

@@ -31,7 +31,7 @@ from . import hookspecs
 from .errors import BackendNotInstalledError, PluginError, UnknownBackendError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Mapping, Sequence
 
     from .model import Backend, Capabilities
 
@@ -204,8 +204,8 @@ def refresh_plugins() -> None:
 def _classes(state: _State) -> dict[str, tuple[type[Backend], str]]:
     out: dict[str, tuple[type[Backend], str]] = {}
     for impl in state.pm.hook.hsds_backends_backend_classes.get_hookimpls():
-        classes = impl.function()
-        for cls in classes or ():
+        classes: Sequence[type[Backend]] = impl.function() or ()  # type: ignore[assignment]
+        for cls in classes:
             if cls.name in out:
                 warnings.warn(
                     f"backend {cls.name!r} is provided by both {out[cls.name][1]!r} and {impl.plugin_name!r}; using the first",
@@ -257,7 +257,7 @@ def make_backend(name: str, config: Mapping[str, Any], pm: pluggy.PluginManager 
             f"backend {name!r} is installed but its plugin failed to load: {state.broken[name]}; "
             f"reinstall it: pip install --force-reinstall {KNOWN_BACKENDS.get(name, name)}"
         ) from state.broken[name]
-    backend = state.pm.hook.hsds_backends_make_backend(name=name, config=config)
+    backend: Backend | None = state.pm.hook.hsds_backends_make_backend(name=name, config=config)
     if backend is not None:
         if backend.name != name:
             raise PluginError(f"plugin asked for backend {name!r} returned backend {backend.name!r}")

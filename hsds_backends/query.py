@@ -29,7 +29,7 @@ Grammar (EBNF; keywords are case-insensitive, whitespace is ignored)::
     cmp_op     = "<" | "<=" | ">" | ">=" | "==" | "!=" ;
     literal    = [ "+" | "-" ] number | string | bytes ;
     field      = ? ASCII identifier [A-Za-z_][A-Za-z0-9_]* that is not a keyword ? ;
-    number     = ? digits [ "." digits ] [ exponent ] | "." digits [ exponent ] ? ;
+    number     = ? digits [ "." [ digits ] ] [ exponent ] | "." digits [ exponent ] ? ;
     string     = ? '...' or "..." with Python escapes (\\n, \\xNN, \\uNNNN, ...) ? ;
     bytes      = ? b'...' or b"..." (ASCII characters and Python escapes) ? ;
 
@@ -37,17 +37,21 @@ Keywords: ``AND``, ``OR``, ``NOT``, ``WHERE``, ``IN``; a field with one of
 these names (in any case) cannot be named in a query. ``~`` and ``NOT`` are
 logical negation of a condition and bind *looser* than a comparison, so
 ``~temp > 3`` means ``~(temp > 3)`` (Python would read it as a bitwise NOT of
-``temp``). Parentheses may nest :data:`MAX_NESTING` deep.
+``temp``). Parentheses may nest :data:`MAX_NESTING` deep, both as written and
+once :meth:`Query.to_wire` has added its own.
 
 Semantics:
 
 * A comparison needs a field on at least one side; ``20 < temp`` and
   ``temp > id`` both work. A bare field, a bare constant, a comparison of two
   constants and a comparison whose side is itself a condition are errors.
-* Numeric fields (bool, int, uint, float) compare with numbers using numpy's
-  rules (``id > 2.5`` compares in float64); integer constants compared with an
-  integer field are exact, also beyond the field's range (``id < 2**70`` is all
-  true), never rounded through float64.
+* Numeric fields (bool, int, uint, float) compare with numbers using the
+  installed numpy's rules (``id > 2.5`` compares in float64). Integer constants
+  compared with an integer field are exact, never rounded through float64
+  (``id == 9223372036854775807`` does not match 2**63 - 2), and a constant
+  outside the field's range decides every row (``id < 10000000000000000000000``
+  is all true). There is no arithmetic and no hex, ``inf`` or ``nan``
+  literals; ``1e999`` is infinity.
 * String fields (``S``, and object fields tagged ``vlen=bytes``) compare with
   bytes; a ``'str'`` constant is encoded as UTF-8. ``U`` fields and object
   fields tagged ``vlen=str`` compare with str; a bytes constant is decoded as
@@ -55,8 +59,9 @@ Semantics:
   are array, nested compound, opaque and untagged object fields.
 * ``where f in (v1, v2, ...)`` converts the values to the field's dtype and
   keeps the rows matched by :func:`numpy.isin`, intersected with the
-  condition if there is one. Unlike HSDS, an integer field does not truncate:
-  a value it cannot hold exactly (``2.5``, ``-1`` for ``uint8``) is an error.
+  condition if there is one (object fields: matched with ``==``). Unlike
+  HSDS, an integer field does not truncate: a value it cannot hold exactly
+  (``2.5``, ``-1`` for ``uint8``) is an error.
 
 Errors are :class:`~hsds_backends.errors.QueryError` (syntax, types) and
 :class:`~hsds_backends.errors.FieldError` (unknown field names); positions in
@@ -85,7 +90,10 @@ if TYPE_CHECKING:
 __all__ = ["MAX_NESTING", "Query", "parse_query"]
 
 MAX_NESTING: Final = 100
-"""Deepest parenthesis nesting :func:`parse_query` accepts (keeps the parser off Python's recursion limit)."""
+"""Deepest parenthesis nesting :func:`parse_query` accepts, as written and in :meth:`Query.to_wire` form.
+
+Keeps parsing and evaluation far from Python's recursion limit (about four frames per level).
+"""
 
 _Scalar: TypeAlias = int | float | str | bytes
 _Category: TypeAlias = Literal["number", "bytes", "text"]
@@ -268,8 +276,9 @@ class Query:
         canonical form ``(temp > 20) & ~(station == b'AB')``.
 
         :func:`parse_query` parses this text back to an equivalent query
-        (same fields, same mask; ``to_wire`` of that is the same text), and the
-        text is also valid for HSDS master, which evaluates it with Python.
+        (same fields, same mask; ``to_wire`` of that is the same text). The
+        condition part is plain Python/numpy syntax with every comparison
+        parenthesised, which is the form HSDS master needs.
 
         Returns
         -------
@@ -344,10 +353,10 @@ class _Context:
 
     def __init__(self, text: str) -> None:
         self.text = text
-        quoted = repr(text)
-        if len(quoted) > _MAX_QUOTE:
-            quoted = quoted[: _MAX_QUOTE - 4] + "...'"
-        self.quoted = quoted
+        if len(text) > _MAX_QUOTE:
+            self.quoted = f"{text[:_MAX_QUOTE]!r}... ({len(text)} characters)"
+        else:
+            self.quoted = repr(text)
 
     def error(self, message: str) -> QueryError:
         return QueryError(f"bad query {self.quoted}: {message}")

@@ -75,7 +75,7 @@ def select_backend(
         raise NoBackendError(
             f"no backend can serve {request.plan.meta.id} ({request.num_chunks} chunks): " + "; ".join(declined)
         )
-    choice = pm.hook.hsds_backends_select_backend(request=request, candidates=candidates, config=config)
+    choice: Choice | None = pm.hook.hsds_backends_select_backend(request=request, candidates=candidates, config=config)
     if choice is None:  # pragma: no cover - the default policy always answers
         choice = default_policy(request, candidates, config)
     log.info("backend %s: %s", choice.backend.name, choice.reason)

@@ -194,7 +194,7 @@ class ChunkTask:
             n = d.get("num_points")
             if n is not None and int(n) != points.shape[0]:
                 raise _bad(f"num_points {n} does not match point_arr ({points.shape[0]} points)")
-        kind = d.get("kind") or ("points" if points is not None else "query" if d.get("query") else "hyperslab")
+        kind: TaskKind = d.get("kind") or ("points" if points is not None else "query" if d.get("query") else "hyperslab")
         if kind not in ("hyperslab", "points", "query"):
             raise _bad(f"kind {kind!r} must be 'hyperslab', 'points' or 'query'")
         if kind == "points" and points is None:

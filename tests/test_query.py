@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import pickle
 import re
 import string
 from typing import Any
@@ -277,6 +278,22 @@ def test_to_wire_canonical_form(text: str, wire: str) -> None:
     again = parse_query(q.to_wire(), LE)
     assert again.to_wire() == q.to_wire()
     assert again.fields == q.fields
+
+
+def test_query_pickles_and_compares() -> None:
+    q = parse_query("temp > 20 AND station == 'AB' where id in (1, 2)", BE)
+    again = pickle.loads(pickle.dumps(q))
+    assert again == q and hash(again) == hash(q)
+    assert again.to_wire() == q.to_wire()
+    assert "temp > 20" in repr(q) and "_expr" not in repr(q)
+
+
+def test_long_text_is_shortened_in_messages() -> None:
+    text = "id > 1 & " * 100 + "id >"
+    with pytest.raises(
+        QueryError, match=r"^bad query 'id > 1 & id.*'\.\.\. \(904 characters\): unexpected end of query at"
+    ):
+        parse_query(text, LE)
 
 
 def test_to_wire_is_python_compatible_text() -> None:

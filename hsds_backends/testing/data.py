@@ -8,6 +8,7 @@ indexing, never from a backend.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,11 +120,12 @@ async def write_conformance_domain(storage: Storage, bucket: str = "hsdstest", d
 
     # corrupt and truncated chunks: reads must raise, naming the chunk id and key. (Blosc has no
     # checksum, so the damage goes into the zlib stream, whose adler32 catches it.)
-    for name, mangle in (
+    mangles: tuple[tuple[str, Callable[[bytes], bytes]], ...] = (
         ("bad_corrupt", lambda b: b[:40] + bytes(255 - x for x in b[40:])),
         ("bad_truncated", lambda b: b[: len(b) // 2]),
         ("bad_length", lambda b: b + b"\0\0\0\0\0\0\0\0"),
-    ):
+    )
+    for name, mangle in mangles:
         arr = np.arange(10000, dtype="<i4").reshape(100, 100)
         meta = await w.create_dataset(domain, f"/{name}", arr, chunks=(50, 50), filters=[] if name == "bad_length" else [("gzip", 4)])
         cid = chunk_id(meta.id, (0, 1))

@@ -66,7 +66,7 @@ def _oracle(arr: np.ndarray[Any, Any], sel: Any) -> np.ndarray[Any, Any]:
     """numpy indexing, except that several coordinate lists select their outer product (as we do)."""
     if isinstance(sel, tuple) and sum(isinstance(k, list) for k in sel) > 1:
         arrays = [np.asarray(k) if isinstance(k, list) else np.arange(arr.shape[d])[k] for d, k in enumerate(sel)]
-        out = arr[np.ix_(*arrays)]
+        out: np.ndarray[Any, Any] = arr[np.ix_(*arrays)]
         drop = tuple(d for d, k in enumerate(sel) if isinstance(k, (int, np.integer)))
         return out.reshape([n for d, n in enumerate(out.shape) if d not in drop]) if drop else out
     return np.asarray(arr[sel])
