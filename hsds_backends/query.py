@@ -618,7 +618,7 @@ def _where_array(ctx: _Context, name: str, dt: numpy.dtype[Any], values: Sequenc
         if dt.kind in "biu":
             lo, hi = _int_range(dt)
             exact: list[int] = []
-            for const, v in zip(values, coerced):
+            for const, v in zip(values, coerced, strict=True):
                 iv: int | None = v if isinstance(v, int) else None
                 if isinstance(v, float) and math.isfinite(v) and v.is_integer():
                     iv = int(v)
@@ -904,7 +904,7 @@ class _Parser:
             assert arr is not None
             normalised = tuple(
                 _Const(int(v), c.pos, c.src) if isinstance(c.value, float) else c
-                for c, v in zip(normalised, arr.tolist())
+                for c, v in zip(normalised, arr.tolist(), strict=True)
             )
         else:
             _where_array(self.ctx, name, dt, normalised)
