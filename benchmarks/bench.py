@@ -41,6 +41,7 @@ import math
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -298,7 +299,12 @@ def data_stamp(p: Profile) -> dict[str, Any]:
         src = REPO_ROOT / "hsds_backends" / mod
         if src.exists():
             h.update(src.read_bytes())
-    return {"version": DATA_VERSION, "profile": asdict(p), "writer_sha256": h.hexdigest()[:16], "numpy": np.__version__.split(".")[0]}
+    return {
+        "version": DATA_VERSION,
+        "profile": asdict(p),
+        "writer_sha256": h.hexdigest()[:16],
+        "numpy": np.__version__.split(".")[0],
+    }
 
 
 async def _write_domain(hsds_root: Path, grid: np.ndarray, table: np.ndarray, p: Profile) -> None:
@@ -400,7 +406,9 @@ def stored_chunk_bytes(hsds_root: Path) -> dict[str, int]:
         rank = len(json.loads(dj.read_text()).get("shape", {}).get("dims", []))
         name = {2: "grid", 1: "table"}.get(rank)
         if name:
-            out[name] = sum(f.stat().st_size for f in dj.parent.rglob("*") if f.is_file() and not f.name.startswith("."))
+            out[name] = sum(
+                f.stat().st_size for f in dj.parent.rglob("*") if f.is_file() and not f.name.startswith(".")
+            )
     return out
 
 
@@ -437,9 +445,21 @@ def identical(got: Any, exp: np.ndarray) -> bool:
 # ----------------------------------------------------------------------------- timing
 
 
-def time_best(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    """Run ``fn`` once (warm-up, result kept), then ``repeat`` times; return (best seconds, result)."""
-    result = fn()
+def time_best(fn: Callable[[], Any], repeat: int, *, result: Any = None) -> tuple[float, Any]:
+    """Return the best of ``repeat`` timed calls of ``fn`` and the warm-up's result.
+
+    Parameters
+    ----------
+    fn : callable
+        The workload.
+    repeat : int
+        Timed calls.
+    result : object, optional
+        The result of a call already made (it then serves as the warm-up); default: one
+        untimed warm-up call is made first.
+    """
+    if result is None:
+        result = fn()
     best = math.inf
     for _ in range(repeat):
         t = time.perf_counter()
@@ -448,9 +468,10 @@ def time_best(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
     return best, result
 
 
-async def atime_best(fn: Callable[[], Awaitable[Any]], repeat: int) -> tuple[float, Any]:
+async def atime_best(fn: Callable[[], Awaitable[Any]], repeat: int, *, result: Any = None) -> tuple[float, Any]:
     """Async :func:`time_best`."""
-    result = await fn()
+    if result is None:
+        result = await fn()
     best = math.inf
     for _ in range(repeat):
         t = time.perf_counter()
@@ -464,21 +485,21 @@ def _timed_cells(
     ops: dict[str, Callable[[], Any]],
     expected: dict[str, np.ndarray],
     repeat: int,
-    exp_key: dict[str, str] | None = None,
 ) -> None:
-    """Fill ``run.cells`` by timing each of ``ops`` (``full`` gets a cold first-read cell)."""
-    exp_key = exp_key or {}
+    """Fill ``run.cells`` by timing each of ``ops``.
+
+    ``full`` also gets the ``full_cold`` cell: its first call, which then serves as its warm-up.
+    """
     for key, fn in ops.items():
         try:
+            first = None
             if key == "full":
                 t = time.perf_counter()
                 first = fn()
-                cold = time.perf_counter() - t
-                run.cells["full_cold"] = Measurement(cold, identical(first, expected["full"]))
-                del first
-            best, res = time_best(fn, repeat)
-            run.cells[key] = Measurement(best, identical(res, expected[exp_key.get(key, key)]))
-            del res
+                run.cells["full_cold"] = Measurement(time.perf_counter() - t, identical(first, expected["full"]))
+            best, res = time_best(fn, repeat, result=first)
+            run.cells[key] = Measurement(best, identical(res, expected[key]))
+            del first, res
         except Exception as exc:  # noqa: BLE001 - record and go on with the next workload
             run.cells[key] = Measurement(note=f"error: {type(exc).__name__}: {exc}"[:300])
 
@@ -532,14 +553,15 @@ def measure_memory(data: BenchData, backend: str) -> dict[str, Any]:
     dict
         ``output_mb``, ``peak_rss_delta_mb`` (``None`` if unmeasurable) and ``tracemalloc_peak_mb``.
     """
-    import subprocess
-
     from hsds_backends import open_domain
 
     info: dict[str, Any] = {"output_mb": data.grid.nbytes / 2**20, "peak_rss_delta_mb": None}
     proc = subprocess.run(
         [sys.executable, "-c", _MEMORY_PROBE, str(data.hsds_root), BUCKET, DOMAIN, backend],
-        capture_output=True, text=True, timeout=600,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if proc.returncode == 0:
         r = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -560,7 +582,9 @@ def measure_memory(data: BenchData, backend: str) -> dict[str, Any]:
     return info
 
 
-async def _bench_backend_async(name: str, data: BenchData, sel: Selections, expected: dict[str, np.ndarray], repeat: int) -> SystemRun:
+async def _bench_backend_async(
+    name: str, data: BenchData, sel: Selections, expected: dict[str, np.ndarray], repeat: int
+) -> SystemRun:
     from hsds_backends.api import Reader
 
     run = SystemRun(name, ours=True)
@@ -577,20 +601,22 @@ async def _bench_backend_async(name: str, data: BenchData, sel: Selections, expe
         }
         for key, fn in ops.items():
             try:
-                if key == "full":
+                first = None
+                if key == "full":  # the first read of a fresh Reader: cold, and the warm-up
                     t = time.perf_counter()
                     first = await fn()
                     run.cells["full_cold"] = Measurement(time.perf_counter() - t, identical(first, expected["full"]))
-                    del first
-                best, res = await atime_best(fn, repeat)
+                best, res = await atime_best(fn, repeat, result=first)
                 run.cells[key] = Measurement(best, identical(res, expected[key]))
-                del res
+                del first, res
             except Exception as exc:  # noqa: BLE001
                 run.cells[key] = Measurement(ok=False, note=f"error: {type(exc).__name__}: {exc}"[:300])
     return run
 
 
-def bench_backend(name: str, data: BenchData, sel: Selections, expected: dict[str, np.ndarray], repeat: int) -> SystemRun:
+def bench_backend(
+    name: str, data: BenchData, sel: Selections, expected: dict[str, np.ndarray], repeat: int
+) -> SystemRun:
     """Time the workloads through the async :class:`hsds_backends.Reader` on backend ``name``.
 
     Parameters
@@ -620,7 +646,7 @@ def bench_backend(name: str, data: BenchData, sel: Selections, expected: dict[st
 
 # ----------------------------------------------------------------------------- real HSDS
 
-_H5PYD_SCRIPT = r'''
+_H5PYD_SCRIPT = r"""
 import time, sys, numcodecs
 from time import perf_counter
 
@@ -648,11 +674,11 @@ def save(key, arr):
 
 for key, fn in ops.items():
     try:
-        if key == "full":
-            t0 = perf_counter(); first = fn(); cold = perf_counter() - t0
-            out["cells"]["full_cold"] = {"seconds": cold, "npy": save("full_cold", first)}
-            del first
-        res = fn()  # warm-up
+        if key == "full":  # the first read after server start: cold, and the warm-up
+            t0 = perf_counter(); res = fn(); cold = perf_counter() - t0
+            out["cells"]["full_cold"] = {"seconds": cold, "npy": save("full_cold", res)}
+        else:
+            res = fn()  # warm-up
         best = float("inf")
         for _ in range(args["repeat"]):
             t0 = perf_counter(); fn(); best = min(best, perf_counter() - t0)
@@ -668,14 +694,16 @@ except Exception as exc:
     out["read_where"] = {"error": "%s: %s" % (type(exc).__name__, str(exc)[:300])}
 f.close()
 emit(out)
-'''
+"""
 
 
 def _slice_args(s: tuple[slice, ...]) -> list[list[int | None]]:
     return [[x.start, x.stop, x.step] for x in s]
 
 
-def bench_hsds(data: BenchData, sel: Selections, expected: dict[str, np.ndarray], repeat: int, echo: Callable[[str], None]) -> SystemRun:
+def bench_hsds(
+    data: BenchData, sel: Selections, expected: dict[str, np.ndarray], repeat: int, echo: Callable[[str], None]
+) -> SystemRun:
     """Time the workloads through h5pyd against a real HSDS 1.0.2 serving our writer's files.
 
     HSDS runs from its own venv (``tests/hsds_harness.py``) on unix sockets with the posix
@@ -882,15 +910,21 @@ def render(report: Report) -> str:
     """Return the printed report: machine line, data line, table and notes."""
     p, m = report.profile, report.machine
     lines = [
-        f"machine: {m.get('cores')} cores ({m.get('cpu')}), {m.get('mem_gb', '?')} GB RAM; python {m['python']}, "
-        f"numpy {m['numpy']}, numcodecs {m.get('numcodecs', '-')} (blosc {m.get('blosc', '-')}), zlib {m['zlib']}, "
-        f"isal {m.get('isal') or 'not installed'}, hsds-backends {m.get('hsds_backends')}",
-        f"data ({p.name}): grid float32 {p.grid_size}x{p.grid_size}, {p.grid_chunk}x{p.grid_chunk} chunks, "
-        f"shuffle+gzip 4 as HSDS stores it ({report.data.get('grid_stored_mb', 0):.0f} MB stored for "
-        f"{report.data.get('grid_mb', 0):.0f} MB, zarr copy {report.data.get('zarr_stored_mb', 0):.0f} MB); "
-        f"table {p.rows:,} rows in {p.table_chunk:,}-row chunks ({report.data.get('query_rows', 0):,} match {QUERY!r})",
-        f"timing: best of {report.repeat} after one warm-up (cold = the first read of a fresh client); "
-        f"cell = time, speed-up vs baseline (baseline time / time, >1 is faster), ✓/✗ = byte-identical to numpy",
+        (
+            f"machine: {m.get('cores')} cores ({m.get('cpu')}), {m.get('mem_gb', '?')} GB RAM; python {m['python']}, "
+            f"numpy {m['numpy']}, numcodecs {m.get('numcodecs', '-')} (blosc {m.get('blosc', '-')}), zlib {m['zlib']}, "
+            f"isal {m.get('isal') or 'not installed'}, hsds-backends {m.get('hsds_backends')}"
+        ),
+        (
+            f"data ({p.name}): grid float32 {p.grid_size}x{p.grid_size}, {p.grid_chunk}x{p.grid_chunk} chunks, "
+            f"shuffle+gzip 4 as HSDS stores it ({report.data.get('grid_stored_mb', 0):.0f} MB stored for "
+            f"{report.data.get('grid_mb', 0):.0f} MB; zarr copy {report.data.get('zarr_stored_mb', 0):.0f} MB); "
+            f"table {p.rows:,} rows in {p.table_chunk:,}-row chunks ({report.data.get('query_rows', 0):,} match {QUERY!r})"
+        ),
+        (
+            f"timing: best of {report.repeat} after one warm-up (cold = the first read of a fresh client); "
+            "cell = time, speed-up vs baseline (baseline time / time, >1 is faster), ✓/✗ = byte-identical to numpy"
+        ),
         f"baseline: {report.baseline or 'none'}",
         "",
     ]
@@ -902,7 +936,14 @@ def render(report: Report) -> str:
         base = base_run.cells.get(key) if base_run else None
         rows.append([label, *[format_cell(s.cells.get(key), base, s is base_run) for s in systems]])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    fmt = lambda r: "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |"  # noqa: E731
+
+    def fmt(r: list[str]) -> str:
+        return (
+            "| "
+            + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+            + " |"
+        )
+
     lines.append(fmt(header))
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     lines.extend(fmt(r) for r in rows)
@@ -919,7 +960,11 @@ def render(report: Report) -> str:
         if mem:
             out_mb = mem["output_mb"]
             rss = mem.get("peak_rss_delta_mb")
-            rss_txt = f"peak RSS +{rss:.0f} MB ({rss / out_mb:.2f}x)" if rss is not None else f"peak RSS n/a ({mem.get('rss_error')})"
+            rss_txt = (
+                f"peak RSS +{rss:.0f} MB ({rss / out_mb:.2f}x)"
+                if rss is not None
+                else f"peak RSS n/a ({mem.get('rss_error')})"
+            )
             lines.append(
                 f"{s.name}: memory of one full read ({out_mb:.0f} MB output): {rss_txt} in a fresh process; "
                 f"tracemalloc peak {mem['tracemalloc_peak_mb']:.0f} MB ({mem['tracemalloc_peak_mb'] / out_mb:.2f}x)"
@@ -939,10 +984,16 @@ def render(report: Report) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse the command line (see the module docstring)."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n", 1)[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--backends", help="comma-separated hsds-backends backends (default: every installed one)")
-    ap.add_argument("--repeat", type=int, default=3, help="timed runs per workload after one warm-up; the best counts (default 3)")
-    ap.add_argument("--data-dir", type=Path, default=REPO_ROOT / "bench-data", help="data cache (default <repo>/bench-data)")
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="timed runs per workload after one warm-up; the best counts (default 3)"
+    )
+    ap.add_argument(
+        "--data-dir", type=Path, default=REPO_ROOT / "bench-data", help="data cache (default <repo>/bench-data)"
+    )
     ap.add_argument("--skip-hsds", action="store_true", help="do not run real HSDS via h5pyd")
     ap.add_argument("--skip-zarr", action="store_true", help="do not run zarr-python")
     ap.add_argument("--skip-tensorstore", action="store_true", help="do not run TensorStore")
@@ -970,11 +1021,15 @@ def _module_available(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+def echo(msg: str) -> None:
+    """Print a progress message on stderr (the report goes to stdout)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; return the exit status (1 if an hsds-backends result mismatched)."""
     args = parse_args(argv)
     t_start = time.perf_counter()
-    echo = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731 - progress on stderr, table on stdout
     from hsds_backends import list_backends
 
     installed = [b.name for b in list_backends()]
@@ -999,13 +1054,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.skip_hsds:
         echo(f"running {HSDS_NAME} ...")
         systems.append(bench_hsds(data, sel, expected, args.repeat, echo))
-    zarr_missing = "zarr copy missing (zarr-python not installed when the data was generated); pip install zarr"
-    if not args.skip_zarr:
-        echo(f"running {ZARR_NAME} ...")
-        systems.append(bench_zarr(data, sel, expected, args.repeat) if data.zarr_ready or not _module_available("zarr") else SystemRun(ZARR_NAME, error=zarr_missing))
-    if not args.skip_tensorstore:
-        echo(f"running {TS_NAME} ...")
-        systems.append(bench_tensorstore(data, sel, expected, args.repeat) if data.zarr_ready or not _module_available("tensorstore") else SystemRun(TS_NAME, error=zarr_missing))
+    for skip, title, fn in (
+        (args.skip_zarr, ZARR_NAME, bench_zarr),
+        (args.skip_tensorstore, TS_NAME, bench_tensorstore),
+    ):
+        if skip:
+            continue
+        echo(f"running {title} ...")
+        if data.zarr_ready:
+            systems.append(fn(data, sel, expected, args.repeat))
+        else:
+            systems.append(SystemRun(title, error="no zarr copy: writing it needs zarr-python (pip install zarr)"))
 
     stored = stored_chunk_bytes(data.hsds_root)
     report = Report(
@@ -1019,7 +1078,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "table_stored_mb": stored.get("table", 0) / 2**20,
             "table_mb": data.table.nbytes / 2**20,
             "zarr_stored_mb": dir_bytes(data.zarr_path) / 2**20,
-            "query_rows": int(len(expected["query_rows"])),
+            "query_rows": len(expected["query_rows"]),
             "generated_seconds": data.generated_seconds,
         },
         baseline=choose_baseline(systems),
@@ -1029,7 +1088,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(render(report))
     if args.json:
         args.json.write_text(json.dumps(asdict(report), indent=1, default=str))
-    bad = [s.name for s in systems if s.ours and (s.error or any(c.ok is False or c.note.startswith("error") for c in s.cells.values()))]
+    bad = [
+        s.name
+        for s in systems
+        if s.ours and (s.error or any(c.ok is False or c.note.startswith("error") for c in s.cells.values()))
+    ]
     if bad:
         print(f"FAILED: hsds-backends result mismatch or error in: {', '.join(bad)}")
         return 1

@@ -104,9 +104,7 @@ class S3Storage(Storage):
                 " (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws, instance role)"
             )
         if addressing_style not in (None, "auto", "path", "virtual"):
-            raise ConfigError(
-                f"S3 addressing_style {addressing_style!r} is not valid; use 'path', 'virtual' or 'auto'"
-            )
+            raise ConfigError(f"S3 addressing_style {addressing_style!r} is not valid; use 'path', 'virtual' or 'auto'")
         if int(max_pool_connections) < 1:
             raise ConfigError(f"max_pool_connections must be >= 1, got {max_pool_connections!r}")
         self.endpoint_url = endpoint_url or None
@@ -323,7 +321,7 @@ class S3Storage(Storage):
             if code == "InvalidRange":
                 return b""
             raise self._error(exc, "read", b, k) from exc
-        except (BotoCoreError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, BotoCoreError, OSError) as exc:
             raise self._error(exc, "read", b, k) from exc
         except Exception as exc:  # aiohttp payload errors and the like
             if type(exc).__module__.startswith(("aiohttp", "aiobotocore", "botocore")):
@@ -339,7 +337,7 @@ class S3Storage(Storage):
 
         try:
             await client.put_object(Bucket=b, Key=k, Body=bytes(data))
-        except (ClientError, BotoCoreError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
             raise self._error(exc, "write", b, k) from exc
 
     async def exists(self, bucket: str, key: str) -> bool:
@@ -354,6 +352,6 @@ class S3Storage(Storage):
             if self._code(exc) in _MISSING_CODES:
                 return False
             raise self._error(exc, "check", b, k) from exc
-        except (BotoCoreError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, BotoCoreError, OSError) as exc:
             raise self._error(exc, "check", b, k) from exc
         return True

@@ -35,12 +35,12 @@ from .errors import ConfigError
 
 __all__ = [
     "DEFAULTS",
-    "SIZE_KEYS",
-    "SECRET_KEYS",
     "ENV_PREFIX",
+    "SECRET_KEYS",
+    "SIZE_KEYS",
     "Config",
-    "load_config",
     "find_config_file",
+    "load_config",
     "parse_bool",
     "parse_size",
 ]
@@ -406,9 +406,7 @@ def _read_yml(path: str) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(
-            f"config file {path!r} must hold a mapping of keys to values, not {type(data).__name__}"
-        )
+        raise ConfigError(f"config file {path!r} must hold a mapping of keys to values, not {type(data).__name__}")
     for key in data:
         if not isinstance(key, str):
             raise ConfigError(f"config file {path!r}: key {key!r} is not a string")

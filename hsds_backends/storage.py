@@ -132,10 +132,9 @@ class PosixStorage(Storage):
         p = self.path(bucket, key)
         try:
             with open(p, "rb", buffering=0) as f:
-                if offset is not None:
+                if offset:
                     f.seek(offset)
-                    return f.read(size if size is not None else -1)
-                return f.read()
+                return f.read(size if size is not None else -1)
         except FileNotFoundError:
             return None
         except IsADirectoryError:

@@ -37,9 +37,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from typing import IO, Any, Final
+from typing import IO, Any, Final, Self
 
-__all__ = ["MotoServer", "DUMMY_ACCESS_KEY_ID", "DUMMY_SECRET_ACCESS_KEY"]
+__all__ = ["DUMMY_ACCESS_KEY_ID", "DUMMY_SECRET_ACCESS_KEY", "MotoServer"]
 
 #: Dummy credentials moto accepts; not secrets.
 DUMMY_ACCESS_KEY_ID: Final = "testing"
@@ -142,7 +142,7 @@ class MotoServer:
         if status != 200:
             raise RuntimeError(f"moto reset at {self.endpoint_url} answered HTTP {status}")
 
-    def start(self) -> MotoServer:
+    def start(self) -> Self:
         """Start the server and wait until it answers. Returns ``self``."""
         if self._proc is not None:
             return self
@@ -151,7 +151,7 @@ class MotoServer:
         for _attempt in range(1 if fixed_port else 3):
             if not fixed_port:
                 self.port = _free_port(self.host)
-            self._log = tempfile.TemporaryFile()
+            self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server; stop() closes it
             env = dict(os.environ)
             env.setdefault("PYTHONUNBUFFERED", "1")
             self._proc = subprocess.Popen(
@@ -188,20 +188,19 @@ class MotoServer:
     def stop(self) -> None:
         """Stop the server. Idempotent."""
         proc, self._proc = self._proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=5)
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
         if self._log is not None:
             with contextlib.suppress(OSError):
                 self._log.close()
             self._log = None
 
-    def __enter__(self) -> MotoServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
