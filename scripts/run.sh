@@ -4,6 +4,7 @@
 #   bash scripts/run.sh test [PYTEST ARGS...]   run the test suite (starts moto server and real HSDS itself)
 #   bash scripts/run.sh bench [ARGS...]  run the benchmark script
 set -euo pipefail
+shopt -s nullglob
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=${PYTHON:-python3}
@@ -15,9 +16,9 @@ extras="test"
 # every distribution in this repository: the core plus backends/* that exist
 pkgs=("-e" "$ROOT[$extras]")
 for d in "$ROOT"/backends/*/; do
-  [ -f "$d/pyproject.toml" ] && pkgs+=("-e" "$d")
+  if [ -f "$d/pyproject.toml" ]; then pkgs+=("-e" "$d"); fi
 done
-stamp="$VENV/.installed-$(cat "$ROOT"/pyproject.toml "$ROOT"/backends/*/pyproject.toml 2>/dev/null | { sha1sum 2>/dev/null || shasum; } | cut -c1-12)-$extras"
+stamp="$VENV/.installed-$("$PY" -c 'import hashlib,sys; print(hashlib.sha1(b"".join(open(p,"rb").read() for p in sys.argv[1:])).hexdigest()[:12])' "$ROOT"/pyproject.toml "$ROOT"/backends/*/pyproject.toml 2>/dev/null || echo none)-$extras"
 
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
