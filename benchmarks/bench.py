@@ -838,6 +838,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "zlib": zlib.ZLIB_RUNTIME_VERSION,
+        "loadavg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
     try:
         with open("/proc/cpuinfo") as f:
@@ -913,7 +914,8 @@ def render(report: Report) -> str:
         (
             f"machine: {m.get('cores')} cores ({m.get('cpu')}), {m.get('mem_gb', '?')} GB RAM; python {m['python']}, "
             f"numpy {m['numpy']}, numcodecs {m.get('numcodecs', '-')} (blosc {m.get('blosc', '-')}), zlib {m['zlib']}, "
-            f"isal {m.get('isal') or 'not installed'}, hsds-backends {m.get('hsds_backends')}"
+            f"isal {m.get('isal') or 'not installed'}, hsds-backends {m.get('hsds_backends')}; "
+            f"1-min load average at start {m.get('loadavg_1min_start', '?')}, at end {m.get('loadavg_1min', '?')}"
         ),
         (
             f"data ({p.name}): grid float32 {p.grid_size}x{p.grid_size}, {p.grid_chunk}x{p.grid_chunk} chunks, "
@@ -1030,6 +1032,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; return the exit status (1 if an hsds-backends result mismatched)."""
     args = parse_args(argv)
     t_start = time.perf_counter()
+    load_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     from hsds_backends import list_backends
 
     installed = [b.name for b in list_backends()]
@@ -1070,7 +1073,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = Report(
         profile=profile,
         repeat=args.repeat,
-        machine=machine_info(),
+        machine={**machine_info(), "loadavg_1min_start": load_start},
         data={
             "dir": str(data.root),
             "grid_mb": data.grid.nbytes / 2**20,

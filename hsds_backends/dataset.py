@@ -58,6 +58,8 @@ def _fill_bytes(cp: dict[str, Any], dtype: np.dtype[Any]) -> bytes | None:
         elif isinstance(value, str) and dtype.kind == "S":
             value = value.encode("utf-8")
         arr = np.array(value, dtype=dtype)
+        if arr.nbytes != dtype.itemsize:
+            raise DatasetJsonError(f"fillValue {value!r} is {arr.nbytes} bytes of {dtype}; one element is {dtype.itemsize} bytes")
     except DatasetJsonError:
         raise
     except (ValueError, TypeError, OverflowError) as exc:
@@ -117,37 +119,46 @@ class DatasetMeta:
             dtype = dtype_from_type_json(type_json)
         except TypeJsonError as exc:
             raise DatasetJsonError(f"dataset {did!r}: {exc}") from exc
-        sclass = shape_json.get("class") if isinstance(shape_json, dict) else None
-        if sclass == "H5S_SCALAR":
-            shape: tuple[int, ...] = ()
-        elif sclass == "H5S_SIMPLE":
-            shape = tuple(int(d) for d in shape_json["dims"])
-        elif sclass == "H5S_NULL":
-            raise DatasetJsonError(f"dataset {did!r} has a null dataspace (H5S_NULL); it holds no values to read")
-        else:
-            raise DatasetJsonError(f"dataset {did!r} has unknown shape class {sclass!r}")
-        cp = dset_json.get("creationProperties") or {}
-        cp_layout = cp.get("layout") or {}
-        top_layout = dset_json.get("layout") or {}
-        layout_class = cp_layout.get("class") or top_layout.get("class") or "H5D_CHUNKED"
-        if layout_class == "H5D_CONTIGUOUS":
-            layout_class = "H5D_CHUNKED"  # §2.3: contiguous requests are stored chunked
-        if layout_class not in LAYOUT_CLASSES:
-            raise DatasetJsonError(
-                f"dataset {did!r} has layout {layout_class!r}; supported layouts: {', '.join(LAYOUT_CLASSES)}"
-            )
-        dims = top_layout.get("dims") or cp_layout.get("dims")
-        if shape == ():
-            chunks: tuple[int, ...] = (1,)
-        elif dims is None:
-            if layout_class == "H5D_CONTIGUOUS_REF":
-                chunks = _contiguous_chunks(shape, dtype.itemsize)
+        try:
+            sclass = shape_json.get("class") if isinstance(shape_json, dict) else None
+            if sclass == "H5S_SCALAR":
+                shape: tuple[int, ...] = ()
+            elif sclass == "H5S_SIMPLE":
+                shape = tuple(int(d) for d in shape_json["dims"])
+                if any(d < 0 for d in shape):
+                    raise DatasetJsonError(f"dataset {did!r}: shape {list(shape)} has a negative extent")
+            elif sclass == "H5S_NULL":
+                raise DatasetJsonError(f"dataset {did!r} has a null dataspace (H5S_NULL); it holds no values to read")
             else:
-                chunks = tuple(shape)  # no layout at all: one chunk
-        else:
-            chunks = tuple(int(d) for d in dims)
-        if len(chunks) != max(len(shape), 1) or any(c < 1 for c in chunks):
-            raise DatasetJsonError(f"dataset {did!r}: chunk dims {list(chunks)} do not fit shape {list(shape)}")
+                raise DatasetJsonError(f"dataset {did!r} has unknown shape class {sclass!r}")
+            cp = dset_json.get("creationProperties") or {}
+            cp_layout = cp.get("layout") or {}
+            top_layout = dset_json.get("layout") or {}
+            if not all(isinstance(x, dict) for x in (cp, cp_layout, top_layout)):
+                raise DatasetJsonError(f"dataset {did!r}: creationProperties, layout and creationProperties.layout must be objects")
+            layout_class = cp_layout.get("class") or top_layout.get("class") or "H5D_CHUNKED"
+            if layout_class == "H5D_CONTIGUOUS":
+                layout_class = "H5D_CHUNKED"  # §2.3: contiguous requests are stored chunked
+            if layout_class not in LAYOUT_CLASSES:
+                raise DatasetJsonError(
+                    f"dataset {did!r} has layout {layout_class!r}; supported layouts: {', '.join(LAYOUT_CLASSES)}"
+                )
+            dims = top_layout.get("dims") or cp_layout.get("dims")
+            if shape == ():
+                chunks: tuple[int, ...] = (1,)
+            elif dims is None:
+                if layout_class == "H5D_CONTIGUOUS_REF":
+                    chunks = _contiguous_chunks(shape, dtype.itemsize)
+                else:
+                    chunks = tuple(max(1, s) for s in shape)  # no layout at all: one chunk
+            else:
+                chunks = tuple(int(d) for d in dims)
+            if len(chunks) != max(len(shape), 1) or any(c < 1 for c in chunks):
+                raise DatasetJsonError(f"dataset {did!r}: chunk dims {list(chunks)} do not fit shape {list(shape)}")
+        except DatasetJsonError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise DatasetJsonError(f"dataset {did!r}: malformed shape or layout JSON ({type(exc).__name__}: {exc})") from exc
         filters = tuple(cp.get("filters") or ())
         if layout_class != "H5D_CHUNKED" and has_vlen(dtype):
             raise DatasetJsonError(f"dataset {did!r}: reference layouts cannot hold variable-length types")
@@ -209,6 +220,11 @@ class DatasetMeta:
     @cached_property
     def ops(self) -> FilterOps:
         return filter_ops(list(self.filters), is_vlen=self.is_vlen, linked=self.layout_class != "H5D_CHUNKED")
+
+    @property
+    def fill_raw(self) -> bytes:
+        """One fill element's bytes (zeros if no fill value); fixed-size types only."""
+        return self.fill if self.fill is not None else bytes(self.dtype.itemsize)
 
     @property
     def fill_element(self) -> np.ndarray[Any, Any]:

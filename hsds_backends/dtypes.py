@@ -124,7 +124,7 @@ def dtype_from_type_json(type_json: Any) -> np.dtype[Any]:
             return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": off})
     except KeyError as exc:
         raise TypeJsonError(f"type JSON {type_json!r} of class {cls!r} is missing key {exc.args[0]!r}") from exc
-    except TypeError as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise TypeJsonError(f"type JSON {type_json!r} is malformed: {exc}") from exc
     raise TypeJsonError(
         f"unknown type class {cls!r}; expected one of H5T_INTEGER, H5T_FLOAT, H5T_STRING, H5T_VLEN,"

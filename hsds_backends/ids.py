@@ -99,6 +99,8 @@ def partition_of(index: Sequence[int], partition_count: int) -> int:
 
 def chunk_id(dset_id: str, index: Sequence[int], partition_count: int | None = None) -> str:
     """Return the chunk id of chunk ``index`` of dataset ``dset_id`` (§1.1, §1.3, §1.4)."""
+    if not isinstance(dset_id, str) or not dset_id.startswith("d-") or not _V2_RE.match(dset_id):
+        raise DatasetJsonError(f"dataset id {dset_id!r} is not a schema-v2 HSDS dataset id like 'd-147ada2c-2ffb2839-39b5-e935ed-e55bf0'")
     body = dset_id[2:]
     suffix = "_".join(str(int(i)) for i in index)
     part = "" if not partition_count else str(partition_of(index, partition_count))

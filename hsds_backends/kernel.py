@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .codecs import decode_chunk
-from .errors import ChunkDecodeError, HsdsBackendsError, SelectionError, TaskError
+from .errors import ChunkDecodeError, HsdsBackendsError, NotFoundError, SelectionError, TaskError
 from .selection import Coords, Hyperslab, Slice, parse_select
 from .tasks import ChunkResult, ChunkTask, field_dtype, query_dtype
 from .vlen import decode_vlen, encode_vlen
@@ -96,8 +96,7 @@ def _fill_chunk(meta: DatasetMeta) -> np.ndarray[Any, Any]:
         else:
             arr[...] = meta.fill_element
         return arr
-    fill = meta.fill_element.reshape(1).view(f"V{meta.dtype.itemsize}")
-    return np.broadcast_to(fill, meta.chunks)
+    return np.broadcast_to(np.frombuffer(meta.fill_raw, dtype=f"V{meta.dtype.itemsize}"), meta.chunks)
 
 
 def _typed(meta: DatasetMeta, arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -154,6 +153,12 @@ def process(task: ChunkTask, data: bytes | bytearray | memoryview | None) -> Chu
     key = loc.key if loc is not None else "(none)"
     try:
         if data is None:
+            if loc is not None and loc.linked:
+                # a chunk table entry that points nowhere is not an unwritten chunk (§3.4: the 404 propagates)
+                raise NotFoundError(
+                    f"chunk {cid}: linked file {loc.bucket}/{loc.key} is missing (offset {loc.offset}, size {loc.size});"
+                    " check the dataset's file_uri"
+                )
             if task.kind != "query":
                 return ChunkResult(cid, "missing")
             chunk = _fill_chunk(meta)

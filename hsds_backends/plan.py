@@ -187,13 +187,23 @@ class Assembler:
     def _fill(self) -> np.ndarray[Any, Any]:
         if self._fill_value is None:
             meta = self.plan.meta
-            fe = meta.fill_element
-            if self.plan.fields:
-                proj = np.empty((), dtype=self.plan.out_dtype)
-                for f in self.plan.fields:
-                    proj[f] = fe[f]
-                fe = proj
-            self._fill_value = fe if self._vlen else fe.reshape(1).view(f"V{self.plan.out_dtype.itemsize}").reshape(())
+            if self._vlen:
+                fe = meta.fill_element
+                if self.plan.fields:
+                    proj = np.empty((), dtype=self.plan.out_dtype)
+                    for f in self.plan.fields:
+                        proj[f] = fe[f]
+                    fe = proj
+                self._fill_value = fe
+            else:
+                raw = meta.fill_raw
+                if self.plan.fields:
+                    whole = np.frombuffer(raw, dtype=meta.dtype)
+                    proj = np.empty(1, dtype=self.plan.out_dtype)
+                    for f in self.plan.fields:
+                        proj[f] = whole[f]
+                    raw = proj.tobytes()
+                self._fill_value = np.frombuffer(raw, dtype=f"V{len(raw)}").reshape(())
         return self._fill_value
 
     def _values(self, data: bytes | bytearray | memoryview, shape: tuple[int, ...], cid: str) -> np.ndarray[Any, Any]:

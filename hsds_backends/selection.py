@@ -195,11 +195,10 @@ def _parse_dim(part: str, extent: int, d: int, sel: str, shape: tuple[int, ...])
         if inner == "":
             raise SelectionError(f"bad select {sel!r}: empty coordinate list on {where}")
         vals = [_int(v, "coordinate", sel) for v in inner.split(",")]
-        arr = np.asarray(vals, dtype=np.int64)
-        bad = arr[(arr < 0) | (arr >= extent)]
-        if bad.size:
-            raise SelectionError(f"bad select {sel!r}: coordinate {int(bad[0])} is out of range for {where}")
-        return Coords(arr)
+        for v in vals:
+            if not 0 <= v < extent:
+                raise SelectionError(f"bad select {sel!r}: coordinate {v} is out of range for {where}")
+        return Coords(np.asarray(vals, dtype=np.int64))
     if ":" not in part:
         n = _int(part, "index", sel)
         if not 0 <= n < extent:
@@ -240,7 +239,7 @@ def from_index(key: Any, shape: Sequence[int]) -> Hyperslab:
             raise SelectionError(f"too many indices for a dataset of rank {len(shape)}: {key!r}")
         key = key[:i] + (slice(None),) * fill + key[i + 1 :]
     if len(key) > len(shape):
-        if not shape and key in ((), (slice(None),)):
+        if not shape and len(key) == 1 and isinstance(key[0], slice) and key[0] == slice(None):
             return Hyperslab((), ())
         raise SelectionError(f"too many indices for a dataset of rank {len(shape)} (shape {list(shape)}): {key!r}")
     key = key + (slice(None),) * (len(shape) - len(key))
@@ -258,7 +257,10 @@ def from_index(key: Any, shape: Sequence[int]) -> Hyperslab:
             dims.append(Slice(n, n + 1, 1))
             drop.append(True)
         elif isinstance(k, slice):
-            start, stop, step = k.indices(extent)
+            try:
+                start, stop, step = k.indices(extent)
+            except (TypeError, ValueError) as exc:
+                raise SelectionError(f"slice {k!r} on dimension {d} needs integer bounds and a non-zero step") from exc
             if step < 1:
                 raise SelectionError(
                     f"slice {k!r} on dimension {d} has a negative step; read with a positive step and reverse with [::-1]"
@@ -268,13 +270,20 @@ def from_index(key: Any, shape: Sequence[int]) -> Hyperslab:
             dims.append(Slice(start, stop, step))
             drop.append(False)
         else:
-            arr = np.asarray(k)
+            try:
+                arr = np.asarray(k)
+            except (ValueError, TypeError, OverflowError) as exc:
+                raise SelectionError(f"index {k!r} on dimension {d} must be an int, a slice or a 1-d list of ints") from exc
+            if arr.ndim == 1 and arr.size == 0:
+                arr = arr.astype(np.int64)  # np.asarray([]) is float64; an empty list selects nothing
             if arr.dtype == bool:
                 raise SelectionError(
                     f"boolean mask on dimension {d} is not supported; pass np.nonzero(mask)[0] as a coordinate list"
                 )
             if arr.ndim != 1 or arr.dtype.kind not in "iu":
                 raise SelectionError(f"index {k!r} on dimension {d} must be an int, a slice or a 1-d list of ints")
+            if arr.dtype.kind == "u" and arr.size and int(arr.max()) >= extent:
+                raise SelectionError(f"coordinate {int(arr.max())} is out of range for dimension {d} (extent {extent})")
             vals = arr.astype(np.int64)
             vals = np.where(vals < 0, vals + extent, vals)
             bad = vals[(vals < 0) | (vals >= extent)]

@@ -160,6 +160,10 @@ class ChunkTask:
         if bucket:
             bucket = check_bucket(bucket)
         if isinstance(dset_json, str):
+            try:
+                json.loads(dset_json)
+            except ValueError as exc:
+                raise _bad(f"dset_json is not valid JSON: {exc}") from exc
             meta = _meta_from_text(dset_json, bucket)
         else:
             meta = _meta_from_text(json.dumps(dset_json, sort_keys=True, separators=(",", ":")), bucket)
@@ -191,8 +195,8 @@ class ChunkTask:
             if len(raw) % (8 * rank):
                 raise _bad(f"point_arr holds {len(raw)} bytes, not a whole number of rank-{rank} uint64 points")
             points = np.frombuffer(raw, dtype="<u8").reshape(-1, rank)
-            n = d.get("num_points")
-            if n is not None and int(n) != points.shape[0]:
+            n = _int_or_none(d.get("num_points"), "num_points")
+            if n is not None and n != points.shape[0]:
                 raise _bad(f"num_points {n} does not match point_arr ({points.shape[0]} points)")
         kind: TaskKind = d.get("kind") or ("points" if points is not None else "query" if d.get("query") else "hyperslab")
         if kind not in ("hyperslab", "points", "query"):
@@ -219,7 +223,7 @@ class ChunkTask:
             points=points,
             fields=tuple(fields) if fields else None,
             query=query,
-            limit=_int_or_none(d.get("Limit", d.get("limit")), "Limit") or None,
+            limit=_limit(d.get("Limit", d.get("limit"))),
         )
 
 
@@ -230,6 +234,13 @@ def _int_or_none(v: Any, name: str) -> int | None:
         return int(v)
     except (TypeError, ValueError) as exc:
         raise _bad(f"{name} must be an integer, got {v!r}") from exc
+
+
+def _limit(v: Any) -> int | None:
+    n = _int_or_none(v, "Limit")
+    if n is not None and n < 0:
+        raise _bad(f"Limit must be a non-negative integer (0 = no limit), got {v!r}")
+    return n or None
 
 
 def _bad(msg: str) -> TaskError:
@@ -264,7 +275,11 @@ class ChunkResult:
         if status == 404:
             return cls(cid, "missing")
         if status == 200:
-            return cls(cid, "ok", base64.b64decode(d.get("body") or ""))
+            try:
+                body = base64.b64decode(d.get("body") or "", validate=True)
+            except (ValueError, TypeError) as exc:
+                raise TaskError(f"chunk {cid}: result body is not valid base64: {exc}") from exc
+            return cls(cid, "ok", body)
         raise error_from_wire(d, cid)
 
 

@@ -180,11 +180,22 @@ class Writer:
         partition_count
             Spread chunk keys over ``p<N>/`` folders (§1.4).
         """
-        arr = None if data is None else np.asarray(data, dtype=dtype)
-        dt = np.dtype(dtype) if dtype is not None else (arr.dtype if arr is not None else np.dtype("<f4"))
-        if arr is not None:
-            dt = arr.dtype
+        dt = np.dtype(dtype) if dtype is not None else None
+        arr = None
+        if data is not None:
+            if dt is not None and dt.subdtype is not None:
+                # H5T_ARRAY elements: numpy expands sub-array dtypes, so keep elements as raw V<n> items
+                base, sub = dt.subdtype
+                a = np.ascontiguousarray(np.asarray(data, dtype=base))
+                if a.shape[a.ndim - len(sub) :] != sub:
+                    raise DatasetJsonError(f"data of shape {list(a.shape)} does not end in the element shape {list(sub)}")
+                arr = a.reshape(-1).view(f"V{dt.itemsize}").reshape(a.shape[: a.ndim - len(sub)])
+            else:
+                arr = np.asarray(data, dtype=dt)
+                dt = arr.dtype
             shape = arr.shape
+        if dt is None:
+            dt = np.dtype("<f4")
         if shape is None:
             raise DatasetJsonError("pass data or a shape")
         shape = tuple(int(s) for s in shape)
@@ -223,13 +234,18 @@ class Writer:
         return meta
 
     async def _write_chunks(self, meta: DatasetMeta, arr: np.ndarray[Any, Any], skip_chunk: Callable[[tuple[int, ...]], bool] | None, write_fill: bool) -> None:
-        fill = meta.fill_element
         ops = meta.ops
+        if meta.is_vlen:
+            fill = meta.fill_element
+        else:
+            # work on raw V<n> items: byte-exact for every fixed-size type, incl. sub-arrays
+            fill = np.frombuffer(meta.fill_raw, dtype=f"V{meta.dtype.itemsize}").reshape(())
+            arr = np.ascontiguousarray(arr).view(f"V{meta.dtype.itemsize}") if arr.dtype.kind != "V" or arr.dtype.names else arr
         for index in itertools.product(*(range(n) for n in meta.chunk_grid)):
             if skip_chunk is not None and skip_chunk(index):
                 continue
             region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, meta.chunks, meta.data_shape, strict=True))
-            block = np.empty(meta.chunks, dtype=meta.dtype)
+            block = np.empty(meta.chunks, dtype=meta.dtype if meta.is_vlen else fill.dtype)
             if meta.is_vlen and meta.dtype.names is None:
                 block.fill(fill[()])  # an element may itself be an array (vlen of ints): no broadcasting
             else:
@@ -320,7 +336,9 @@ def _fill_json(fillvalue: Any, dt: np.dtype[Any]) -> dict[str, Any]:
     """Fill value as HSDS stores it (§2.4): JSON for ints/floats, base64 of the element otherwise."""
     if dt.hasobject:
         raise DatasetJsonError("variable-length datasets cannot have a fill value here; their elements read as empty")
-    fv = np.asarray(fillvalue, dtype=dt)
+    fv = np.asarray(fillvalue, dtype=dt.base if dt.subdtype is not None else dt)
+    if fv.nbytes != dt.itemsize:
+        raise DatasetJsonError(f"fill value {fillvalue!r} is {fv.nbytes} bytes; one element of {dt} is {dt.itemsize}")
     if dt.kind in "iuf" and dt.names is None and dt.subdtype is None:
         return {"fillValue": fv.item()}
     import base64

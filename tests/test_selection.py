@@ -288,6 +288,12 @@ def test_from_index_scalar(key: Any) -> None:
     assert hs.result_shape == ()
 
 
+def test_from_index_scalar_rejects_arrays() -> None:
+    # found by fuzzing: `key in ((), (slice(None),))` compares numpy arrays → ambiguous-truth ValueError
+    with pytest.raises(SelectionError, match="too many indices for a dataset of rank 0"):
+        from_index((np.array([1, 2]), 0), ())
+
+
 def test_from_index_scalar_rejects_int() -> None:
     with pytest.raises(SelectionError, match="too many indices for a dataset of rank 0"):
         from_index(0, ())
@@ -636,6 +642,7 @@ _KEY = st.recursive(_LEAF, lambda inner: st.one_of(st.lists(inner, max_size=4), 
 @FUZZ
 @example([[1], [1, 2]], [3])
 @example(slice("a", None), [3])
+@example((np.array([1, 2]), 0), [])
 @given(_KEY, st.lists(st.integers(0, 12), min_size=0, max_size=3))
 def test_fuzz_from_index_only_raises_our_errors(key: Any, shape: list[int]) -> None:
     try:

@@ -314,11 +314,23 @@ def test_error_wire_round_trip(exc: HsdsBackendsError, status: int, name: str) -
     assert type(back) is type(exc)
     assert back.status == status  # type: ignore[attr-defined]
     assert CID in str(back) and str(exc) in str(back)
-    if status != 404:  # 404 is "missing chunk" by design (§6.4: the SN fills)
-        with pytest.raises(type(exc)):
-            ChunkResult.from_wire(w)
-    else:
-        assert ChunkResult.from_wire(w).status == "missing"
+    # an error report is an error even when its status is 404: only a bare 404 means "missing chunk"
+    with pytest.raises(type(exc)):
+        ChunkResult.from_wire(w)
+
+
+async def test_missing_linked_file_error_survives_the_wire(storage: PosixStorage) -> None:
+    # the kernel raises NotFoundError for a missing linked file (§3.4: with an s3path the 404 propagates);
+    # a remote executor reports it as statusCode 404 + error_type, which must not turn into fill values
+    meta = DatasetMeta.from_json({**DSET_JSON, "creationProperties": {"layout": {"class": "H5D_CONTIGUOUS_REF", "file_uri": "other/gone.h5", "offset": 0, "size": 80000}}}, BUCKET)
+    task = ChunkTask(meta.chunk_id((0, 0)), meta, meta.location((0, 0)), "hyperslab", "[0:1,0:1]")
+    with pytest.raises(errors.NotFoundError, match="linked file other/gone.h5 is missing") as ei:
+        await kernel.run_task(rewire(task), storage)
+    w = error_to_wire(ei.value, task.chunk_id)
+    assert w["statusCode"] == 404 and w["error_type"] == "NotFoundError"
+    with pytest.raises(errors.NotFoundError, match="gone.h5"):
+        ChunkResult.from_wire(json.loads(json.dumps(w)))
+    assert ChunkResult.from_wire({"statusCode": 404}, task.chunk_id).status == "missing"  # a bare 404 still fills
 
 
 def test_error_to_wire_foreign_exception() -> None:
