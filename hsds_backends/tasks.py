@@ -272,7 +272,7 @@ class ChunkResult:
         """Parse :meth:`to_wire` output; a non-200/404 status re-raises the remote error."""
         status = d.get("statusCode")
         cid = d.get("chunk_id") or chunk_id or ""
-        if status == 404:
+        if status == 404 and not d.get("error_type"):  # a bare 404 = chunk not written = fill (§6.4)
             return cls(cid, "missing")
         if status == 200:
             try:

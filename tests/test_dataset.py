@@ -89,7 +89,12 @@ def test_contiguous_request_is_stored_chunked_whole_shape() -> None:
     m = DatasetMeta.from_json(dj(creationProperties={"layout": {"class": "H5D_CONTIGUOUS"}}))
     assert m.layout_class == "H5D_CHUNKED"
     assert m.chunks == (100, 200)
-    m2 = DatasetMeta.from_json(dj(creationProperties={"layout": {"class": "H5D_CONTIGUOUS"}}, layout={"class": "H5D_CHUNKED", "dims": [25, 200]}))
+    m2 = DatasetMeta.from_json(
+        dj(
+            creationProperties={"layout": {"class": "H5D_CONTIGUOUS"}},
+            layout={"class": "H5D_CHUNKED", "dims": [25, 200]},
+        )
+    )
     assert m2.chunks == (25, 200)
 
 
@@ -98,13 +103,17 @@ def test_partition_count_top_level_and_creation_properties() -> None:
     assert m.partition_count == 7
     assert m.chunk_id((3, 4)) == "c1-147ada2c-2ffb2839-39b5-e935ed-e55bf0_3_4"
     assert m.location((3, 4)) == ChunkLocation("b", "db/147ada2c-2ffb2839/d/39b5-e935ed-e55bf0/p1/3_4")
-    m2 = DatasetMeta.from_json(dj(creationProperties={"layout": {"class": "H5D_CHUNKED", "dims": [40, 50], "partition_count": 7}}))
+    m2 = DatasetMeta.from_json(
+        dj(creationProperties={"layout": {"class": "H5D_CHUNKED", "dims": [40, 50], "partition_count": 7}})
+    )
     assert m2.partition_count == 7
 
 
 def test_zero_extent_dataset_with_layout() -> None:
     # an extensible dataset created empty: dims [0], HSDS still stores chunk dims
-    m = DatasetMeta.from_json(dj(shape={"class": "H5S_SIMPLE", "dims": [0], "maxdims": [0]}, layout={"class": "H5D_CHUNKED", "dims": [1024]}))
+    m = DatasetMeta.from_json(
+        dj(shape={"class": "H5S_SIMPLE", "dims": [0], "maxdims": [0]}, layout={"class": "H5D_CHUNKED", "dims": [1024]})
+    )
     assert m.shape == (0,)
     assert m.chunks == (1024,)
     assert m.chunk_grid == (0,)
@@ -129,7 +138,9 @@ def test_scalar_without_layout() -> None:
 
 
 def test_null_dataspace_error() -> None:
-    with pytest.raises(DatasetJsonError, match=f"dataset '{DSET}' has a null dataspace \\(H5S_NULL\\); it holds no values to read"):
+    with pytest.raises(
+        DatasetJsonError, match=f"dataset '{DSET}' has a null dataspace \\(H5S_NULL\\); it holds no values to read"
+    ):
         DatasetMeta.from_json(dj(shape={"class": "H5S_NULL"}))
 
 
@@ -164,14 +175,17 @@ def test_bad_type_is_dataset_json_error_naming_the_dataset() -> None:
 
 @pytest.mark.parametrize("cls", ["H5D_COMPACT", "H5D_CHUNKED_REF_INDIRECT", "H5D_VIRTUAL"])
 def test_unknown_layout_error(cls: str) -> None:
-    with pytest.raises(DatasetJsonError, match=f"has layout '{cls}'; supported layouts: H5D_CHUNKED, H5D_CHUNKED_REF, H5D_CONTIGUOUS_REF"):
+    with pytest.raises(
+        DatasetJsonError,
+        match=f"has layout '{cls}'; supported layouts: H5D_CHUNKED, H5D_CHUNKED_REF, H5D_CONTIGUOUS_REF",
+    ):
         DatasetMeta.from_json(dj(creationProperties={"layout": {"class": cls, "dims": [10, 10]}}))
     assert cls not in LAYOUT_CLASSES
 
 
 @pytest.mark.parametrize("dims", [[40], [40, 50, 1], [0, 50], [-1, 50]])
 def test_chunk_dims_must_fit(dims: list[int]) -> None:
-    with pytest.raises(DatasetJsonError, match=rf"chunk dims \[.*\] do not fit shape \[100, 200\]"):
+    with pytest.raises(DatasetJsonError, match=r"chunk dims \[.*\] do not fit shape \[100, 200\]"):
         DatasetMeta.from_json(dj(layout={"class": "H5D_CHUNKED", "dims": dims}))
 
 
@@ -186,7 +200,15 @@ def test_chunk_dims_must_fit(dims: list[int]) -> None:
         dj(layout="x"),
         dj(creationProperties={"layout": "x"}),
     ],
-    ids=["no-dims", "dims-not-int", "chunk-dims-not-int", "chunk-dims-not-list", "cp-not-dict", "layout-not-dict", "cp-layout-not-dict"],
+    ids=[
+        "no-dims",
+        "dims-not-int",
+        "chunk-dims-not-int",
+        "chunk-dims-not-list",
+        "cp-not-dict",
+        "layout-not-dict",
+        "cp-layout-not-dict",
+    ],
 )
 def test_malformed_json_is_dataset_json_error(j: dict[str, Any]) -> None:
     # KeyError/ValueError/TypeError/AttributeError must not leak from a malformed dataset JSON
@@ -199,7 +221,9 @@ def test_reference_layout_refuses_vlen() -> None:
         DatasetMeta.from_json(
             dj(
                 type_json={"class": "H5T_STRING", "length": "H5T_VARIABLE", "charSet": "H5T_CSET_UTF8"},
-                creationProperties={"layout": {"class": "H5D_CHUNKED_REF", "file_uri": "b/f.h5", "dims": [10, 10], "chunks": {}}},
+                creationProperties={
+                    "layout": {"class": "H5D_CHUNKED_REF", "file_uri": "b/f.h5", "dims": [10, 10], "chunks": {}}
+                },
             )
         )
 
@@ -215,14 +239,18 @@ def test_fill_json_scalar() -> None:
 
 
 def test_fill_json_int_and_big_endian() -> None:
-    m = DatasetMeta.from_json(dj(type_json={"class": "H5T_INTEGER", "base": "H5T_STD_I16BE"}, creationProperties={"fillValue": 7}))
+    m = DatasetMeta.from_json(
+        dj(type_json={"class": "H5T_INTEGER", "base": "H5T_STD_I16BE"}, creationProperties={"fillValue": 7})
+    )
     assert m.fill == b"\x00\x07"
     assert m.fill_element[()] == 7
 
 
 def test_fill_base64() -> None:
     raw = np.int32(-123456).tobytes()
-    m = DatasetMeta.from_json(dj(creationProperties={"fillValue": base64.b64encode(raw).decode(), "fillValue_encoding": "base64"}))
+    m = DatasetMeta.from_json(
+        dj(creationProperties={"fillValue": base64.b64encode(raw).decode(), "fillValue_encoding": "base64"})
+    )
     assert m.fill == raw
     assert m.fill_element[()] == -123456
 
@@ -234,7 +262,9 @@ def test_fill_base64_wrong_length() -> None:
 
 def test_fill_compound_json_list() -> None:
     dt = np.dtype([("a", "<i4"), ("s", "S3"), ("f", ">f8"), ("inner", [("x", "u1"), ("y", "S2")])])
-    m = DatasetMeta.from_json(dj(type_json=type_json_from_dtype(dt), creationProperties={"fillValue": [7, "ab", 1.5, [3, "q"]]}))
+    m = DatasetMeta.from_json(
+        dj(type_json=type_json_from_dtype(dt), creationProperties={"fillValue": [7, "ab", 1.5, [3, "q"]]})
+    )
     want = np.array((7, b"ab", 1.5, (3, b"q")), dtype=dt)
     assert m.fill == want.tobytes()
     assert m.fill_element[()] == want[()]
@@ -244,14 +274,22 @@ def test_fill_compound_base64() -> None:
     dt = np.dtype([("a", "<i4"), ("b", "<f4")])
     raw = np.array((1, 2.5), dtype=dt).tobytes()
     m = DatasetMeta.from_json(
-        dj(type_json=type_json_from_dtype(dt), creationProperties={"fillValue": base64.b64encode(raw).decode(), "fillValue_encoding": "base64"})
+        dj(
+            type_json=type_json_from_dtype(dt),
+            creationProperties={"fillValue": base64.b64encode(raw).decode(), "fillValue_encoding": "base64"},
+        )
     )
     assert m.fill == raw
     assert m.fill_element["b"] == 2.5
 
 
 def test_fill_fixed_string() -> None:
-    m = DatasetMeta.from_json(dj(type_json={"class": "H5T_STRING", "length": 4, "charSet": "H5T_CSET_ASCII"}, creationProperties={"fillValue": "ab"}))
+    m = DatasetMeta.from_json(
+        dj(
+            type_json={"class": "H5T_STRING", "length": 4, "charSet": "H5T_CSET_ASCII"},
+            creationProperties={"fillValue": "ab"},
+        )
+    )
     assert m.fill == b"ab\x00\x00"
 
 
@@ -281,7 +319,9 @@ def test_fill_list_for_scalar_type_is_refused() -> None:
 
 @pytest.mark.parametrize(("tag", "empty"), [(str, ""), (bytes, b"")])
 def test_vlen_fill_element_is_empty(tag: type, empty: Any) -> None:
-    m = DatasetMeta.from_json(dj(type_json=type_json_from_dtype(vlen_dtype(tag)), creationProperties={"fillValue": "x"}))
+    m = DatasetMeta.from_json(
+        dj(type_json=type_json_from_dtype(vlen_dtype(tag)), creationProperties={"fillValue": "x"})
+    )
     assert m.is_vlen and m.itemsize == 0
     assert m.fill is None
     assert m.fill_element[()] == empty
@@ -299,11 +339,29 @@ def test_vlen_sequence_fill_element_is_empty_array() -> None:
 @pytest.mark.parametrize(
     "j",
     [
-        dj(creationProperties={"layout": {"class": "H5D_CHUNKED", "dims": [40, 50]}, "filters": GZ_SHUF, "fillValue": 9}),
+        dj(
+            creationProperties={
+                "layout": {"class": "H5D_CHUNKED", "dims": [40, 50]},
+                "filters": GZ_SHUF,
+                "fillValue": 9,
+            }
+        ),
         dj(layout={"class": "H5D_CHUNKED", "dims": [40, 50], "partition_count": 5}),
         dj(shape={"class": "H5S_SCALAR"}, type_json=F64, creationProperties={"fillValue": 2.5}),
-        dj(type_json=type_json_from_dtype(np.dtype([("a", "<i4"), ("s", vlen_dtype(str))])), layout={"class": "H5D_CHUNKED", "dims": [10, 10]}),
-        dj(creationProperties={"layout": {"class": "H5D_CONTIGUOUS_REF", "file_uri": "s3://other/data/f.h5", "offset": 2048, "size": 80000}}),
+        dj(
+            type_json=type_json_from_dtype(np.dtype([("a", "<i4"), ("s", vlen_dtype(str))])),
+            layout={"class": "H5D_CHUNKED", "dims": [10, 10]},
+        ),
+        dj(
+            creationProperties={
+                "layout": {
+                    "class": "H5D_CONTIGUOUS_REF",
+                    "file_uri": "s3://other/data/f.h5",
+                    "offset": 2048,
+                    "size": 80000,
+                }
+            }
+        ),
     ],
     ids=["chunked", "partitioned", "scalar", "vlen-compound", "contiguous-ref"],
 )
@@ -312,8 +370,21 @@ def test_wire_json_round_trip(j: dict[str, Any]) -> None:
     w = m.wire_json()
     json.dumps(w)  # JSON-serialisable
     m2 = DatasetMeta.from_json(json.loads(m.wire_text()), "hsdstest")
-    for f in ("id", "bucket", "shape", "dtype", "type_json", "chunks", "fill", "filters", "layout_class", "partition_count",
-              "file_uri", "contiguous_offset", "contiguous_size"):
+    for f in (
+        "id",
+        "bucket",
+        "shape",
+        "dtype",
+        "type_json",
+        "chunks",
+        "fill",
+        "filters",
+        "layout_class",
+        "partition_count",
+        "file_uri",
+        "contiguous_offset",
+        "contiguous_size",
+    ):
         assert getattr(m2, f) == getattr(m, f), f
     assert m2.dtype.metadata == m.dtype.metadata
     if m.fill is not None:
@@ -322,7 +393,11 @@ def test_wire_json_round_trip(j: dict[str, Any]) -> None:
 
 
 def test_wire_json_drops_chunk_table() -> None:
-    j = dj(creationProperties={"layout": {"class": "H5D_CHUNKED_REF", "file_uri": "b/f.h5", "dims": [50, 100], "chunks": {"0_0": [10, 20]}}})
+    j = dj(
+        creationProperties={
+            "layout": {"class": "H5D_CHUNKED_REF", "file_uri": "b/f.h5", "dims": [50, 100], "chunks": {"0_0": [10, 20]}}
+        }
+    )
     m = DatasetMeta.from_json(j, "b")
     w = m.wire_json()
     assert "chunks" not in w["creationProperties"]["layout"]
@@ -337,9 +412,17 @@ def test_wire_json_drops_chunk_table() -> None:
 
 
 def chunked_ref(file_uri: str = "s3://linked/path/file.h5", **layout: Any) -> DatasetMeta:
-    lay = {"class": "H5D_CHUNKED_REF", "file_uri": file_uri, "dims": [50, 100], "chunks": {"0_0": [2048, 4000], "0_1": [6048, 0], "1_1": [9000, 17]}}
+    lay = {
+        "class": "H5D_CHUNKED_REF",
+        "file_uri": file_uri,
+        "dims": [50, 100],
+        "chunks": {"0_0": [2048, 4000], "0_1": [6048, 0], "1_1": [9000, 17]},
+    }
     lay.update(layout)
-    return DatasetMeta.from_json(dj(creationProperties={"layout": lay, "filters": GZ_SHUF}, layout={"class": "H5D_CHUNKED", "dims": [50, 100]}), "hsdstest")
+    return DatasetMeta.from_json(
+        dj(creationProperties={"layout": lay, "filters": GZ_SHUF}, layout={"class": "H5D_CHUNKED", "dims": [50, 100]}),
+        "hsdstest",
+    )
 
 
 def test_chunked_ref_locations() -> None:
@@ -368,7 +451,9 @@ def test_file_uri_split(uri: str, bucket: str, key: str) -> None:
 
 
 def test_reference_without_file_uri() -> None:
-    m = DatasetMeta.from_json(dj(creationProperties={"layout": {"class": "H5D_CHUNKED_REF", "dims": [50, 100], "chunks": {"0_0": [1, 2]}}}))
+    m = DatasetMeta.from_json(
+        dj(creationProperties={"layout": {"class": "H5D_CHUNKED_REF", "dims": [50, 100], "chunks": {"0_0": [1, 2]}}})
+    )
     with pytest.raises(DatasetJsonError, match="reference layout has no file_uri; it cannot be read"):
         m.location((0, 0))
 
@@ -377,7 +462,17 @@ def test_contiguous_ref_offsets() -> None:
     # §3.5: offset + Σ_d index[d]·chunk[d]·stride[d], stride[d] = itemsize × Π dims after d
     shape = (3, 5000, 1000)
     m = DatasetMeta.from_json(
-        dj(shape=simple(list(shape)), creationProperties={"layout": {"class": "H5D_CONTIGUOUS_REF", "file_uri": "b/f.h5", "offset": 4096, "size": 4 * math.prod(shape)}}),
+        dj(
+            shape=simple(list(shape)),
+            creationProperties={
+                "layout": {
+                    "class": "H5D_CONTIGUOUS_REF",
+                    "file_uri": "b/f.h5",
+                    "offset": 4096,
+                    "size": 4 * math.prod(shape),
+                }
+            },
+        ),
         "b",
     )
     assert m.layout_class == "H5D_CONTIGUOUS_REF"
@@ -386,7 +481,7 @@ def test_contiguous_ref_offsets() -> None:
     assert m.chunk_nbytes == 625 * 1000 * 4 < 4 * 1024 * 1024
     strides = (4 * 5000 * 1000, 4 * 1000, 4)
     for index in [(0, 0, 0), (0, 1, 0), (2, 7, 0), (1, 3, 0)]:
-        off = 4096 + sum(i * c * s for i, c, s in zip(index, m.chunks, strides))
+        off = 4096 + sum(i * c * s for i, c, s in zip(index, m.chunks, strides, strict=False))
         assert m.location(index) == ChunkLocation("b", "f.h5", off, 625 * 1000 * 4, linked=True)
 
 
@@ -402,10 +497,21 @@ def test_contiguous_ref_offsets() -> None:
 def test_contiguous_ref_derived_chunks(shape: tuple[int, ...], itemsize: int, chunks: tuple[int, ...]) -> None:
     t = {1: "H5T_STD_U8LE", 2: "H5T_STD_I16LE", 4: "H5T_STD_I32LE", 8: "H5T_IEEE_F64LE"}[itemsize]
     m = DatasetMeta.from_json(
-        dj(type_json=t, shape=simple(list(shape)), creationProperties={"layout": {"class": "H5D_CONTIGUOUS_REF", "file_uri": "b/f", "offset": 0, "size": itemsize * math.prod(shape)}})
+        dj(
+            type_json=t,
+            shape=simple(list(shape)),
+            creationProperties={
+                "layout": {
+                    "class": "H5D_CONTIGUOUS_REF",
+                    "file_uri": "b/f",
+                    "offset": 0,
+                    "size": itemsize * math.prod(shape),
+                }
+            },
+        )
     )
     assert m.chunks == chunks
-    split = [d for d, (c, s) in enumerate(zip(m.chunks, shape)) if c != s]
+    split = [d for d, (c, s) in enumerate(zip(m.chunks, shape, strict=False)) if c != s]
     if split:
         d = split[-1]
         assert all(c == 1 for c in m.chunks[:d]), "leading dims are 1"

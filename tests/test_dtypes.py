@@ -156,8 +156,18 @@ def test_opaque(size: int) -> None:
     ("type_json", "want"),
     [
         ({"class": "H5T_ARRAY", "dims": [2, 3], "base": "H5T_STD_I16LE"}, np.dtype(("<i2", (2, 3)))),
-        ({"class": "H5T_ARRAY", "dims": [4], "base": {"class": "H5T_FLOAT", "base": "H5T_IEEE_F64BE"}}, np.dtype((">f8", (4,)))),
-        ({"class": "H5T_ARRAY", "dims": [2], "base": {"class": "H5T_STRING", "length": 3, "charSet": "H5T_CSET_ASCII"}}, np.dtype(("S3", (2,)))),
+        (
+            {"class": "H5T_ARRAY", "dims": [4], "base": {"class": "H5T_FLOAT", "base": "H5T_IEEE_F64BE"}},
+            np.dtype((">f8", (4,))),
+        ),
+        (
+            {
+                "class": "H5T_ARRAY",
+                "dims": [2],
+                "base": {"class": "H5T_STRING", "length": 3, "charSet": "H5T_CSET_ASCII"},
+            },
+            np.dtype(("S3", (2,))),
+        ),
     ],
 )
 def test_array(type_json: dict[str, Any], want: np.dtype[Any]) -> None:
@@ -180,14 +190,20 @@ def test_array_of_array() -> None:
 
 def test_array_of_vlen_refused() -> None:
     with pytest.raises(TypeJsonError, match="array types of variable-length members are not supported"):
-        dtype_from_type_json({"class": "H5T_ARRAY", "dims": [2], "base": {"class": "H5T_STRING", "length": "H5T_VARIABLE"}})
+        dtype_from_type_json(
+            {"class": "H5T_ARRAY", "dims": [2], "base": {"class": "H5T_STRING", "length": "H5T_VARIABLE"}}
+        )
 
 
 # --------------------------------------------------------------------------- enum
 
 
 def test_enum_keeps_base_and_mapping() -> None:
-    tj = {"class": "H5T_ENUM", "base": {"class": "H5T_INTEGER", "base": "H5T_STD_I16BE"}, "mapping": {"RED": 0, "GREEN": 1, "BLUE": 7}}
+    tj = {
+        "class": "H5T_ENUM",
+        "base": {"class": "H5T_INTEGER", "base": "H5T_STD_I16BE"},
+        "mapping": {"RED": 0, "GREEN": 1, "BLUE": 7},
+    }
     dt = dtype_from_type_json(tj)
     assert dt.str == ">i2"
     assert dt.metadata == {"enum": {"RED": 0, "GREEN": 1, "BLUE": 7}}
@@ -219,7 +235,11 @@ def test_enum_bool_exception_is_narrow(base: str, mapping: dict[str, int], str_:
 
 def test_bool_dtype_writes_true_false_enum() -> None:
     tj = type_json_from_dtype(np.dtype(bool))
-    assert tj == {"class": "H5T_ENUM", "base": {"class": "H5T_INTEGER", "base": "H5T_STD_I8LE"}, "mapping": {"FALSE": 0, "TRUE": 1}}
+    assert tj == {
+        "class": "H5T_ENUM",
+        "base": {"class": "H5T_INTEGER", "base": "H5T_STD_I8LE"},
+        "mapping": {"FALSE": 0, "TRUE": 1},
+    }
     same(dtype_from_type_json(tj), np.dtype(bool))
     assert np.array([True, False]).tobytes() == b"\x01\x00"
 
@@ -253,7 +273,10 @@ def test_compound_is_packed_in_field_order() -> None:
     assert [dt.fields[n][1] for n in dt.names] == [0, 1, 9]  # no alignment padding
     assert dt.itemsize == 12
     assert dt.fields["a"][0].str == ">f8"
-    assert type_json_from_dtype(dt)["fields"][1] == {"name": "a", "type": {"class": "H5T_FLOAT", "base": "H5T_IEEE_F64BE"}}
+    assert type_json_from_dtype(dt)["fields"][1] == {
+        "name": "a",
+        "type": {"class": "H5T_FLOAT", "base": "H5T_IEEE_F64BE"},
+    }
     same(dtype_from_type_json(type_json_from_dtype(dt)), dt)
 
 
@@ -267,7 +290,9 @@ def test_padded_numpy_compound_is_written_packed() -> None:
 
 def test_nested_compound_with_vlen_and_array() -> None:
     inner = np.dtype([("x", "<i2"), ("y", ">f4")])
-    dt = np.dtype([("id", "<i8"), ("pos", inner), ("name", vlen_dtype(str)), ("v", vlen_dtype("<i4")), ("m", ("<f4", (2, 2)))])
+    dt = np.dtype(
+        [("id", "<i8"), ("pos", inner), ("name", vlen_dtype(str)), ("v", vlen_dtype("<i4")), ("m", ("<f4", (2, 2)))]
+    )
     tj = type_json_from_dtype(dt)
     assert [f["name"] for f in tj["fields"]] == ["id", "pos", "name", "v", "m"]
     assert tj["fields"][2]["type"]["length"] == "H5T_VARIABLE"
@@ -362,7 +387,26 @@ def test_type_json_error_is_ours_not_value_error() -> None:
 
 
 _SCALARS = st.sampled_from(
-    ["<i1", "u1", "<i2", ">i2", "<u4", ">u4", "<i8", ">u8", "<f2", ">f2", "<f4", ">f4", "<f8", ">f8", "S1", "S9", "V3", "?"]
+    [
+        "<i1",
+        "u1",
+        "<i2",
+        ">i2",
+        "<u4",
+        ">u4",
+        "<i8",
+        ">u8",
+        "<f2",
+        ">f2",
+        "<f4",
+        ">f4",
+        "<f8",
+        ">f8",
+        "S1",
+        "S9",
+        "V3",
+        "?",
+    ]
 )
 
 
@@ -371,11 +415,17 @@ def _dtypes() -> st.SearchStrategy[np.dtype[Any]]:
     arrays = st.tuples(_SCALARS.filter(lambda s: s != "?"), st.lists(st.integers(1, 3), min_size=1, max_size=2)).map(
         lambda t: np.dtype((t[0], tuple(t[1])))
     )
-    vlens = st.one_of(st.just(vlen_dtype(str)), st.just(vlen_dtype(bytes)), _SCALARS.filter(lambda s: s not in ("?",) and not s.startswith(("S", "V"))).map(vlen_dtype))
+    vlens = st.one_of(
+        st.just(vlen_dtype(str)),
+        st.just(vlen_dtype(bytes)),
+        _SCALARS.filter(lambda s: s not in ("?",) and not s.startswith(("S", "V"))).map(vlen_dtype),
+    )
     leaf = st.one_of(base, arrays, vlens)
 
     def compound(children: st.SearchStrategy[np.dtype[Any]]) -> st.SearchStrategy[np.dtype[Any]]:
-        return st.lists(children, min_size=1, max_size=4).map(lambda fs: np.dtype([(f"f{i}", f) for i, f in enumerate(fs)]))
+        return st.lists(children, min_size=1, max_size=4).map(
+            lambda fs: np.dtype([(f"f{i}", f) for i, f in enumerate(fs)])
+        )
 
     return st.recursive(leaf, compound, max_leaves=6)
 
@@ -393,10 +443,27 @@ def test_round_trip_property(dt: np.dtype[Any]) -> None:
 
 @FAST
 @example({"class": "H5T_OPAQUE", "size": "x"})
-@given(st.recursive(st.one_of(st.none(), st.integers(), st.text(max_size=12), st.sampled_from(PREDEFINED + ("H5T_VARIABLE", "H5T_INTEGER", "H5T_COMPOUND"))),
-                    lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                            st.dictionaries(st.sampled_from(["class", "base", "length", "size", "dims", "fields", "name", "type", "mapping", "charSet"]), inner, max_size=4)),
-                    max_leaves=10))
+@given(
+    st.recursive(
+        st.one_of(
+            st.none(),
+            st.integers(),
+            st.text(max_size=12),
+            st.sampled_from(PREDEFINED + ("H5T_VARIABLE", "H5T_INTEGER", "H5T_COMPOUND")),
+        ),
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=3),
+            st.dictionaries(
+                st.sampled_from(
+                    ["class", "base", "length", "size", "dims", "fields", "name", "type", "mapping", "charSet"]
+                ),
+                inner,
+                max_size=4,
+            ),
+        ),
+        max_leaves=10,
+    )
+)
 def test_fuzz_type_json_only_raises_type_json_error(tj: Any) -> None:
     try:
         dt = dtype_from_type_json(tj)

@@ -46,8 +46,13 @@ def test_object_key_dataset() -> None:
 
 
 def test_object_key_group_and_datatype() -> None:
-    assert object_key("g-147ada2c-2ffb2839-39b5-e935ed-e55bf0") == "db/147ada2c-2ffb2839/g/39b5-e935ed-e55bf0/.group.json"
-    assert object_key("t-147ada2c-2ffb2839-39b5-e935ed-e55bf0") == "db/147ada2c-2ffb2839/t/39b5-e935ed-e55bf0/.datatype.json"
+    assert (
+        object_key("g-147ada2c-2ffb2839-39b5-e935ed-e55bf0") == "db/147ada2c-2ffb2839/g/39b5-e935ed-e55bf0/.group.json"
+    )
+    assert (
+        object_key("t-147ada2c-2ffb2839-39b5-e935ed-e55bf0")
+        == "db/147ada2c-2ffb2839/t/39b5-e935ed-e55bf0/.datatype.json"
+    )
 
 
 def test_object_key_root_group_has_no_g_component() -> None:
@@ -76,7 +81,9 @@ def test_object_key_v1_is_md5_prefixed() -> None:
     ],
 )
 def test_object_key_rejects_bad_ids(bad: str) -> None:
-    with pytest.raises(DatasetJsonError, match=re.escape(f"object id {bad!r} is not a schema-v2 HSDS id like 'd-147ada2c")):
+    with pytest.raises(
+        DatasetJsonError, match=re.escape(f"object id {bad!r} is not a schema-v2 HSDS id like 'd-147ada2c")
+    ):
         object_key(bad)
 
 
@@ -261,7 +268,9 @@ def test_domain_key_rejects_traversal(bad: str) -> None:
 
 @pytest.mark.parametrize("bad", ["", "/", "///"])
 def test_domain_key_rejects_empty(bad: str) -> None:
-    with pytest.raises(StoragePathError, match=re.escape(f"domain {bad!r} is empty; pass a path such as '/home/user/file.h5'")):
+    with pytest.raises(
+        StoragePathError, match=re.escape(f"domain {bad!r} is empty; pass a path such as '/home/user/file.h5'")
+    ):
         domain_key(bad)
 
 

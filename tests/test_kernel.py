@@ -64,7 +64,9 @@ def hs_task(meta: DatasetMeta, index: tuple[int, ...], select: str | None = None
 
 @pytest.mark.parametrize("style", ["master", "1.0.2"])
 @pytest.mark.parametrize("filters", [[], ["shuffle", ("gzip", 6)], ["lz4"], ["zstd"], ["bitshuffle", "lz4"]])
-async def test_verified_select_on_chunk_1_2(writer: Writer, storage: PosixStorage, style: str, filters: list[Any]) -> None:
+async def test_verified_select_on_chunk_1_2(
+    writer: Writer, storage: PosixStorage, style: str, filters: list[Any]
+) -> None:
     # §4.2 verified: select=[0:2,0:3] on chunk _1_2 of a (40,50)-chunked 100x200 arange → 8100 8101 8102 8300 8301 8302
     meta = await writer.create_dataset(DOMAIN, "/dset", ARANGE, chunks=(40, 50), filters=filters, layout_style=style)
     task = hs_task(meta, (1, 2), "[0:2,0:3]")
@@ -137,7 +139,9 @@ async def test_fields_projection_in_given_order(writer: Writer, storage: PosixSt
     out = np.frombuffer(res.data, dt)
     assert out["id"].tolist() == [40, 50, 60]
     assert out["temp"].tolist() == [2.0, 2.5, 3.0]
-    with pytest.raises(FieldError, match=r"unknown field 'nope'; the dataset's fields are \['id', 'flag', 'temp', 'name'\]"):
+    with pytest.raises(
+        FieldError, match=r"unknown field 'nope'; the dataset's fields are \['id', 'flag', 'temp', 'name'\]"
+    ):
         await kernel.run_task(hs_task(meta, (1,), "[0:3]", fields=("nope",)), storage)
 
 
@@ -148,7 +152,7 @@ async def test_vlen_chunk(writer: Writer, storage: PosixStorage) -> None:
     meta = await writer.create_dataset(DOMAIN, "/v", arr, chunks=(4,), filters=["gzip"])
     res = await kernel.run_task(hs_task(meta, (0,), "[0:3]"), storage)
     # the verified §3.2 bytes
-    assert res.data == bytes.fromhex("01000000" "61" "02000000" "6263" "00000000")
+    assert res.data == bytes.fromhex("010000006102000000626300000000")
     res = await kernel.run_task(hs_task(meta, (1,)), storage)
     assert decode_vlen(res.data, s, 4).tolist() == ["x" * 50, "z", "!", ""]  # unset element: count 0
 
@@ -177,7 +181,9 @@ async def test_query_over_missing_chunk_sees_fill_rows(writer: Writer, storage: 
     rows = np.zeros(20, dtype=TABLE)
     rows["id"] = np.arange(20)
     fill = np.array((-1, 9, 99.0, b"none"), dtype=TABLE)
-    meta = await writer.create_dataset(DOMAIN, "/t", rows, chunks=(8,), fillvalue=fill, skip_chunk=lambda i: i in ((1,), (2,)))
+    meta = await writer.create_dataset(
+        DOMAIN, "/t", rows, chunks=(8,), fillvalue=fill, skip_chunk=lambda i: i in ((1,), (2,))
+    )
     plan = plan_query(meta, "flag == 9")
     results = [await kernel.run_task(t, storage) for t in plan.tasks]
     assert [r.status for r in results] == ["ok", "ok", "ok"]
@@ -205,8 +211,12 @@ def _corruptions(raw: bytes) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated", "appended", "empty", "one-byte"])
-@pytest.mark.parametrize("filters", [[], ["shuffle", ("gzip", 6)], ["lz4"], ["bitshuffle"]], ids=["raw", "gzip", "lz4", "bitshuffle"])
-async def test_corrupt_chunk_raises_chunk_decode_error(writer: Writer, storage: PosixStorage, kind: str, filters: list[Any]) -> None:
+@pytest.mark.parametrize(
+    "filters", [[], ["shuffle", ("gzip", 6)], ["lz4"], ["bitshuffle"]], ids=["raw", "gzip", "lz4", "bitshuffle"]
+)
+async def test_corrupt_chunk_raises_chunk_decode_error(
+    writer: Writer, storage: PosixStorage, kind: str, filters: list[Any]
+) -> None:
     meta = await writer.create_dataset(DOMAIN, "/dset", ARANGE, chunks=(40, 50), filters=filters)
     task = hs_task(meta, (1, 2), "[0:2,0:3]")
     path = file_of(storage, task)
@@ -250,7 +260,9 @@ async def test_corrupt_chunk_error_for_points_and_query(writer: Writer, storage:
 async def test_bad_select_names_chunk(writer: Writer, storage: PosixStorage) -> None:
     meta = await writer.create_dataset(DOMAIN, "/dset", ARANGE, chunks=(40, 50))
     task = hs_task(meta, (1, 2), "[0:41,0:3]")  # chunk-relative: beyond the chunk's 40 rows
-    with pytest.raises(SelectionError, match=re.escape(f"chunk {task.chunk_id}: bad select '[0:41,0:3]'") + ".*0:41 is out of range"):
+    with pytest.raises(
+        SelectionError, match=re.escape(f"chunk {task.chunk_id}: bad select '[0:41,0:3]'") + ".*0:41 is out of range"
+    ):
         await kernel.run_task(task, storage)
 
 
@@ -258,14 +270,19 @@ async def test_point_outside_chunk(writer: Writer, storage: PosixStorage) -> Non
     meta = await writer.create_dataset(DOMAIN, "/dset", ARANGE, chunks=(40, 50))
     cid = meta.chunk_id((1, 2))
     task = ChunkTask(cid, meta, meta.location((1, 2)), "points", points=np.array([[40, 100], [0, 0]], dtype=np.uint64))
-    with pytest.raises(SelectionError, match=re.escape(f"point [0, 0] does not lie in chunk {cid} (chunk origin [40, 100], chunk dims [40, 50])")):
+    with pytest.raises(
+        SelectionError,
+        match=re.escape(f"point [0, 0] does not lie in chunk {cid} (chunk origin [40, 100], chunk dims [40, 50])"),
+    ):
         await kernel.run_task(task, storage)
 
 
 async def test_query_needs_table(writer: Writer, storage: PosixStorage) -> None:
     meta = await writer.create_dataset(DOMAIN, "/dset", ARANGE, chunks=(40, 50))
     task = ChunkTask(meta.chunk_id((0, 0)), meta, meta.location((0, 0)), "query", "[0:40,0:50]", query="x > 1")
-    with pytest.raises(TaskError, match=r"query needs a 1-d compound \(table\) dataset; this dataset has shape \[100, 200\]"):
+    with pytest.raises(
+        TaskError, match=r"query needs a 1-d compound \(table\) dataset; this dataset has shape \[100, 200\]"
+    ):
         await kernel.run_task(task, storage)
 
 
@@ -291,8 +308,12 @@ async def test_query_limit_per_chunk_and_absolute_index(writer: Writer, storage:
 
 def test_process_none_is_missing_without_io() -> None:
     meta = DatasetMeta.from_json(
-        {"id": "d-147ada2c-2ffb2839-39b5-e935ed-e55bf0", "type": "H5T_STD_I32LE", "shape": {"class": "H5S_SIMPLE", "dims": [100, 200]},
-         "layout": {"class": "H5D_CHUNKED", "dims": [40, 50]}},
+        {
+            "id": "d-147ada2c-2ffb2839-39b5-e935ed-e55bf0",
+            "type": "H5T_STD_I32LE",
+            "shape": {"class": "H5S_SIMPLE", "dims": [100, 200]},
+            "layout": {"class": "H5D_CHUNKED", "dims": [40, 50]},
+        },
         BUCKET,
     )
     task = hs_task(meta, (0, 3), "[0:2,0:3]")
@@ -301,13 +322,22 @@ def test_process_none_is_missing_without_io() -> None:
     res = kernel.process(task, raw)
     assert np.frombuffer(res.data, "<i4").tolist() == [0, 1, 2, 50, 51, 52]
     assert kernel.chunk_index_tuple(task) == (0, 3)
-    with pytest.raises(ChunkDecodeError, match=re.escape("chunk c-147ada2c-2ffb2839-39b5-e935ed-e55bf0_0_3 (key db/147ada2c-2ffb2839/d/39b5-e935ed-e55bf0/0_3)")):
+    with pytest.raises(
+        ChunkDecodeError,
+        match=re.escape(
+            "chunk c-147ada2c-2ffb2839-39b5-e935ed-e55bf0_0_3 (key db/147ada2c-2ffb2839/d/39b5-e935ed-e55bf0/0_3)"
+        ),
+    ):
         kernel.process(task, raw[:-4])
 
 
 def test_decode_to_array_is_void_view() -> None:
     meta = DatasetMeta.from_json(
-        {"id": "d-147ada2c-2ffb2839-39b5-e935ed-e55bf0", "type": "H5T_STD_I16BE", "shape": {"class": "H5S_SIMPLE", "dims": [4]}}
+        {
+            "id": "d-147ada2c-2ffb2839-39b5-e935ed-e55bf0",
+            "type": "H5T_STD_I16BE",
+            "shape": {"class": "H5S_SIMPLE", "dims": [4]},
+        }
     )
     raw = np.arange(4, dtype=">i2").tobytes()
     arr = kernel.decode_to_array(meta, raw, "cid", "key")
@@ -340,9 +370,23 @@ def test_dataset_json_written_by_writer_is_readable(tmp_path: Path) -> None:
     import asyncio
 
     storage = PosixStorage(tmp_path)
-    meta = asyncio.run(Writer(storage, BUCKET).create_dataset(DOMAIN, "/d", ARANGE, chunks=(40, 50), filters=["shuffle", ("gzip", 6)]))
-    j = json.loads(Path(storage.path(BUCKET, "db/" + meta.id[2:19] + "/d/" + meta.id[20:] + "/.dataset.json")).read_text())
-    assert {"id", "root", "created", "lastModified", "type", "shape", "attributes", "creationProperties", "layout"} <= set(j)
+    meta = asyncio.run(
+        Writer(storage, BUCKET).create_dataset(DOMAIN, "/d", ARANGE, chunks=(40, 50), filters=["shuffle", ("gzip", 6)])
+    )
+    j = json.loads(
+        Path(storage.path(BUCKET, "db/" + meta.id[2:19] + "/d/" + meta.id[20:] + "/.dataset.json")).read_text()
+    )
+    assert {
+        "id",
+        "root",
+        "created",
+        "lastModified",
+        "type",
+        "shape",
+        "attributes",
+        "creationProperties",
+        "layout",
+    } <= set(j)
     assert j["creationProperties"]["filters"] == [
         {"class": "H5Z_FILTER_SHUFFLE", "id": 2, "name": "shuffle"},
         {"class": "H5Z_FILTER_DEFLATE", "id": 1, "name": "gzip", "level": 6},

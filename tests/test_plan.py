@@ -49,8 +49,13 @@ async def run(plan: ReadPlan, storage: PosixStorage, order: str = "reverse") -> 
 
 def meta_of(shape: list[int], chunks: list[int], type_json: Any = "H5T_STD_I32LE", **cp: Any) -> DatasetMeta:
     return DatasetMeta.from_json(
-        {"id": "d-147ada2c-2ffb2839-39b5-e935ed-e55bf0", "type": type_json, "shape": {"class": "H5S_SIMPLE", "dims": shape},
-         "layout": {"class": "H5D_CHUNKED", "dims": chunks}, "creationProperties": cp},
+        {
+            "id": "d-147ada2c-2ffb2839-39b5-e935ed-e55bf0",
+            "type": type_json,
+            "shape": {"class": "H5S_SIMPLE", "dims": shape},
+            "layout": {"class": "H5D_CHUNKED", "dims": chunks},
+            "creationProperties": cp,
+        },
         BUCKET,
     )
 
@@ -75,7 +80,17 @@ def test_plan_hyperslab_chunk_order_and_selects() -> None:
     meta = meta_of([100, 200], [40, 50])
     plan = plan_hyperslab(meta, parse_select("[30:90:1,0:200:90]", meta.shape))
     # dim 0 → chunks 0,1,2; dim 1 (step 90 > 50) → points 0,90,180 → chunks 0,1,3 (§1.3)
-    assert [t.chunk_id.split("_", 1)[1] for t in plan.tasks] == ["0_0", "0_1", "0_3", "1_0", "1_1", "1_3", "2_0", "2_1", "2_3"]
+    assert [t.chunk_id.split("_", 1)[1] for t in plan.tasks] == [
+        "0_0",
+        "0_1",
+        "0_3",
+        "1_0",
+        "1_1",
+        "1_3",
+        "2_0",
+        "2_1",
+        "2_3",
+    ]
     assert plan.tasks[0].select == "[30:40,0:1:90]"
     assert plan.tasks[4].select == "[0:40,40:41:90]"
     assert plan.tasks[8].select == "[0:10,30:31:90]"
@@ -110,8 +125,15 @@ def test_plan_fields_errors() -> None:
 
 @pytest.mark.parametrize("order", ["forward", "reverse"])
 async def test_missing_chunks_filled_with_fill_value(writer: Writer, storage: PosixStorage, order: str) -> None:
-    meta = await writer.create_dataset(DOMAIN, "/d", ARANGE, chunks=(40, 50), fillvalue=-7, filters=["gzip"],
-                                       skip_chunk=lambda i: (i[0] + i[1]) % 2 == 0)
+    meta = await writer.create_dataset(
+        DOMAIN,
+        "/d",
+        ARANGE,
+        chunks=(40, 50),
+        fillvalue=-7,
+        filters=["gzip"],
+        skip_chunk=lambda i: (i[0] + i[1]) % 2 == 0,
+    )
     hs = parse_select("[10:95:3,7:180:5]", meta.shape)
     out, asm = await run(plan_hyperslab(meta, hs), storage, order)
     expected = ARANGE.copy()
@@ -124,7 +146,9 @@ async def test_missing_chunks_filled_with_fill_value(writer: Writer, storage: Po
 
 
 async def test_missing_chunks_without_fill_are_zeros(writer: Writer, storage: PosixStorage) -> None:
-    meta = await writer.create_dataset(DOMAIN, "/d", ARANGE.astype(">f8"), chunks=(40, 50), skip_chunk=lambda i: i == (0, 0))
+    meta = await writer.create_dataset(
+        DOMAIN, "/d", ARANGE.astype(">f8"), chunks=(40, 50), skip_chunk=lambda i: i == (0, 0)
+    )
     out, asm = await run(plan_hyperslab(meta, from_index(np.s_[38:42, 48:52], meta.shape)), storage)
     assert asm.filled == 1
     want = ARANGE[38:42, 48:52].astype(">f8")
@@ -138,8 +162,13 @@ async def test_compound_fill_and_field_projection_order(writer: Writer, storage:
     rows["id"] = np.arange(20)
     rows["temp"] = np.arange(20) / 4
     rows["name"] = b"r"
-    meta = await writer.create_dataset(DOMAIN, "/t", rows, chunks=(8,), fillvalue=FILL_ROW, skip_chunk=lambda i: i == (1,))
-    out, asm = await run(plan_hyperslab(meta, from_index(np.s_[5:12], meta.shape), fields=["name", "temp", "id"]), storage)
+    meta = await writer.create_dataset(
+        DOMAIN, "/t", rows, chunks=(8,), fillvalue=FILL_ROW, skip_chunk=lambda i: i == (1,)
+    )
+    out, asm = await run(
+        plan_hyperslab(meta, from_index(np.s_[5:12], meta.shape), fields=["name", "temp", "id"]), storage
+    )
+    assert asm.filled == 1
     assert out.dtype.names == ("name", "temp", "id")  # order given (§5.4), packed
     assert out.dtype.itemsize == 4 + 4 + 8
     assert out["id"].tolist() == [5, 6, 7, -1, -1, -1, -1]
@@ -151,7 +180,9 @@ async def test_compound_fill_and_field_projection_order(writer: Writer, storage:
 
 
 async def test_points_fill_and_order(writer: Writer, storage: PosixStorage) -> None:
-    meta = await writer.create_dataset(DOMAIN, "/d", ARANGE, chunks=(40, 50), fillvalue=-1, skip_chunk=lambda i: i == (0, 0))
+    meta = await writer.create_dataset(
+        DOMAIN, "/d", ARANGE, chunks=(40, 50), fillvalue=-1, skip_chunk=lambda i: i == (0, 0)
+    )
     pts = [[99, 199], [0, 0], [40, 100], [0, 1], [99, 199]]
     plan = plan_points(meta, pts)
     assert plan.kind == "points" and plan.num_points == 5
@@ -228,7 +259,7 @@ async def _table(writer: Writer, n: int = 60, chunks: int = 8, **kw: Any) -> tup
 
 
 async def test_query_global_limit_takes_lowest_indices(writer: Writer, storage: PosixStorage) -> None:
-    meta, rows = await _table(writer)
+    meta, _ = await _table(writer)
     plan = plan_query(meta, "flag == 1", limit=4)
     assert plan.limit == 4 and all(t.limit == 4 for t in plan.tasks)
     out, _ = await run(plan, storage, "reverse")  # results arrive last chunk first
@@ -303,15 +334,21 @@ def test_query_limit_zero_is_no_limit() -> None:
 
 
 def test_query_needs_table() -> None:
-    with pytest.raises(QueryError, match=r"query 'x > 1' needs a 1-d compound \(table\) dataset; this dataset has shape \[100, 200\]"):
+    with pytest.raises(
+        QueryError, match=r"query 'x > 1' needs a 1-d compound \(table\) dataset; this dataset has shape \[100, 200\]"
+    ):
         plan_query(meta_of([100, 200], [40, 50]), "x > 1")
-    with pytest.raises(QueryError, match=r"needs a 1-d compound \(table\) dataset; this dataset has shape \[10\] and type int32"):
+    with pytest.raises(
+        QueryError, match=r"needs a 1-d compound \(table\) dataset; this dataset has shape \[10\] and type int32"
+    ):
         plan_query(meta_of([10], [4]), "x > 1")
 
 
 def test_query_coordinate_selection_refused() -> None:
     meta = meta_of([16], [8], type_json={"class": "H5T_COMPOUND", "fields": [{"name": "a", "type": "H5T_STD_I8LE"}]})
-    with pytest.raises(SelectionError, match=r"a query's selection must be a range like \[0:1000:2\], not a coordinate list"):
+    with pytest.raises(
+        SelectionError, match=r"a query's selection must be a range like \[0:1000:2\], not a coordinate list"
+    ):
         plan_query(meta, "a > 0", Hyperslab((Coords(np.array([1, 2])),)))
 
 
@@ -329,3 +366,43 @@ def test_query_plan_tasks() -> None:
     assert [t.select for t in plan.tasks] == ["[2:6:3]", "[0:7:3]", "[1:2:3]"]  # rows 2,5 | 8,11,14 | 17
     assert [t.kind for t in plan.tasks] == ["query"] * 3
     assert plan.nbytes == 0
+
+
+def test_assembler_rejects_malformed_vlen_query_result() -> None:
+    vt = {
+        "class": "H5T_COMPOUND",
+        "fields": [
+            {"name": "id", "type": "H5T_STD_I32LE"},
+            {"name": "s", "type": {"class": "H5T_STRING", "length": "H5T_VARIABLE", "charSet": "H5T_CSET_UTF8"}},
+        ],
+    }
+    meta = meta_of([16], [8], type_json=vt)
+    plan = plan_query(meta, "id > 0")
+    cid = plan.tasks[0].chunk_id
+    row = np.uint64(3).tobytes() + np.int32(3).tobytes()
+    for bad in (row + b"\x05\x00\x00\x00ab", row + b"\x02\x00\x00\x00\xff\xfe", row[:5]):
+        with pytest.raises(TaskError, match=re.escape(f"chunk {cid}")):
+            Assembler(plan).add(0, ChunkResult(cid, "ok", bad))
+    good = row + b"\x02\x00\x00\x00hi"
+    asm = Assembler(plan)
+    asm.add(0, ChunkResult(cid, "ok", good))
+    asm.add(1, ChunkResult(plan.tasks[1].chunk_id, "missing"))
+    out = asm.result()
+    assert out["index"].tolist() == [3] and out["id"].tolist() == [3] and out["s"].tolist() == ["hi"]
+
+
+async def test_fixed_fields_of_vlen_compound_over_missing_chunk(writer: Writer, storage: PosixStorage) -> None:
+    # projecting only fixed-size fields out of a compound with a vlen member: the output is fixed-size,
+    # but the fill element must still come from the (object) dataset dtype
+    dt = np.dtype([("id", "<i4"), ("name", vlen_dtype(str)), ("f", "<f8")])
+    t = np.empty(10, dt)
+    for i in range(10):
+        t[i] = (i, f"n{i}", i / 2)
+    meta = await writer.create_dataset(DOMAIN, "/vt", t, chunks=(4,), skip_chunk=lambda i: i == (1,))
+    out, asm = await run(plan_hyperslab(meta, Hyperslab.all(meta.shape), fields=["f", "id"]), storage)
+    assert out.dtype == np.dtype([("f", "<f8"), ("id", "<i4")])
+    assert out["id"].tolist() == [0, 1, 2, 3, 0, 0, 0, 0, 8, 9]
+    assert out["f"].tolist() == [0.0, 0.5, 1.0, 1.5, 0, 0, 0, 0, 4.0, 4.5]
+    assert asm.filled == 1
+    pts, _ = await run(plan_points(meta, [[5], [9]], fields=["id"]), storage)
+    assert pts["id"].tolist() == [0, 9]

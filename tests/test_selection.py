@@ -248,7 +248,9 @@ def test_from_index_empty_slice_has_zero_count() -> None:
 
 @pytest.mark.parametrize("key", [np.s_[::-1], np.s_[5:1:-2], np.s_[:, ::-1]])
 def test_from_index_negative_step_refused(key: Any) -> None:
-    with pytest.raises(SelectionError, match=r"has a negative step; read with a positive step and reverse with \[::-1\]"):
+    with pytest.raises(
+        SelectionError, match=r"has a negative step; read with a positive step and reverse with \[::-1\]"
+    ):
         from_index(key, (10, 10))
 
 
@@ -340,7 +342,9 @@ def test_from_index_int_out_of_range(key: int, shown: int) -> None:
 
 @pytest.mark.parametrize("key", [np.array([True, False, True]), [True, False, True]])
 def test_from_index_boolean_mask_refused(key: Any) -> None:
-    with pytest.raises(SelectionError, match=re.escape("boolean mask on dimension 0 is not supported; pass np.nonzero(mask)[0]")):
+    with pytest.raises(
+        SelectionError, match=re.escape("boolean mask on dimension 0 is not supported; pass np.nonzero(mask)[0]")
+    ):
         from_index(key, (3,))
 
 
@@ -577,17 +581,21 @@ def test_hyperslab_cuts_product_reproduces_numpy(dims: list[tuple[int, int]], da
     out = np.full(hs.shape, -1)
     import itertools
 
-    for combo in itertools.product(*(dim_cuts(d, c) for d, c in zip(hs.dims, chunks))):
-        origin = [cut.index * c for cut, c in zip(combo, chunks)]
+    for combo in itertools.product(*(dim_cuts(d, c) for d, c in zip(hs.dims, chunks, strict=False))):
+        origin = [cut.index * c for cut, c in zip(combo, chunks, strict=False)]
         chunk = np.zeros(chunks, dtype=src.dtype) - 7
-        region = tuple(slice(o, min(o + c, e)) for o, c, e in zip(origin, chunks, shape))
+        region = tuple(slice(o, min(o + c, e)) for o, c, e in zip(origin, chunks, shape, strict=False))
         part = src[region]
         chunk[tuple(slice(0, n) for n in part.shape)] = part
         rel = [
-            np.arange(cut.chunk.start, cut.chunk.stop, cut.chunk.step) if isinstance(cut.chunk, Slice) else cut.chunk.values
+            np.arange(cut.chunk.start, cut.chunk.stop, cut.chunk.step)
+            if isinstance(cut.chunk, Slice)
+            else cut.chunk.values
             for cut in combo
         ]
-        pos = [np.arange(hs.shape[i])[cut.out] if isinstance(cut.out, slice) else cut.out for i, cut in enumerate(combo)]
+        pos = [
+            np.arange(hs.shape[i])[cut.out] if isinstance(cut.out, slice) else cut.out for i, cut in enumerate(combo)
+        ]
         out[np.ix_(*pos)] = chunk[np.ix_(*rel)]
     idx = [np.arange(d.start, d.stop, d.step) if isinstance(d, Slice) else d.values for d in hs.dims]
     np.testing.assert_array_equal(out, src[np.ix_(*idx)])
@@ -614,7 +622,7 @@ def test_fuzz_parse_select_only_raises_our_errors(text: str, shape: list[int]) -
         return
     # success: a valid selection of the right rank, in range
     assert len(hs.dims) == len(shape)
-    for d, e in zip(hs.dims, shape):
+    for d, e in zip(hs.dims, shape, strict=False):
         if isinstance(d, Slice):
             assert 0 <= d.start < d.stop <= e and d.step >= 1
         else:
@@ -629,14 +637,23 @@ _LEAF = st.one_of(
     st.floats(allow_nan=True),
     st.text(max_size=3),
     st.just(Ellipsis),
-    st.builds(slice, st.one_of(st.none(), st.integers(-20, 20)), st.one_of(st.none(), st.integers(-20, 20)),
-              st.one_of(st.none(), st.integers(-5, 5))),
+    st.builds(
+        slice,
+        st.one_of(st.none(), st.integers(-20, 20)),
+        st.one_of(st.none(), st.integers(-20, 20)),
+        st.one_of(st.none(), st.integers(-5, 5)),
+    ),
     st.builds(slice, st.one_of(st.text(max_size=2), st.floats()), st.none()),
     st.builds(lambda v: np.asarray(v), st.lists(st.integers(-20, 20), max_size=4)),
     st.builds(lambda v: np.asarray(v), st.lists(st.booleans(), max_size=4)),
 )
-_KEY = st.recursive(_LEAF, lambda inner: st.one_of(st.lists(inner, max_size=4), st.tuples(inner, inner),
-                                                    st.lists(inner, max_size=3).map(tuple)), max_leaves=8)
+_KEY = st.recursive(
+    _LEAF,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.tuples(inner, inner), st.lists(inner, max_size=3).map(tuple)
+    ),
+    max_leaves=8,
+)
 
 
 @FUZZ
@@ -650,7 +667,7 @@ def test_fuzz_from_index_only_raises_our_errors(key: Any, shape: list[int]) -> N
     except HsdsBackendsError:
         return
     assert len(hs.dims) == len(shape)
-    for d, e in zip(hs.dims, shape):
+    for d, e in zip(hs.dims, shape, strict=False):
         if isinstance(d, Slice):
             assert 0 <= d.start <= d.stop <= e and d.step >= 1
         else:

@@ -86,8 +86,9 @@ async def all_plan_tasks_round_trip(plan: ReadPlan, storage: PosixStorage) -> li
 
 @pytest.mark.parametrize("filters", [[], ["shuffle", ("gzip", 6)], ["bitshuffle", "zstd"]])
 async def test_wire_round_trip_hyperslab(writer: Writer, storage: PosixStorage, filters: list[Any]) -> None:
-    meta = await writer.create_dataset(DOMAIN, "/d", ARANGE, chunks=(40, 50), filters=filters, fillvalue=-9,
-                                       skip_chunk=lambda i: i == (0, 0))
+    meta = await writer.create_dataset(
+        DOMAIN, "/d", ARANGE, chunks=(40, 50), filters=filters, fillvalue=-9, skip_chunk=lambda i: i == (0, 0)
+    )
     plan = plan_hyperslab(meta, parse_select("[10:95:3,7:180:5]", meta.shape))
     results = await all_plan_tasks_round_trip(plan, storage)
     assert [r.status for r in results].count("missing") == 1
@@ -98,7 +99,7 @@ async def test_wire_round_trip_points_and_partitions(writer: Writer, storage: Po
     plan = plan_points(meta, [[40, 100], [79, 149], [41, 101], [0, 0], [99, 199]])
     results = await all_plan_tasks_round_trip(plan, storage)
     assert any(t.to_wire()["chunk_id"].startswith("c1-") or t.chunk_id.startswith(("c0-", "c2-")) for t in plan.tasks)
-    by_chunk = {t.chunk_id: r for t, r in zip(plan.tasks, results)}
+    by_chunk = {t.chunk_id: r for t, r in zip(plan.tasks, results, strict=False)}
     assert np.frombuffer(by_chunk[meta.chunk_id((1, 2))].data, "<i4").tolist() == [8100, 15949, 8301]
 
 
@@ -118,8 +119,15 @@ async def test_wire_round_trip_query_with_fields_and_limit(writer: Writer, stora
 
 async def test_wire_round_trip_linked_layouts(writer: Writer, storage: PosixStorage) -> None:
     data = np.arange(3000, dtype=">i4").reshape(30, 100)
-    ref = await writer.create_linked_dataset(DOMAIN, "/ref", data, file_key="linked/file.h5", chunks=(8, 40),
-                                             filters=["shuffle", "gzip", "fletcher32"], skip_chunk=lambda i: i == (1, 1))
+    ref = await writer.create_linked_dataset(
+        DOMAIN,
+        "/ref",
+        data,
+        file_key="linked/file.h5",
+        chunks=(8, 40),
+        filters=["shuffle", "gzip", "fletcher32"],
+        skip_chunk=lambda i: i == (1, 1),
+    )
     plan = plan_hyperslab(ref, parse_select("[0:30,0:100]", ref.shape))
     results = await all_plan_tasks_round_trip(plan, storage)
     wires = [t.to_wire() for t in plan.tasks]
@@ -127,7 +135,9 @@ async def test_wire_round_trip_linked_layouts(writer: Writer, storage: PosixStor
     assert {w["s3path"] for w in wires if w["s3size"]} == {f"{BUCKET}/linked/file.h5"}
     assert [w["s3size"] for w in wires].count(0) == 1
     assert [r.status for r in results].count("missing") == 1
-    cont = await writer.create_linked_dataset(DOMAIN, "/cont", data, file_key="linked/c.h5", layout="H5D_CONTIGUOUS_REF")
+    cont = await writer.create_linked_dataset(
+        DOMAIN, "/cont", data, file_key="linked/c.h5", layout="H5D_CONTIGUOUS_REF"
+    )
     (res,) = await all_plan_tasks_round_trip(plan_hyperslab(cont, parse_select("[3:5,0:2]", cont.shape)), storage)
     assert np.frombuffer(res.data, ">i4").tolist() == [300, 301, 400, 401]
 
@@ -136,7 +146,13 @@ def test_to_wire_shape() -> None:
     meta = DatasetMeta.from_json(DSET_JSON, BUCKET)
     t = ChunkTask(CID, meta, meta.location((1, 2)), "hyperslab", "[0:2,0:3]")
     w = t.to_wire()
-    assert w == {"chunk_id": CID, "dset_json": meta.wire_json(), "bucket": BUCKET, "kind": "hyperslab", "select": "[0:2,0:3]"}
+    assert w == {
+        "chunk_id": CID,
+        "dset_json": meta.wire_json(),
+        "bucket": BUCKET,
+        "kind": "hyperslab",
+        "select": "[0:2,0:3]",
+    }
     p = ChunkTask(CID, meta, meta.location((1, 2)), "points", points=np.array([[40, 100], [79, 149]], dtype=np.uint64))
     w = p.to_wire()
     assert base64.b64decode(w["point_arr"]) == np.array([40, 100, 79, 149], "<u8").tobytes()
@@ -152,18 +168,34 @@ def test_to_wire_shape() -> None:
 
 async def test_2021_lambda_payload(writer: Writer, storage: PosixStorage) -> None:
     # §6.3: select (chunk-relative), bucket, chunk_id, dset_json (whole dataset JSON); no 'kind'
-    meta = await writer.create_dataset(DOMAIN, "/d", ARANGE, chunks=(40, 50), filters=["shuffle", ("gzip", 6)], layout_style="1.0.2")
+    meta = await writer.create_dataset(
+        DOMAIN, "/d", ARANGE, chunks=(40, 50), filters=["shuffle", ("gzip", 6)], layout_style="1.0.2"
+    )
     dset_json = json.loads(Path(storage.path(BUCKET, object_key(meta.id))).read_text())
     cid = meta.chunk_id((1, 2))
     payload = {"select": "[0:2,0:3]", "bucket": BUCKET, "chunk_id": cid, "dset_json": dset_json}
     t = ChunkTask.from_wire(payload)
     assert t.kind == "hyperslab"
     assert t.location == ChunkLocation(BUCKET, chunk_key(cid))
-    assert np.frombuffer((await kernel.run_task(t, storage)).data, "<i4").tolist() == [8100, 8101, 8102, 8300, 8301, 8302]
+    assert np.frombuffer((await kernel.run_task(t, storage)).data, "<i4").tolist() == [
+        8100,
+        8101,
+        8102,
+        8300,
+        8301,
+        8302,
+    ]
     # points: action/count are ignored, point_arr is base64 of uint64 coordinates, num_points
     pts = np.array([[40, 100], [79, 149], [41, 101]], dtype="<u8")
-    payload = {"action": "get", "count": 3, "bucket": BUCKET, "chunk_id": cid, "dset_json": json.dumps(dset_json),
-               "point_arr": base64.b64encode(pts.tobytes()).decode(), "num_points": 3}
+    payload = {
+        "action": "get",
+        "count": 3,
+        "bucket": BUCKET,
+        "chunk_id": cid,
+        "dset_json": json.dumps(dset_json),
+        "point_arr": base64.b64encode(pts.tobytes()).decode(),
+        "num_points": 3,
+    }
     t = ChunkTask.from_wire(payload)
     assert t.kind == "points" and t.num_points == 3
     assert np.frombuffer((await kernel.run_task(t, storage)).data, "<i4").tolist() == [8100, 15949, 8301]
@@ -174,7 +206,14 @@ async def test_2021_query_payload_and_s3_keys(writer: Writer, storage: PosixStor
     rows["flag"] = 1
     meta = await writer.create_dataset(DOMAIN, "/t", rows, chunks=(8,))
     cid = meta.chunk_id((1,))
-    payload = {"query": "flag == 1", "Limit": 2, "select": "[0:8]", "bucket": BUCKET, "chunk_id": cid, "dset_json": meta.wire_json()}
+    payload = {
+        "query": "flag == 1",
+        "Limit": 2,
+        "select": "[0:8]",
+        "bucket": BUCKET,
+        "chunk_id": cid,
+        "dset_json": meta.wire_json(),
+    }
     t = ChunkTask.from_wire(payload)
     assert t.kind == "query" and t.limit == 2
     out = np.frombuffer((await kernel.run_task(t, storage)).data, query_dtype(TABLE, None))
@@ -182,9 +221,25 @@ async def test_2021_query_payload_and_s3_keys(writer: Writer, storage: PosixStor
     # s3path/s3offset/s3size select a byte range of another object
     data = np.arange(12, dtype="<i2")
     await storage.put("other", "dir/file.bin", b"\xff" * 10 + data.tobytes())
-    m2 = DatasetMeta.from_json({"id": meta.id, "type": "H5T_STD_I16LE", "shape": {"class": "H5S_SIMPLE", "dims": [12]},
-                                "creationProperties": {"layout": {"class": "H5D_CONTIGUOUS_REF", "file_uri": "other/dir/file.bin", "offset": 10, "size": 24}}})
-    p = {"chunk_id": meta.chunk_id((0,)), "dset_json": m2.wire_json(), "bucket": BUCKET, "s3path": "s3://other/dir/file.bin", "s3offset": 10, "s3size": 24, "select": "[2:5]"}
+    m2 = DatasetMeta.from_json(
+        {
+            "id": meta.id,
+            "type": "H5T_STD_I16LE",
+            "shape": {"class": "H5S_SIMPLE", "dims": [12]},
+            "creationProperties": {
+                "layout": {"class": "H5D_CONTIGUOUS_REF", "file_uri": "other/dir/file.bin", "offset": 10, "size": 24}
+            },
+        }
+    )
+    p = {
+        "chunk_id": meta.chunk_id((0,)),
+        "dset_json": m2.wire_json(),
+        "bucket": BUCKET,
+        "s3path": "s3://other/dir/file.bin",
+        "s3offset": 10,
+        "s3size": 24,
+        "select": "[2:5]",
+    }
     t = ChunkTask.from_wire(p)
     assert t.location == ChunkLocation("other", "dir/file.bin", 10, 24, linked=True)
     assert np.frombuffer((await kernel.run_task(t, storage)).data, "<i2").tolist() == [2, 3, 4]
@@ -229,8 +284,16 @@ def base(**kw: Any) -> dict[str, Any]:
         (base(s3path="b/k", s3size=4, s3offset="q"), TaskError, "s3offset must be an integer, got 'q'"),
         (base(point_arr="!!!not base64"), TaskError, "point_arr is not valid base64"),
         (base(point_arr=123), TaskError, "point_arr is not valid base64"),
-        (base(point_arr=base64.b64encode(b"\x00" * 12).decode()), TaskError, "point_arr holds 12 bytes, not a whole number of rank-2 uint64 points"),
-        (base(point_arr=base64.b64encode(b"\x00" * 16).decode(), num_points=2), TaskError, r"num_points 2 does not match point_arr \(1 points\)"),
+        (
+            base(point_arr=base64.b64encode(b"\x00" * 12).decode()),
+            TaskError,
+            "point_arr holds 12 bytes, not a whole number of rank-2 uint64 points",
+        ),
+        (
+            base(point_arr=base64.b64encode(b"\x00" * 16).decode(), num_points=2),
+            TaskError,
+            r"num_points 2 does not match point_arr \(1 points\)",
+        ),
         (base(kind="delete"), TaskError, "kind 'delete' must be 'hyperslab', 'points' or 'query'"),
         (base(kind="points"), TaskError, "a points task needs 'point_arr'"),
         (base(fields=5), TaskError, "fields must be a list of names or 'a:b', got 5"),
@@ -272,7 +335,9 @@ async def test_bad_select_fails_at_run_naming_chunk(storage: PosixStorage) -> No
         await kernel.run_task(t, storage)
     t = ChunkTask.from_wire(base(select="[0:2,zz]"))
     await storage.put(BUCKET, chunk_key(CID), np.zeros(2000, "<i4").tobytes())
-    with pytest.raises(SelectionError, match=re.escape(f"chunk {CID}: bad select '[0:2,zz]': index 'zz' is not an integer")):
+    with pytest.raises(
+        SelectionError, match=re.escape(f"chunk {CID}: bad select '[0:2,zz]': index 'zz' is not an integer")
+    ):
         await kernel.run_task(t, storage)
 
 
@@ -322,7 +387,15 @@ def test_error_wire_round_trip(exc: HsdsBackendsError, status: int, name: str) -
 async def test_missing_linked_file_error_survives_the_wire(storage: PosixStorage) -> None:
     # the kernel raises NotFoundError for a missing linked file (§3.4: with an s3path the 404 propagates);
     # a remote executor reports it as statusCode 404 + error_type, which must not turn into fill values
-    meta = DatasetMeta.from_json({**DSET_JSON, "creationProperties": {"layout": {"class": "H5D_CONTIGUOUS_REF", "file_uri": "other/gone.h5", "offset": 0, "size": 80000}}}, BUCKET)
+    meta = DatasetMeta.from_json(
+        {
+            **DSET_JSON,
+            "creationProperties": {
+                "layout": {"class": "H5D_CONTIGUOUS_REF", "file_uri": "other/gone.h5", "offset": 0, "size": 80000}
+            },
+        },
+        BUCKET,
+    )
     task = ChunkTask(meta.chunk_id((0, 0)), meta, meta.location((0, 0)), "hyperslab", "[0:1,0:1]")
     with pytest.raises(errors.NotFoundError, match="linked file other/gone.h5 is missing") as ei:
         await kernel.run_task(rewire(task), storage)
