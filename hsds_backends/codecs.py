@@ -693,6 +693,10 @@ def decode_chunk(
     # hsds-format.md §3.3 decode step 2: shuffle, per the table in the docstring.
     if ops.shuffle == 1 and undo_shuffle:
         out = _unshuffle(out, itemsize)
+    elif ops.shuffle == 2 and not linked and nbytes is not None and len(out) == nbytes and (
+        len(out) < 12 or int.from_bytes(memoryview(out).cast("B")[:8], "big") != nbytes
+    ):
+        pass  # hsds 1.0.2 accepts but ignores bitshuffle (its shuffle lookup misses it): chunks are stored plain
     elif ops.shuffle == 2:
         framed = memoryview(out).cast("B")
         plain, used = _bitshuffle_decode(framed, itemsize, nbytes, fail)

@@ -99,7 +99,10 @@ def dtype_from_type_json(type_json: Any) -> np.dtype[Any]:
             return np.dtype((base, dims))
         if cls == "H5T_ENUM":
             base = dtype_from_type_json(type_json["base"])
-            mapping = dict(type_json.get("mapping", {}))
+            raw = type_json.get("mapping")
+            if raw is None:  # hsds 1.0.2 (h5json 2.x) writes "members": [{"name": ..., "value": ...}, ...]
+                raw = type_json.get("members", {})
+            mapping = {m["name"]: m["value"] for m in raw} if isinstance(raw, list) else dict(raw)
             if base == np.dtype("i1") and set(mapping) == {"TRUE", "FALSE"}:
                 return np.dtype(bool)  # §2.2 exception: int8 TRUE/FALSE enum → numpy bool
             return np.dtype(base, metadata={"enum": mapping})

@@ -20,7 +20,7 @@ import numpy as np
 from .errors import QueryError, SelectionError, TaskError
 from .selection import Coords, Hyperslab, Slice, check_points, dim_cuts, format_select
 from .tasks import ChunkResult, ChunkTask, field_dtype, query_dtype
-from .vlen import decode_vlen
+from .vlen import _VlenFormatError, decode_vlen
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -196,13 +196,15 @@ class Assembler:
                     fe = proj
                 self._fill_value = fe
             else:
-                raw = meta.fill_raw
                 if self.plan.fields:
-                    whole = np.frombuffer(raw, dtype=meta.dtype)
+                    # the dataset may hold vlen members even when the projected fields are fixed-size
+                    whole = meta.fill_element.reshape(1) if meta.is_vlen else np.frombuffer(meta.fill_raw, dtype=meta.dtype)
                     proj = np.empty(1, dtype=self.plan.out_dtype)
                     for f in self.plan.fields:
                         proj[f] = whole[f]
                     raw = proj.tobytes()
+                else:
+                    raw = meta.fill_raw
                 self._fill_value = np.frombuffer(raw, dtype=f"V{len(raw)}").reshape(())
         return self._fill_value
 
@@ -230,7 +232,10 @@ class Assembler:
             else:
                 qdt = plan.out_dtype
                 if self._vlen:
-                    self._rows[i] = decode_vlen(res.data, qdt, _count_rows(res.data, qdt))
+                    try:
+                        self._rows[i] = decode_vlen(res.data, qdt, _count_rows(res.data, qdt))
+                    except (ValueError, UnicodeDecodeError, _VlenFormatError) as exc:
+                        raise TaskError(f"chunk {res.chunk_id}: query result holds malformed variable-length rows: {exc}") from exc
                 else:
                     if len(res.data) % qdt.itemsize:
                         raise TaskError(f"chunk {res.chunk_id}: query result of {len(res.data)} bytes is not whole rows of {qdt.itemsize}")

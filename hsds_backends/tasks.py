@@ -302,8 +302,10 @@ _STATUS = {
 
 def error_to_wire(exc: BaseException, chunk_id: str | None = None) -> dict[str, Any]:
     """Return ``{"statusCode", "error_type", "message", "chunk_id"}`` for an exception."""
-    name = type(exc).__name__ if isinstance(exc, HsdsBackendsError) else "TaskError"
-    status = getattr(exc, "status", None) or _STATUS.get(name, 500)
+    ours = isinstance(exc, HsdsBackendsError)
+    name = type(exc).__name__ if ours else "TaskError"
+    # an exception that is not ours is an internal failure of the executor: 500, not a client error
+    status = (getattr(exc, "status", None) or _STATUS.get(name, 500)) if ours else 500
     msg = str(exc) if isinstance(exc, HsdsBackendsError) else f"{type(exc).__name__}: {exc}"
     return {"statusCode": int(status), "error_type": name, "message": msg, "chunk_id": chunk_id}
 

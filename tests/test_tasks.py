@@ -410,6 +410,7 @@ def test_error_to_wire_foreign_exception() -> None:
     w = error_to_wire(ValueError("boom"), CID)
     assert w["error_type"] == "TaskError"
     assert w["message"] == "ValueError: boom"
+    assert w["statusCode"] == 500  # an internal failure, not a bad request
 
 
 @pytest.mark.parametrize(
