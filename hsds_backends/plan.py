@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from .errors import QueryError, SelectionError, TaskError
-from .selection import Coords, Hyperslab, Slice, check_points, dim_cuts, format_select
+from .selection import Hyperslab, Slice, check_points, dim_cuts, format_select
 from .tasks import ChunkResult, ChunkTask, field_dtype, query_dtype
 from .vlen import _VlenFormatError, decode_vlen
 
@@ -297,7 +297,3 @@ def _count_rows(data: bytes | bytearray | memoryview, dt: np.dtype[Any]) -> int:
         _, pos = dec(buf, pos)
         n += 1
     return n
-
-
-def coords_of(sel: Hyperslab) -> list[Coords]:  # pragma: no cover - helper for callers
-    return [d for d in sel.dims if isinstance(d, Coords)]

@@ -9,7 +9,25 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
+
+import pytest
+
+from hsds_backends.storage import PosixStorage
+from hsds_backends.writer import Writer
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 pytest_plugins = ["hsds_harness", "hsds_backends.testing.fixtures"]
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> PosixStorage:
+    """Posix storage in a fresh temp folder."""
+    return PosixStorage(tmp_path)
+
+
+@pytest.fixture
+def writer(storage: PosixStorage) -> Writer:
+    """A writer into bucket ``hsdstest`` of :func:`storage`."""
+    return Writer(storage, "hsdstest")

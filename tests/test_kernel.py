@@ -31,16 +31,6 @@ ARANGE = np.arange(20000, dtype="<i4").reshape(100, 200)
 TABLE = np.dtype([("id", "<i8"), ("flag", "u1"), ("temp", "<f4"), ("name", "S4")])
 
 
-@pytest.fixture
-def storage(tmp_path: Path) -> PosixStorage:
-    return PosixStorage(tmp_path)
-
-
-@pytest.fixture
-def writer(storage: PosixStorage) -> Writer:
-    return Writer(storage, BUCKET)
-
-
 def file_of(storage: PosixStorage, task: ChunkTask) -> Path:
     assert task.location is not None
     return Path(storage.path(task.location.bucket, task.location.key))

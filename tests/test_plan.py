@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,16 +23,6 @@ DOMAIN = "/home/test_user1/plan.h5"
 ARANGE = np.arange(20000, dtype="<i4").reshape(100, 200)
 TABLE = np.dtype([("id", "<i8"), ("flag", "u1"), ("temp", "<f4"), ("name", "S4")])
 FILL_ROW = np.array((-1, 7, 1.5, b"fill"), dtype=TABLE)
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> PosixStorage:
-    return PosixStorage(tmp_path)
-
-
-@pytest.fixture
-def writer(storage: PosixStorage) -> Writer:
-    return Writer(storage, BUCKET)
 
 
 async def run(plan: ReadPlan, storage: PosixStorage, order: str = "reverse") -> tuple[np.ndarray, Assembler]:

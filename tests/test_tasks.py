@@ -42,16 +42,6 @@ DSET_JSON = {
 }
 
 
-@pytest.fixture
-def storage(tmp_path: Path) -> PosixStorage:
-    return PosixStorage(tmp_path)
-
-
-@pytest.fixture
-def writer(storage: PosixStorage) -> Writer:
-    return Writer(storage, BUCKET)
-
-
 def rewire(task: ChunkTask) -> ChunkTask:
     """Through real JSON text, as a remote executor would receive it."""
     return ChunkTask.from_wire(json.loads(json.dumps(task.to_wire())))
