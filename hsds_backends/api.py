@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -32,11 +33,12 @@ from .config import load_config
 from .dataset import DatasetMeta
 from .errors import DatasetJsonError, DatasetNotFoundError, DomainNotFoundError, NotFoundError, SelectionError
 from .ids import domain_key, object_key
-from .model import Backend, ReadRequest
+from .execute import Execution
+from .model import Backend, Choice, ReadRequest, RequestStats, current_stats
 from .plan import Assembler, ReadPlan, plan_hyperslab, plan_points, plan_query
 from .plugins import backend_names, get_plugin_manager, make_backend
 from .selection import Hyperslab, from_index, parse_select
-from .selector import estimate, select_backend
+from .selector import candidates_for, estimate, rank, select_backend
 from .storage import Storage, check_bucket, storage_from_config
 
 if TYPE_CHECKING:
@@ -45,29 +47,11 @@ if TYPE_CHECKING:
 __all__ = ["Reader", "AsyncDomain", "AsyncDataset", "ReadResult", "ReadStats", "open_domain", "Domain", "Dataset", "to_selection"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
-@dataclass
-class ReadStats:
-    """Per-request figures (exposed on :class:`ReadResult` and by ``hsds-backends read --stats``)."""
-
-    backend: str = ""
-    """Backend that ran the request."""
-    reason: str = ""
-    """Why the selector chose it (one line)."""
-    kind: str = ""
-    """``hyperslab``, ``points`` or ``query``."""
-    chunks: int = 0
-    """Chunk tasks in the plan."""
-    missing: int = 0
-    """Chunks that do not exist and were filled with the fill value."""
-    bytes_returned: int = 0
-    """Bytes of chunk results received from the backend."""
-    seconds: float = 0.0
-    """Wall time from plan to assembled result."""
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+#: Per-request figures; kept as a name for callers of 0.1.
+ReadStats = RequestStats
 
 
 @dataclass
@@ -75,7 +59,7 @@ class ReadResult:
     """An assembled answer with its statistics."""
 
     data: np.ndarray[Any, Any]
-    stats: ReadStats = field(default_factory=ReadStats)
+    stats: RequestStats = field(default_factory=RequestStats)
 
 
 def to_selection(selection: Any, shape: Sequence[int]) -> Hyperslab:
@@ -133,14 +117,29 @@ class Reader:
             self._backends[name] = b
         return b
 
-    def choose(self, plan: ReadPlan, *, backend: str | Backend | None = None, nonstrict: bool = False, budget_dollars: float | None = None) -> tuple[Backend, str]:
+    def request(self, plan: ReadPlan, *, nonstrict: bool = False, budget_dollars: float | None = None) -> ReadRequest:
+        """Wrap ``plan`` as a :class:`ReadRequest` whose estimates go through the ``estimate_cost`` hook."""
+        holder: list[ReadRequest] = []
+        req = ReadRequest(plan, nonstrict, budget_dollars, estimator=lambda b: estimate(self.pm, b, holder[0]))
+        holder.append(req)
+        return req
+
+    def choose(
+        self, plan: ReadPlan, *, backend: str | Backend | None = None, nonstrict: bool = False, budget_dollars: float | None = None
+    ) -> tuple[Backend, str]:
         """Return the backend that would run ``plan`` and the one-line reason (no I/O)."""
-        request = ReadRequest(plan, nonstrict, budget_dollars, estimator=None)
-        request = ReadRequest(plan, nonstrict, budget_dollars, estimator=lambda b: estimate(self.pm, b, request))
-        choice = select_backend(
+        choice = self._choose(self.request(plan, nonstrict=nonstrict, budget_dollars=budget_dollars), backend)
+        return choice.backend, choice.reason
+
+    def _choose(self, request: ReadRequest, backend: str | Backend | None) -> Choice:
+        return select_backend(
             request, explicit=backend, config=self.config, pm=self.pm, get_backend=self.backend, names=backend_names(self.pm)
         )
-        return choice.backend, choice.reason
+
+    def _others(self, request: ReadRequest, chosen: Backend) -> list[Backend]:
+        """Other backends that can serve ``request``, fastest estimate first."""
+        cands, _ = candidates_for(request, backend_names(self.pm), self.backend)
+        return rank(request, [b for b in cands if b is not chosen])
 
     async def run(
         self,
@@ -151,17 +150,46 @@ class Reader:
         budget_dollars: float | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> ReadResult:
-        """Execute ``plan`` on the chosen backend and assemble the answer."""
+        """Execute ``plan`` on the chosen backend and assemble the answer.
+
+        Failover (config ``failover``: ``auto`` = only for backends the selector
+        chose, ``always``, ``never``) re-runs tasks of a failed backend on the
+        next-best one; hedging (config ``hedge_multiple`` > 0) duplicates
+        stragglers on the next-best backend. See :mod:`hsds_backends.execute`.
+        """
         t0 = time.perf_counter()
-        b, reason = self.choose(plan, backend=backend, nonstrict=nonstrict, budget_dollars=budget_dollars)
+        request = self.request(plan, nonstrict=nonstrict, budget_dollars=budget_dollars)
+        choice = self._choose(request, backend)
+        b = choice.backend
+        est = request.estimate(b)
+        stats = RequestStats(b.name, choice.reason, plan.kind, plan.num_chunks, estimate_seconds=est.seconds, estimate_dollars=est.dollars)
+        mode = str(self.config.get("failover") or "auto").lower()
+        auto_chosen = choice.reason.startswith(("auto", "hsds2021", "policy"))
+        allow_failover = mode == "always" or (mode == "auto" and auto_chosen)
         asm = Assembler(plan)
-        if plan.tasks:
-            async for i, res in b.read_chunks(plan.tasks):
-                asm.add(i, res)
-                if progress is not None:
-                    progress(1)
+        ex = Execution(
+            plan,
+            asm,
+            stats,
+            fallbacks=(lambda chosen: self._others(request, chosen)) if allow_failover else (lambda chosen: []),
+            hedge_backend=lambda chosen: next(iter(self._others(request, chosen)), None),
+            hedge_multiple=float(self.config.get("hedge_multiple") or 0.0),
+            hedge_min_seconds=float(self.config.get("hedge_min_seconds") or 0.05),
+            progress=progress,
+        )
+        token = current_stats.set(stats)
+        try:
+            if plan.tasks:
+                await ex.run(b)
+        finally:
+            current_stats.reset(token)
         data = asm.result()
-        stats = ReadStats(b.name, reason, plan.kind, plan.num_chunks, asm.filled, asm.bytes_returned, time.perf_counter() - t0)
+        stats.missing = asm.filled
+        stats.bytes_returned = asm.bytes_returned
+        stats.seconds = time.perf_counter() - t0
+        if not stats.failovers:
+            b.observe(request, stats.seconds)
+        log.info("read %s: %s", plan.meta.id, stats.to_json())
         return ReadResult(data, stats)
 
     # --------------------------------------------------------------- domains

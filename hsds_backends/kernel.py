@@ -164,13 +164,15 @@ def process(task: ChunkTask, data: bytes | bytearray | memoryview | None) -> Chu
             chunk = _fill_chunk(meta)
         else:
             chunk = decode_to_array(meta, data, cid, key, linked=bool(loc and loc.linked))
+        fetched = 0 if data is None else len(data)
+        decoded = 0 if data is None or meta.is_vlen else chunk.nbytes  # vlen: not tracked
         if task.kind == "points":
-            return ChunkResult(cid, "ok", _points(task, meta, chunk))
+            return ChunkResult(cid, "ok", _points(task, meta, chunk), fetched, decoded)
         sel = parse_select(task.select, meta.chunks) if task.select is not None else Hyperslab.all(meta.chunks)
         if task.kind == "query":
-            return ChunkResult(cid, "ok", _query(task, meta, chunk, sel))
+            return ChunkResult(cid, "ok", _query(task, meta, chunk, sel), fetched, decoded)
         values, dt = _project(meta, chunk[_index(sel)], task.fields)
-        return ChunkResult(cid, "ok", _serialise(values, dt))
+        return ChunkResult(cid, "ok", _serialise(values, dt), fetched, decoded)
     except HsdsBackendsError as exc:
         if cid not in str(exc):
             exc.args = (f"chunk {cid}: {exc}", *exc.args[1:])

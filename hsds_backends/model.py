@@ -10,6 +10,7 @@ the I/O (STYLE.md §3).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import os
 from abc import ABC, abstractmethod
@@ -21,7 +22,17 @@ if TYPE_CHECKING:
     from .plan import ReadPlan
     from .tasks import ChunkResult, ChunkTask
 
-__all__ = ["Backend", "Capabilities", "CostEstimate", "ReadRequest", "Choice", "default_workers"]
+__all__ = [
+    "Backend",
+    "BackendCounters",
+    "Capabilities",
+    "CostEstimate",
+    "ReadRequest",
+    "RequestStats",
+    "Choice",
+    "current_stats",
+    "default_workers",
+]
 
 
 def default_workers() -> int:
@@ -60,6 +71,76 @@ class Capabilities:
     """Whether running tasks is billed (Lambda)."""
     configured: bool = True
     """Whether the backend has what it needs to run (endpoints, functions)."""
+
+
+@dataclass
+class RequestStats:
+    """Figures for one read request (exposed on :class:`~hsds_backends.api.ReadResult` and by ``--stats``).
+
+    The reader fills the generic fields; a backend adds its own through
+    :data:`current_stats` (retries, invokes, billed GB-s, dollars).
+    """
+
+    backend: str = ""
+    """Backend that ran the request (the first one, if tasks failed over)."""
+    reason: str = ""
+    """Why the selector chose it (one line)."""
+    kind: str = ""
+    """``hyperslab``, ``points`` or ``query``."""
+    chunks: int = 0
+    """Chunk tasks in the plan."""
+    missing: int = 0
+    """Chunks that do not exist and were filled with the fill value."""
+    bytes_fetched: int = 0
+    """Stored (compressed) bytes read from storage, as reported by the executors."""
+    bytes_decoded: int = 0
+    """Bytes after decoding the chunks, as reported by the executors."""
+    bytes_returned: int = 0
+    """Bytes of chunk results received from the backend(s)."""
+    s3_gets: int = 0
+    """Storage reads issued (one per existing chunk task; a GET on S3)."""
+    retries: int = 0
+    """Retries the backend(s) made (transport, throttling)."""
+    failovers: int = 0
+    """Tasks re-run on another backend after their backend failed."""
+    failover_to: list[str] = field(default_factory=list)
+    """Backends that took over failed tasks, in order."""
+    hedges: int = 0
+    """Straggler tasks duplicated on another backend."""
+    hedges_won: int = 0
+    """Hedged duplicates that finished first (the original was ignored)."""
+    estimate_seconds: float = 0.0
+    """The selector's time estimate for the chosen backend."""
+    estimate_dollars: float = 0.0
+    """The selector's charge estimate for the chosen backend."""
+    gb_seconds: float = 0.0
+    """Billed GB-seconds (Lambda)."""
+    dollars: float = 0.0
+    """Estimated charge: compute (Lambda) plus requests, as reported by the backend."""
+    seconds: float = 0.0
+    """Wall time from plan to assembled result."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Backend-specific figures (e.g. ``invokes``)."""
+
+    def to_json(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+#: The stats of the request being executed, for backends to add their figures to.
+current_stats: contextvars.ContextVar[RequestStats | None] = contextvars.ContextVar("hsds_backends_stats", default=None)
+
+
+@dataclass
+class BackendCounters:
+    """Running totals per backend instance, like HSDS's ``lambda_stats``."""
+
+    requests: int = 0
+    tasks: int = 0
+    in_flight: int = 0
+    failed: int = 0
+    retried: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +213,17 @@ class Backend(ABC):
     overhead_s: ClassVar[float] = 0.001
     per_chunk_s: ClassVar[float] = 0.004
 
+    #: Extra seconds for the first request (process/cluster start, cold functions).
+    cold_start_s: ClassVar[float] = 0.0
+    #: Weight of the newest observation in the moving average of measured wave times.
+    ewma_alpha: ClassVar[float] = 0.3
+
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         self.config: Mapping[str, Any] = dict(config or {})
         self._closed = False
+        self.counters = BackendCounters()
+        self.measured_wave_s: float | None = None
+        """Moving average of measured seconds per wave of tasks (``None`` until a request ran)."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
@@ -169,12 +258,43 @@ class Backend(ABC):
         """Return whether this backend can serve ``request``: cheap, no I/O, no side effects."""
         return self.decline_reason(request) is None
 
+    @property
+    def started(self) -> bool:
+        """Whether the backend's resources are up (no cold start ahead). Remote backends override."""
+        return True
+
+    def wave_s(self) -> float:
+        """Seconds per wave of ``max_concurrency`` tasks: measured average, else the declared ``per_chunk_s``."""
+        return self.measured_wave_s if self.measured_wave_s is not None else self.per_chunk_s
+
+    def observe(self, request: ReadRequest, seconds: float) -> None:
+        """Fold a finished request's wall time into the moving average (called by the reader)."""
+        n = request.num_chunks
+        if n == 0:
+            return
+        waves = math.ceil(n / max(1, self.capabilities.max_concurrency))
+        sample = max(0.0, seconds - self.overhead_s) / waves
+        prev = self.measured_wave_s
+        self.measured_wave_s = sample if prev is None else (1 - self.ewma_alpha) * prev + self.ewma_alpha * sample
+
     def estimate_cost(self, request: ReadRequest) -> CostEstimate:
-        """Estimate wall time (and dollars) for ``request``: overhead + waves × per-chunk time."""
+        """Estimate wall time (and dollars) for ``request``.
+
+        overhead + (cold start if not started) + waves × per-wave time, where a
+        wave is ``max_concurrency`` tasks and the per-wave time is the moving
+        average of measured requests once there are any.
+        """
         n = request.num_chunks
         conc = max(1, self.capabilities.max_concurrency)
-        secs = self.overhead_s + math.ceil(n / conc) * self.per_chunk_s
-        return CostEstimate(secs, 0.0, f"{self.overhead_s * 1e3:.1f} ms + ceil({n}/{conc}) × {self.per_chunk_s * 1e3:.1f} ms")
+        waves = math.ceil(n / conc)
+        cold = 0.0 if self.started else self.cold_start_s
+        w = self.wave_s()
+        secs = self.overhead_s + cold + waves * w
+        src = "measured" if self.measured_wave_s is not None else "declared"
+        detail = f"{self.overhead_s * 1e3:.1f} ms + {waves} wave(s) × {w * 1e3:.1f} ms ({src})"
+        if cold:
+            detail += f" + cold start {cold:.1f} s"
+        return CostEstimate(secs, 0.0, detail)
 
     # ------------------------------------------------------------- execution
     @abstractmethod

@@ -260,12 +260,22 @@ class ChunkResult:
     chunk_id: str
     status: Literal["ok", "missing"]
     data: bytes | bytearray | memoryview = b""
+    fetched: int = 0
+    """Stored bytes read from storage for this task (0 if unknown or missing)."""
+    decoded: int = 0
+    """Bytes after decoding the chunk (0 if unknown or missing)."""
 
     def to_wire(self) -> dict[str, Any]:
         """Return the Lambda-style answer ``{"statusCode", "body"}`` (§6.4), body base64."""
         if self.status == "missing":
             return {"statusCode": 404, "chunk_id": self.chunk_id, "body": ""}
-        return {"statusCode": 200, "chunk_id": self.chunk_id, "body": base64.b64encode(self.data).decode()}
+        return {
+            "statusCode": 200,
+            "chunk_id": self.chunk_id,
+            "body": base64.b64encode(self.data).decode(),
+            "fetched": self.fetched,
+            "decoded": self.decoded,
+        }
 
     @classmethod
     def from_wire(cls, d: dict[str, Any], chunk_id: str | None = None) -> ChunkResult:
@@ -279,7 +289,7 @@ class ChunkResult:
                 body = base64.b64decode(d.get("body") or "", validate=True)
             except (ValueError, TypeError) as exc:
                 raise TaskError(f"chunk {cid}: result body is not valid base64: {exc}") from exc
-            return cls(cid, "ok", body)
+            return cls(cid, "ok", body, int(d.get("fetched") or 0), int(d.get("decoded") or 0))
         raise error_from_wire(d, cid)
 
 

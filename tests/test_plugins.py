@@ -119,7 +119,10 @@ def test_unknown_backend_lists_installed_ones() -> None:
 def test_blocked_plugin_is_not_loaded(fake_dist: Any, recwarn: Any) -> None:
     pm = plugins.build_plugin_manager(blocked=["fake", "broken", "typo"])
     assert not pm.has_plugin("fake")
-    assert plugins.backend_names(pm) == ["inline"]
+    assert "fake" not in plugins.backend_names(pm)
+    assert not [w for w in recwarn.list if "'broken'" in str(w.message)]  # blocked before loading
+    pm = plugins.build_plugin_manager(blocked=["inline"], eps=())
+    assert plugins.backend_names(pm) == []
 
 
 def test_disable_autoload(fake_dist: Any, monkeypatch: pytest.MonkeyPatch) -> None:

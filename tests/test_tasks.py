@@ -336,8 +336,10 @@ async def test_bad_select_fails_at_run_naming_chunk(storage: PosixStorage) -> No
 
 def test_chunk_result_wire() -> None:
     ok = ChunkResult(CID, "ok", b"\x00\x01\x02")
-    assert ok.to_wire() == {"statusCode": 200, "chunk_id": CID, "body": "AAEC"}
+    assert ok.to_wire() == {"statusCode": 200, "chunk_id": CID, "body": "AAEC", "fetched": 0, "decoded": 0}
     assert ChunkResult.from_wire(ok.to_wire()) == ok
+    measured = ChunkResult(CID, "ok", b"\x00", fetched=5, decoded=40)
+    assert ChunkResult.from_wire(measured.to_wire()) == measured
     missing = ChunkResult(CID, "missing")
     assert missing.to_wire() == {"statusCode": 404, "chunk_id": CID, "body": ""}
     assert ChunkResult.from_wire({"statusCode": 404}, CID) == missing
