@@ -169,7 +169,8 @@ def hsds2021_policy(request: ReadRequest, candidates: Sequence[Backend], config:
         return Choice(by_name["lambda"], f"hsds2021: lambda ({cond})")
     if "containers" in by_name:
         return Choice(by_name["containers"], f"hsds2021: containers ({cond})")
-    fallback = default_policy(request, candidates, config)
+    # the rule said "not Lambda": choose among the others
+    fallback = default_policy(request, [b for b in candidates if b.name != "lambda"] or candidates, config)
     return Choice(fallback.backend, f"hsds2021: containers not available ({cond}); {fallback.reason}")
 
 
