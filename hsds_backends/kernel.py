@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .query import Query
     from .storage import Storage
 
-__all__ = ["fetch", "process", "run_task", "decode_to_array", "chunk_index_tuple"]
+__all__ = ["fetch", "process", "decode_task", "process_chunk", "run_task", "decode_to_array", "chunk_index_tuple"]
 
 
 async def fetch(task: ChunkTask, storage: Storage) -> bytes | None:
@@ -133,6 +133,9 @@ def _parsed_query(text: str, dtype: np.dtype[Any]) -> Query:
 def process(task: ChunkTask, data: bytes | bytearray | memoryview | None) -> ChunkResult:
     """Decode ``data`` (the task's stored bytes, ``None`` if missing) and cut out the selection.
 
+    Equals ``process_chunk(task, decode_task(task, data))``; an executor that
+    caches decoded chunks (a DN) calls the two steps itself.
+
     Returns
     -------
     ChunkResult
@@ -147,6 +150,26 @@ def process(task: ChunkTask, data: bytes | bytearray | memoryview | None) -> Chu
         bytes, :class:`SelectionError`/:class:`QueryError`/:class:`FieldError`
         for a bad task.
     """
+    chunk = decode_task(task, data)
+    fetched = 0 if data is None else len(data)
+    return process_chunk(task, chunk, fetched=fetched)
+
+
+def decode_task(task: ChunkTask, data: bytes | bytearray | memoryview | None) -> np.ndarray[Any, Any] | None:
+    """Decode the task's stored bytes into the chunk array (the first half of :func:`process`).
+
+    Returns ``None`` for an absent chunk of a hyperslab or point task (the
+    caller fills); a query over an absent chunk gets a chunk of fill values.
+    Nothing here or in :func:`process_chunk` writes into the array, so one
+    decoded chunk may serve many tasks (a DN's decoded-chunk cache).
+
+    Raises
+    ------
+    NotFoundError
+        A linked chunk whose file is missing.
+    ChunkDecodeError
+        Corrupt bytes, naming the chunk id and key.
+    """
     meta = task.dset
     cid = task.chunk_id
     loc = task.location
@@ -160,12 +183,26 @@ def process(task: ChunkTask, data: bytes | bytearray | memoryview | None) -> Chu
                     " check the dataset's file_uri"
                 )
             if task.kind != "query":
-                return ChunkResult(cid, "missing")
-            chunk = _fill_chunk(meta)
-        else:
-            chunk = decode_to_array(meta, data, cid, key, linked=bool(loc and loc.linked))
-        fetched = 0 if data is None else len(data)
-        decoded = 0 if data is None or meta.is_vlen else chunk.nbytes  # vlen: not tracked
+                return None
+            return _fill_chunk(meta)
+        return decode_to_array(meta, data, cid, key, linked=bool(loc and loc.linked))
+    except HsdsBackendsError as exc:
+        _name_chunk(exc, cid)
+        raise
+
+
+def process_chunk(task: ChunkTask, chunk: np.ndarray[Any, Any] | None, *, fetched: int = 0) -> ChunkResult:
+    """Cut the task's selection out of a decoded chunk (the second half of :func:`process`).
+
+    ``chunk`` comes from :func:`decode_task` (``None``: the chunk is missing);
+    ``fetched`` is reported as the stored bytes read for it.
+    """
+    meta = task.dset
+    cid = task.chunk_id
+    if chunk is None:
+        return ChunkResult(cid, "missing")
+    try:
+        decoded = 0 if fetched == 0 or meta.is_vlen else chunk.nbytes  # vlen: not tracked
         if task.kind == "points":
             return ChunkResult(cid, "ok", _points(task, meta, chunk), fetched, decoded)
         sel = parse_select(task.select, meta.chunks) if task.select is not None else Hyperslab.all(meta.chunks)
@@ -174,9 +211,13 @@ def process(task: ChunkTask, data: bytes | bytearray | memoryview | None) -> Chu
         values, dt = _project(meta, chunk[_index(sel)], task.fields)
         return ChunkResult(cid, "ok", _serialise(values, dt), fetched, decoded)
     except HsdsBackendsError as exc:
-        if cid not in str(exc):
-            exc.args = (f"chunk {cid}: {exc}", *exc.args[1:])
+        _name_chunk(exc, cid)
         raise
+
+
+def _name_chunk(exc: HsdsBackendsError, cid: str) -> None:
+    if cid not in str(exc):
+        exc.args = (f"chunk {cid}: {exc}", *exc.args[1:])
 
 
 def _points(task: ChunkTask, meta: DatasetMeta, chunk: np.ndarray[Any, Any]) -> bytes:

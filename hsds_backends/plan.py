@@ -263,9 +263,18 @@ class Assembler:
         plan = self.plan
         if plan.kind == "query":
             parts = [r for r in self._rows if r is not None and r.size]
-            rows = np.concatenate(parts) if parts else np.empty(0, dtype=plan.out_dtype)
+            total = sum(len(p) for p in parts)
             if plan.limit:
-                rows = rows[: plan.limit]
+                total = min(total, plan.limit)
+            # not np.concatenate: numpy 2 promotion would make big-endian fields native
+            rows = np.empty(total, dtype=plan.out_dtype)
+            pos = 0
+            for p in parts:
+                take = min(len(p), total - pos)
+                rows[pos : pos + take] = p[:take]
+                pos += take
+                if pos == total:
+                    break
             return rows
         out = self._out
         assert out is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,3 +32,13 @@ def storage(tmp_path: Path) -> PosixStorage:
 def writer(storage: PosixStorage) -> Writer:
     """A writer into bucket ``hsdstest`` of :func:`storage`."""
     return Writer(storage, "hsdstest")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print how many examples each backend checked in the equivalence tests."""
+    mod = sys.modules.get("test_equivalence") or sys.modules.get("tests.test_equivalence")
+    counts = getattr(mod, "COUNTS", None)
+    if counts:
+        terminalreporter.section("equivalence: examples checked per backend")
+        for (name, kind), n in sorted(counts.items()):
+            terminalreporter.write_line(f"{name:<11} {kind:<6} {n}")

@@ -40,45 +40,15 @@ from ..errors import ChunkDecodeError, FieldError, QueryError, SelectionError
 from ..model import Backend, Capabilities
 from ..plan import plan_hyperslab
 from ..selection import parse_select
-from ..tasks import ChunkTask, query_dtype
+from ..tasks import ChunkTask
 from .data import CONFORMANCE_DOMAIN, ConformanceData
+from .oracle import assert_same as _same
+from .oracle import oracle_index as _oracle
+from .oracle import query_rows as _rows
 
 __all__ = ["BackendTests"]
 
 B = TypeVar("B", bound=Backend)
-
-
-def _same(actual: np.ndarray[Any, Any], expected: np.ndarray[Any, Any]) -> None:
-    """Assert byte identity (dtype, shape, bytes; element-wise for object arrays)."""
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
-    if expected.dtype.hasobject:
-        for a, e in zip(actual.reshape(-1), expected.reshape(-1), strict=True):
-            if isinstance(e, np.ndarray):
-                assert isinstance(a, np.ndarray) and a.dtype == e.dtype and a.tobytes() == e.tobytes()
-            else:
-                assert type(a) is type(e) and a == e, (a, e)
-    else:
-        assert actual.tobytes() == expected.tobytes()
-
-
-def _oracle(arr: np.ndarray[Any, Any], sel: Any) -> np.ndarray[Any, Any]:
-    """numpy indexing, except that several coordinate lists select their outer product (as we do)."""
-    if isinstance(sel, tuple) and sum(isinstance(k, list) for k in sel) > 1:
-        arrays = [np.asarray(k) if isinstance(k, list) else np.arange(arr.shape[d])[k] for d, k in enumerate(sel)]
-        out: np.ndarray[Any, Any] = arr[np.ix_(*arrays)]
-        drop = tuple(d for d, k in enumerate(sel) if isinstance(k, (int, np.integer)))
-        return out.reshape([n for d, n in enumerate(out.shape) if d not in drop]) if drop else out
-    return np.asarray(arr[sel])
-
-
-def _rows(table: np.ndarray[Any, Any], idx: np.ndarray[Any, Any], fields: tuple[str, ...] | None = None) -> np.ndarray[Any, Any]:
-    qdt = query_dtype(table.dtype, fields)
-    out = np.empty(len(idx), dtype=qdt)
-    out[qdt.names[0]] = idx  # type: ignore[index]
-    for f in qdt.names[1:]:  # type: ignore[index]
-        out[f] = table[f][idx]
-    return out
 
 
 HYPERSLABS: list[tuple[str, Any]] = [
