@@ -4,7 +4,7 @@
 One command::
 
     python benchmarks/bench.py [--backends inline,...] [--repeat N] [--data-dir DIR]
-                               [--skip-hsds] [--skip-zarr] [--skip-tensorstore]
+                               [--skip-hsds] [--skip-zarr] [--skip-tensorstore] [--skip-dask-array]
                                [--json out.json] [--small]
 
 Data (generated once, cached in ``--data-dir``, default ``<repo>/bench-data``):
@@ -74,6 +74,7 @@ WORKLOADS: tuple[tuple[str, str], ...] = (
 HSDS_NAME = "HSDS h5pyd"
 ZARR_NAME = "zarr-python"
 TS_NAME = "TensorStore"
+DASK_ARRAY_NAME = "dask.array.from_zarr"
 
 
 # ----------------------------------------------------------------------------- data model
@@ -589,16 +590,24 @@ async def _bench_backend_async(
 
     run = SystemRun(name, ours=True)
     cfg = {"root_dir": str(data.hsds_root), "bucket_name": BUCKET, "backend": name}
+    # "auto": the selector picks per request (config backend=auto, no explicit backend)
+    b: str | None = None if name == AUTO else name
     async with Reader(cfg) as reader:
         dom = await reader.open(DOMAIN)
         grid, table = await dom.get("/grid"), await dom.get("/table")
         ops: dict[str, Callable[[], Awaitable[Any]]] = {
-            "full": lambda: grid.read(None, backend=name),
-            "stepped": lambda: grid.read(sel.stepped, backend=name),
-            "chunk": lambda: grid.read(sel.chunk, backend=name),
-            "points": lambda: grid.read_points(sel.points, backend=name),
-            "query": lambda: table.query(QUERY, backend=name),
+            "full": lambda: grid.read(None, backend=b),
+            "stepped": lambda: grid.read(sel.stepped, backend=b),
+            "chunk": lambda: grid.read(sel.chunk, backend=b),
+            "points": lambda: grid.read_points(sel.points, backend=b),
+            "query": lambda: table.query(QUERY, backend=b),
         }
+        if name == AUTO:
+            plans = {
+                "full": grid.plan(None), "stepped": grid.plan(sel.stepped), "chunk": grid.plan(sel.chunk),
+            }
+            for key, plan in plans.items():
+                run.notes.append(f"auto {key}: {reader.choose(plan)[1]}")
         for key, fn in ops.items():
             try:
                 first = None
@@ -611,7 +620,33 @@ async def _bench_backend_async(
                 del first, res
             except Exception as exc:  # noqa: BLE001
                 run.cells[key] = Measurement(ok=False, note=f"error: {type(exc).__name__}: {exc}"[:300])
+        if name == "lambda":  # per-invoke overhead and the AWS cost/latency model (hsds_backends_lambda.cost)
+            try:
+                from hsds_backends_lambda.cost import bench_extras
+
+                run.notes.extend(await bench_extras(reader, grid, table, sel, expected, data.hsds_root, BUCKET, QUERY))
+            except Exception as exc:  # noqa: BLE001
+                run.notes.append(f"lambda extras failed: {type(exc).__name__}: {exc}")
     return run
+
+
+AUTO = "auto"
+
+
+def regret_note(systems: list[SystemRun]) -> None:
+    """Add the selector's regret (auto's time / the fastest backend's) per workload to the auto column."""
+    auto = next((s for s in systems if s.name == AUTO), None)
+    ours = [s for s in systems if s.ours and s.name != AUTO]
+    if auto is None or not ours:
+        return
+    parts = []
+    for key, m in auto.cells.items():
+        times = [(s.cells[key].seconds, s.name) for s in ours if key in s.cells and s.cells[key].seconds]
+        if m.seconds and times:
+            best, who = min(times)
+            parts.append(f"{key} {m.seconds / best:.2f} (best {who})")
+    if parts:
+        auto.notes.append("selector regret (auto / fastest backend, target <= 1.1): " + ", ".join(parts))
 
 
 def bench_backend(
@@ -637,6 +672,8 @@ def bench_backend(
         run = asyncio.run(_bench_backend_async(name, data, sel, expected, repeat))
     except Exception as exc:  # noqa: BLE001
         return SystemRun(name, ours=True, error=f"{type(exc).__name__}: {exc}")
+    if name == AUTO:
+        return run
     try:
         run.info["memory"] = measure_memory(data, name)
     except Exception as exc:  # noqa: BLE001
@@ -828,6 +865,46 @@ def bench_tensorstore(data: BenchData, sel: Selections, expected: dict[str, np.n
     return run
 
 
+def bench_dask_array(data: BenchData, sel: Selections, expected: dict[str, np.ndarray], repeat: int) -> SystemRun:
+    """Time the grid workloads with ``dask.array.from_zarr`` on a 2-worker distributed cluster (query: n/a).
+
+    The comparison the ``dask`` backend's speed target is stated against: a LocalCluster of
+    2 process workers (one thread each, like the backend's embedded cluster on 2 cores),
+    the zarr copy read on the workers and the result shipped to this process.
+    """
+    run = SystemRun(DASK_ARRAY_NAME)
+    try:
+        import dask
+        import dask.array as da
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        run.error = f"dask[distributed] not installed ({exc}); pip install 'dask[distributed]'"
+        return run
+    run.info["versions"] = {"dask": dask.__version__}
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": False},
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        arr = da.from_zarr(str(data.zarr_path))
+        rows, cols = sel.points[:, 0], sel.points[:, 1]
+        ops: dict[str, Callable[[], Any]] = {
+            "full": lambda: arr.compute(scheduler=client),
+            "stepped": lambda: arr[sel.stepped].compute(scheduler=client),
+            "chunk": lambda: arr[sel.chunk].compute(scheduler=client),
+            "points": lambda: arr.vindex[rows, cols].compute(scheduler=client),
+        }
+        _timed_cells(run, ops, expected, repeat)
+    run.cells["query"] = Measurement(note="n/a")
+    return run
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -1002,6 +1079,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--skip-hsds", action="store_true", help="do not run real HSDS via h5pyd")
     ap.add_argument("--skip-zarr", action="store_true", help="do not run zarr-python")
     ap.add_argument("--skip-tensorstore", action="store_true", help="do not run TensorStore")
+    ap.add_argument(
+        "--skip-dask-array",
+        action="store_true",
+        help="do not run dask.array.from_zarr on a 2-worker distributed cluster (run when distributed is installed)",
+    )
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
     ap.add_argument("--small", action="store_true", help="2048x2048 grid and 400k rows: a quick smoke run")
     args = ap.parse_args(argv)
@@ -1039,14 +1121,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hsds_backends import list_backends
 
     installed = [b.name for b in list_backends()]
-    names = [n.strip() for n in args.backends.split(",") if n.strip()] if args.backends else installed
-    unknown = [n for n in names if n not in installed]
+    names = [n.strip() for n in args.backends.split(",") if n.strip()] if args.backends else [*installed, AUTO]
+    unknown = [n for n in names if n not in installed and n != AUTO]
     if unknown:
         echo(f"backend(s) not installed: {', '.join(unknown)}; installed: {', '.join(installed)}")
         return 2
 
     profile = SMALL if args.small else FULL
-    want_zarr = not (args.skip_zarr and args.skip_tensorstore) and _module_available("zarr")
+    if not args.skip_dask_array and not _module_available("distributed"):
+        args.skip_dask_array = True  # the comparison for the dask backend; nothing to compare without dask
+    want_zarr = not (args.skip_zarr and args.skip_tensorstore and args.skip_dask_array) and _module_available("zarr")
     data = ensure_data(args.data_dir, profile, want_zarr=want_zarr, echo=echo)
     if data.generated_seconds:
         echo(f"data generated in {data.generated_seconds:.1f} s")
@@ -1057,12 +1141,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in names:
         echo(f"running hsds-backends backend {name!r} ...")
         systems.append(bench_backend(name, data, sel, expected, args.repeat))
+    regret_note(systems)
     if not args.skip_hsds:
         echo(f"running {HSDS_NAME} ...")
         systems.append(bench_hsds(data, sel, expected, args.repeat, echo))
     for skip, title, fn in (
         (args.skip_zarr, ZARR_NAME, bench_zarr),
         (args.skip_tensorstore, TS_NAME, bench_tensorstore),
+        (args.skip_dask_array, DASK_ARRAY_NAME, bench_dask_array),
     ):
         if skip:
             continue
