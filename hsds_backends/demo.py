@@ -69,7 +69,7 @@ def run_demo(root_dir: str, *, size: int = 2048, only: list[str] | None = None, 
         ("1000 points", lambda d: d["grid"].read_points(pts), grid[tuple(pts.T)]),
         ("query temp > 20", lambda d: d["table"].query("temp > 20"), expected_rows),
     ]
-    names = only or backend_names()
+    names = only or [*backend_names(), "auto"]
     ok = True
 
     async def go() -> None:
@@ -82,12 +82,13 @@ def run_demo(root_dir: str, *, size: int = 2048, only: list[str] | None = None, 
                 for label, fn, exp in workloads:
                     t = time.perf_counter()
                     try:
-                        out = await fn({k: _Bound(v, name) for k, v in dsets.items()})
+                        res = await fn({k: _Bound(v, None if name == "auto" else name) for k, v in dsets.items()})
                     except Exception as exc:  # noqa: BLE001 - report and go on to the next backend
                         echo(f"{name:<11} {label:<20} failed: {type(exc).__name__}: {exc}")
                         ok = False
                         continue
                     dt = time.perf_counter() - t
+                    out = res.data
                     if label.startswith("query"):
                         same = np.array_equal(out["index"], exp) and out.tobytes() == _rows(table, exp).tobytes()
                         nbytes = out.nbytes
@@ -96,6 +97,8 @@ def run_demo(root_dir: str, *, size: int = 2048, only: list[str] | None = None, 
                         nbytes = exp.nbytes
                     ok &= same
                     echo(f"{name:<11} {label:<20} {dt * 1e3:8.1f}ms {nbytes / dt / 1e6:9.1f}  {'yes' if same else 'NO'}")
+                    if name == "auto":
+                        echo(f"{'':<11} └ chose {res.stats.backend}: {res.stats.reason}")
     asyncio.run(go())
     echo("all results byte-identical to the numpy oracle" if ok else "MISMATCH: some results differ from the oracle")
     return ok
@@ -113,17 +116,17 @@ def _rows(table: np.ndarray[Any, Any], idx: np.ndarray[Any, Any]) -> np.ndarray[
 
 
 class _Bound:
-    """A dataset whose reads all go to one backend."""
+    """A dataset whose reads all go to one backend (``None``: the selector picks)."""
 
-    def __init__(self, dset: Any, backend: str) -> None:
+    def __init__(self, dset: Any, backend: str | None) -> None:
         self._d = dset
         self._b = backend
 
     async def read(self, sel: Any = None) -> Any:
-        return await self._d.read(sel, backend=self._b)
+        return await self._d.read_result(sel, backend=self._b)
 
     async def read_points(self, pts: Any) -> Any:
-        return await self._d.read_points(pts, backend=self._b)
+        return await self._d.read_points_result(pts, backend=self._b)
 
     async def query(self, q: str) -> Any:
-        return await self._d.query(q, backend=self._b)
+        return await self._d.query_result(q, backend=self._b)
