@@ -69,6 +69,9 @@ DEFAULTS: Final[dict[str, Any]] = {
     "timeout": 30,
     "dn_max_retries": 3,
     "dn_retry_backoff_exp": 0.1,
+    "failover": "auto",  # auto (only for backends the selector chose) | always | never
+    "hedge_multiple": 0.0,  # 0 = no hedging
+    "hedge_min_seconds": 0.05,
 }
 
 #: Keys holding byte sizes: ``"128m"`` → 134217728 (§6.5 step 3: k/m/g are ×1024, 1024², 1024³).
@@ -251,6 +254,9 @@ _CASTERS: Final[dict[str, _Caster]] = {
     "timeout": _with_minimum(_cast_number, 0, strict=True),
     "dn_max_retries": _with_minimum(_cast_int, 0),
     "dn_retry_backoff_exp": _with_minimum(_cast_float, 0),
+    "failover": _cast_lower,
+    "hedge_multiple": _with_minimum(_cast_float, 0),
+    "hedge_min_seconds": _with_minimum(_cast_float, 0),
 }
 assert _CASTERS.keys() == DEFAULTS.keys()
 
