@@ -718,18 +718,73 @@ def decode_chunk(
 
 def _blosc_decode(
     buf: memoryview, header: _BloscHeader, ops: FilterOps, nbytes: int | None, fail: _Fail
-) -> bytes:
+) -> bytes | bytearray:
     """Blosc-decode a container whose header and length were checked."""
     if nbytes is not None and ops.shuffle != 2 and header.nbytes != nbytes:
         fail(
             f"holds a Blosc container of {header.nbytes} bytes, expected {nbytes}: the"
             " object is corrupt or belongs to another dataset"
         )
+    if header.nbytes == 0:
+        return b""  # c-blosc refuses to decompress an empty container
+    fast = _blosc_zlib_isal(buf, header)
+    if fast is not None:
+        return fast
     try:
         plain: bytes = _blosc.decompress(buf)
     except (RuntimeError, ValueError) as exc:  # numcodecs raises RuntimeError for corrupt data
         fail(f"holds a corrupt Blosc container: {exc}", exc)
     return plain
+
+
+_BLOSC_ZLIB: Final = 3  # compressor code in the top 3 flag bits
+_BLOSC_BITSHUFFLE_FLAG: Final = 0x04
+_I32: Final = struct.Struct("<i")
+
+
+def _blosc_zlib_isal(buf: memoryview, header: _BloscHeader) -> bytearray | None:
+    """Decode a Blosc container of zlib blocks with ISA-L, block by block; ``None`` = not this fast path.
+
+    HSDS compresses the chunk's byte string with Blosc (typesize 1, so one
+    zlib stream per block and no real shuffle, hsds-format.md §3.3). c-blosc
+    inflates those streams with its bundled zlib; ISA-L inflates the same
+    streams about 1.5× faster. Layout (Blosc-1): 16-byte header, one int32
+    start offset per block, then per block an int32 compressed size and the
+    stream (stored raw when the size equals the block size). Anything
+    unusual (other codecs, typesize > 1, bitshuffle, inconsistent offsets)
+    returns ``None`` and numcodecs decodes it, raising for corrupt data.
+    """
+    if _isal_zlib is None or header.typesize != 1 or (header.flags >> 5) != _BLOSC_ZLIB:
+        return None
+    if header.flags & (_BLOSC_MEMCPYED | _BLOSC_BITSHUFFLE_FLAG) or header.blocksize <= 0:
+        return None
+    nbytes, bsize = header.nbytes, header.blocksize
+    nblocks = -(-nbytes // bsize)
+    first = _BLOSC_HEADER.size + 4 * nblocks
+    if nblocks == 0 or first > len(buf):
+        return None
+    starts = np.frombuffer(buf, dtype="<i4", count=nblocks, offset=_BLOSC_HEADER.size)
+    out = bytearray(nbytes)
+    for i, start in enumerate(starts.tolist()):
+        size = min(bsize, nbytes - i * bsize)
+        if not first <= start <= len(buf) - 4:
+            return None
+        (csize,) = _I32.unpack_from(buf, start)
+        end = start + 4 + csize
+        if csize <= 0 or end > len(buf):
+            return None
+        src = buf[start + 4 : end]
+        if csize == size:
+            out[i * bsize : i * bsize + size] = src
+            continue
+        try:
+            block = _isal_zlib.decompress(src)
+        except Exception:  # noqa: BLE001 - let numcodecs decide and report
+            return None
+        if len(block) != size:
+            return None
+        out[i * bsize : i * bsize + size] = block
+    return out
 
 
 # --------------------------------------------------------------------------- encode
