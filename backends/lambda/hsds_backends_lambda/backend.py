@@ -1,0 +1,539 @@
+"""The ``lambda`` backend: chunk tasks as invokes of the ``chunk_read`` function.
+
+Tasks are batched (several per invoke, bounded by Lambda's 6 MB payload limits and by the
+expected result size) and fanned out with at most ``aws_lambda_max_invoke`` invokes in flight
+(:class:`~hsds_backends_lambda.client.InvokeClient`). With no ``aws_lambda_gateway``
+configured, the backend starts a :class:`~hsds_backends_lambda.runtime.LocalLambdaRuntime` on
+a free loopback port on first use, with the handler from the installed packages, and stops
+it on :meth:`LambdaBackend.aclose`.
+
+Results over the 6 MB response limit
+------------------------------------
+A task's result travels as base64 in the JSON answer, so about 4.5 MB of raw bytes fit in
+one 6,291,556-byte response. We **split the task's selection** rather than have the function
+write the result to S3 and return its key, because splitting
+
+- keeps a read a read: the function needs no write permission, no scratch bucket, no
+  lifecycle rule to delete orphans, and works the same on posix storage (local runtime);
+- keeps retries idempotent (a retried S3-spill invoke would write again and bill a PUT);
+- costs no extra round trip: an S3 spill adds a PUT in the function and a GET in the client
+  (each tens of ms, §3) to every large result, while a split runs its halves in parallel.
+
+Fixed-size hyperslab and point results have a known size, so such tasks are split before
+they are sent. Variable-length and query results are only known in the function: it answers
+``413 ResultTooLarge`` for a result that does not fit (never ``Function.ResponseSizeTooLarge``,
+which would reset the environment), and the client splits that task and re-sends it. Halves
+are cut along the first dimension with more than one element (points: the point list;
+queries: the row range), so their bytes concatenate in C order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+from hsds_backends.errors import BackendError
+from hsds_backends.model import Backend, Capabilities, CostEstimate, ReadRequest, default_workers
+from hsds_backends.selection import Coords, Slice, format_select, parse_select
+from hsds_backends.errors import TaskError
+from hsds_backends.tasks import ChunkResult, ChunkTask, error_from_wire, field_dtype, query_dtype
+
+from .client import PRICE_GB_S, PRICE_REQUEST, InvokeClient, InvokeRequestTooLarge, InvokeResponseTooLarge, InvokeStats, b64decode
+from .runtime import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping, Sequence
+
+    from .runtime import LocalLambdaRuntime
+
+__all__ = ["LambdaBackend", "worker_env", "split_task", "expected_result_bytes", "DEFAULT_FUNCTION", "RESULT_BUDGET"]
+
+DEFAULT_FUNCTION: Final = "chunk_read"
+#: Raw result bytes one answer can carry: base64 makes 4 bytes of 3, and the JSON around them.
+RESULT_BUDGET: Final = (MAX_RESPONSE_BYTES - 64 * 1024) * 3 // 4
+#: Request bytes one invoke may carry, with room for the JSON wrapper.
+REQUEST_BUDGET: Final = MAX_REQUEST_BYTES - 16 * 1024
+#: Guess for one variable-length element when planning batches (the function corrects it).
+_VLEN_GUESS: Final = 64
+
+
+def _opt(config: Mapping[str, Any], key: str, default: Any, cast: Any = None) -> Any:
+    """Config key, else env ``HSDS_BACKENDS_<KEY>`` / ``<KEY>`` (keys outside the core's table), else default."""
+    value = config.get(key)
+    if value in (None, ""):
+        value = os.environ.get("HSDS_BACKENDS_" + key.upper()) or os.environ.get(key.upper())
+    if value in (None, ""):
+        return default
+    return cast(value) if cast else value
+
+
+def _loopback(url: str | None) -> bool:
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname if url else None
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def expected_result_bytes(task: ChunkTask) -> int:
+    """Return the bytes ``task``'s result will have (an upper bound for queries, a guess for vlen)."""
+    meta = task.dset
+    if task.kind == "query":
+        n = parse_select(task.select, meta.chunks).shape[0] if task.select else meta.chunks[0]
+        if task.limit:
+            n = min(n, task.limit)
+        qdt = query_dtype(meta.dtype, task.fields)
+        return n * (qdt.itemsize if not qdt.hasobject else _VLEN_GUESS)
+    n = task.num_points if task.kind == "points" else math.prod(parse_select(task.select, meta.chunks).shape if task.select else meta.chunks)
+    dt = field_dtype(meta.dtype, task.fields)
+    return n * (dt.itemsize if not dt.hasobject else _VLEN_GUESS)
+
+
+def split_task(task: ChunkTask) -> list[ChunkTask]:
+    """Split ``task`` into two whose results, concatenated, are ``task``'s result.
+
+    Raises
+    ------
+    BackendError
+        The task selects a single element (nothing left to split).
+    """
+    if task.kind == "points":
+        pts = task.points
+        if pts is None or len(pts) < 2:
+            raise BackendError(f"chunk {task.chunk_id}: the result of one point does not fit in a Lambda response")
+        h = len(pts) // 2
+        return [replace(task, points=pts[:h]), replace(task, points=pts[h:])]
+    sel = parse_select(task.select, task.dset.chunks) if task.select else None
+    dims = list(sel.dims) if sel is not None else [Slice(0, c, 1) for c in task.dset.chunks]
+    for d, dim in enumerate(dims):
+        if task.kind == "query" and d > 0:
+            break
+        if dim.count < 2:
+            continue
+        if isinstance(dim, Coords):
+            h = dim.count // 2
+            halves: list[Slice | Coords] = [Coords(dim.values[:h]), Coords(dim.values[h:])]
+        else:
+            mid = dim.start + (dim.count // 2) * dim.step
+            halves = [Slice(dim.start, mid, dim.step), Slice(mid, dim.stop, dim.step)]
+        # cutting the first dim with > 1 element keeps C order: every dim before it has one element
+        return [replace(task, select=format_select([*dims[:d], half, *dims[d + 1 :]])) for half in halves]
+    raise BackendError(f"chunk {task.chunk_id}: the result of one element does not fit in a Lambda response ({MAX_RESPONSE_BYTES} bytes)")
+
+
+def worker_env(config: Mapping[str, Any], workers: int = 1) -> dict[str, str]:
+    """Return the function environment that reads the storage ``config`` describes.
+
+    ``root_dir`` → ``ROOT_DIR`` (posix, local runtime only); else ``AWS_S3_GATEWAY`` and the
+    credential keys as ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``
+    (the worker processes' environment; payloads never carry credentials). Also
+    ``BUCKET_NAME``, ``LOG_LEVEL`` (config ``log_level``, default ``WARNING``) and
+    ``HSDS_LAMBDA_THREADS`` (the cores shared among ``workers`` environments).
+    """
+    env: dict[str, str] = {"LOG_LEVEL": str(_opt(config, "log_level", "WARNING")), "BUCKET_NAME": str(config.get("bucket_name") or "")}
+    env["HSDS_LAMBDA_THREADS"] = str(max(1, default_workers() // max(1, workers)))
+    root = config.get("root_dir")
+    if root or not (config.get("aws_s3_gateway") or config.get("storage") == "s3"):
+        env["ROOT_DIR"] = os.path.abspath(str(root or os.getcwd()))
+        return env
+    if config.get("aws_s3_gateway"):
+        env["AWS_S3_GATEWAY"] = str(config["aws_s3_gateway"])
+    for key, var in (
+        ("aws_access_key_id", "AWS_ACCESS_KEY_ID"),
+        ("aws_secret_access_key", "AWS_SECRET_ACCESS_KEY"),
+        ("aws_session_token", "AWS_SESSION_TOKEN"),
+    ):
+        if config.get(key) not in (None, "", "xxx"):
+            env[var] = str(config[key])
+    return env
+
+
+class _Node:
+    """A task, or a part of a split task, on its way through invokes."""
+
+    __slots__ = ("task", "index", "parent", "slot", "parts", "done", "expected")
+
+    def __init__(self, task: ChunkTask, index: int, parent: _Node | None = None, slot: int = 0) -> None:
+        self.task = task
+        self.index = index
+        self.parent = parent
+        self.slot = slot
+        self.parts: list[ChunkResult | None] = []
+        self.done = 0
+        self.expected = expected_result_bytes(task)
+
+
+@dataclass
+class _Run:
+    out: asyncio.Queue[tuple[int, ChunkResult] | BaseException]
+    stats: InvokeStats
+
+
+class LambdaBackend(Backend):
+    """Run chunk tasks in the ``chunk_read`` Lambda function.
+
+    Parameters
+    ----------
+    config
+        Reads ``aws_lambda_chunkread_function`` (default ``chunk_read``), ``aws_lambda_gateway``
+        (unset: an embedded local runtime), ``aws_lambda_max_invoke`` (invokes in flight, default
+        1000), ``aws_lambda_threshold`` (auto selection: fewer chunks never pick Lambda),
+        ``aws_region``, the credential keys, and the Lambda keys of this plugin:
+        ``aws_lambda_timeout`` (s, 60), ``aws_lambda_memory_mb`` (1769), ``aws_lambda_arch``,
+        ``aws_lambda_price_gb_s``, ``aws_lambda_price_request``, ``aws_lambda_batch_tasks``
+        (most tasks per invoke, 64), ``aws_lambda_max_attempts`` (8), ``aws_lambda_retry_base``
+        (s, 0.05), ``aws_lambda_local_workers`` (environments of the embedded runtime, default
+        the cores, 2–4). Storage keys (``root_dir``, ``aws_s3_gateway``, …) go to the embedded
+        runtime's workers as environment variables, never in payloads.
+
+    See Also
+    --------
+    hsds_backends._inline.InlineBackend : the reference implementation.
+    """
+
+    name: ClassVar[str] = "lambda"
+    description: ClassVar[str] = "the chunk_read AWS Lambda function (or an embedded local Lambda runtime)"
+    url: ClassVar[str] = "https://github.com/hsds-backends/hsds-backends/tree/main/backends/lambda"
+    static_capabilities: ClassVar[Capabilities] = Capabilities(
+        max_request_bytes=MAX_REQUEST_BYTES,
+        max_response_bytes=MAX_RESPONSE_BYTES,
+        max_concurrency=1000,
+        remote=True,
+        costs_money=True,
+    )
+    overhead_s: ClassVar[float] = 0.03
+    per_chunk_s: ClassVar[float] = 0.05
+
+    def __init__(self, config: Mapping[str, Any] | None = None, *, runtime: LocalLambdaRuntime | None = None) -> None:
+        super().__init__(config)
+        cfg = self.config
+        self.function = str(cfg.get("aws_lambda_chunkread_function") or DEFAULT_FUNCTION)
+        self.gateway: str | None = cfg.get("aws_lambda_gateway") or None
+        self.embedded = self.gateway is None and runtime is None
+        self.max_invoke = int(cfg.get("aws_lambda_max_invoke") or 1000)
+        threshold = cfg.get("aws_lambda_threshold")
+        self.threshold = int(threshold) if threshold is not None else 4
+        self.timeout_s = float(_opt(cfg, "aws_lambda_timeout", 60.0, float))
+        self.memory_mb = int(_opt(cfg, "aws_lambda_memory_mb", 1769, int))
+        self.arch = str(_opt(cfg, "aws_lambda_arch", "x86_64"))
+        self.price_gb_s = float(_opt(cfg, "aws_lambda_price_gb_s", PRICE_GB_S.get(self.arch, PRICE_GB_S["x86_64"]), float))
+        self.price_request = float(_opt(cfg, "aws_lambda_price_request", PRICE_REQUEST, float))
+        self.batch_tasks = max(1, int(_opt(cfg, "aws_lambda_batch_tasks", 64, int)))
+        self.max_attempts = int(_opt(cfg, "aws_lambda_max_attempts", 8, int))
+        self.retry_base = float(_opt(cfg, "aws_lambda_retry_base", 0.05, float))
+        self.local_workers = int(_opt(cfg, "aws_lambda_local_workers", min(4, max(2, default_workers())), int))
+        self.result_budget = int(_opt(cfg, "aws_lambda_result_bytes", RESULT_BUDGET, int))
+        self._runtime = runtime
+        self._own_runtime = runtime is None and self.embedded
+        self._client: InvokeClient | None = None
+        self._lock: asyncio.Lock | None = None
+        self.stats = InvokeStats()
+        """Figures summed over every read of this backend."""
+        self.last_stats = InvokeStats()
+        """Figures of the most recent read (:meth:`read_chunks` call)."""
+
+    def __repr__(self) -> str:
+        return f"<LambdaBackend {self.name!r}>"
+
+    @property
+    def in_flight_cap(self) -> int:
+        """Invokes in flight: ``aws_lambda_max_invoke``, or the embedded runtime's environments."""
+        return min(self.max_invoke, self.local_workers) if self.embedded else self.max_invoke
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            max_request_bytes=MAX_REQUEST_BYTES,
+            max_response_bytes=MAX_RESPONSE_BYTES,
+            max_concurrency=self.in_flight_cap,
+            remote=True,
+            costs_money=not self.embedded,
+        )
+
+    @property
+    def runtime(self) -> LocalLambdaRuntime | None:
+        """The local runtime this backend talks to (embedded or given), if any."""
+        return self._runtime
+
+    @property
+    def endpoint_url(self) -> str | None:
+        if self.gateway:
+            return self.gateway
+        return self._runtime.url if self._runtime is not None else None
+
+    # ------------------------------------------------------------------ cost
+    def estimate_cost(self, request: ReadRequest) -> CostEstimate:
+        n = request.num_chunks
+        if n < self.threshold:
+            return CostEstimate(math.inf, 0.0, f"{n} chunk(s) < aws_lambda_threshold={self.threshold}")
+        if self.embedded:
+            start = 0.0 if self._runtime is not None else 0.6
+            waves = math.ceil(n / max(1, self.local_workers))
+            secs = start + 0.002 * math.ceil(n / self.batch_tasks) + waves * 0.006
+            return CostEstimate(secs, 0.0, f"local runtime: {start:.1f} s start + {n} chunks over {self.local_workers} workers")
+        from .cost import AwsLambdaModel
+
+        plan = request.plan
+        meta = plan.meta
+        raw = n * meta.chunk_nbytes
+        est = AwsLambdaModel.from_config(self.config, memory_mb=self.memory_mb, arch=self.arch, price_gb_s=self.price_gb_s).estimate(
+            chunks=n, stored_bytes=raw // 2, raw_bytes=raw, result_bytes=plan.nbytes or raw
+        )
+        return CostEstimate(est.seconds, est.dollars, f"AWS model: {est.detail}")
+
+    # ------------------------------------------------------------------ lifecycle
+    def worker_env(self) -> dict[str, str]:
+        """Environment of the embedded runtime's workers: storage and credentials (never payloads)."""
+        return worker_env(self.config, self.local_workers)
+
+    async def _ensure(self) -> InvokeClient:
+        if self._closed:
+            self._closed = False  # a read after aclose reopens lazily, as S3Storage does
+        loop = asyncio.get_running_loop()
+        if self._client is not None and self._client._loop in (None, loop):
+            return self._client
+        if self._lock is None or getattr(self._lock, "_hsds_loop", None) is not loop:
+            self._lock = asyncio.Lock()
+            self._lock._hsds_loop = loop  # type: ignore[attr-defined]
+        async with self._lock:
+            if self._client is not None and self._client._loop in (None, loop):
+                return self._client
+            cfg = self.config
+            if self.embedded and self._runtime is None:
+                from .runtime import FunctionSpec, LocalLambdaRuntime
+
+                rt = LocalLambdaRuntime(region=str(cfg.get("aws_region") or "us-east-1"))
+                rt.add_function(
+                    FunctionSpec(
+                        self.function,
+                        env=self.worker_env(),
+                        memory_mb=self.memory_mb,
+                        timeout_s=self.timeout_s,
+                        concurrency=self.local_workers,
+                        warm=self.local_workers,
+                    )
+                )
+                await rt.start()
+                self._runtime = rt
+            if self._runtime is not None and not self.gateway:
+                endpoint: str | None = self._runtime.url
+                creds: tuple[str | None, str | None, str | None] = ("local", "local", None)  # any key signs for the local runtime
+            else:
+                endpoint = self.gateway
+                key, secret = cfg.get("aws_access_key_id"), cfg.get("aws_secret_access_key")
+                if key not in (None, "", "xxx") and secret not in (None, "", "xxx"):
+                    creds = (key, secret, cfg.get("aws_session_token"))
+                elif _loopback(endpoint):
+                    creds = ("local", "local", None)  # a local runtime checks no signature
+                else:
+                    creds = (None, None, None)  # the AWS credential chain
+            self._client = InvokeClient(
+                self.function,
+                endpoint,
+                region=str(cfg.get("aws_region") or "us-east-1"),
+                credentials=creds,
+                max_in_flight=self.in_flight_cap,
+                function_timeout_s=self.timeout_s,
+                max_attempts=self.max_attempts,
+                backoff_base_s=self.retry_base,
+                memory_mb=self.memory_mb,
+                price_gb_s=self.price_gb_s,
+                price_request=self.price_request,
+            )
+            return self._client
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+        if self._own_runtime and self._runtime is not None:
+            rt, self._runtime = self._runtime, None
+            await rt.stop()
+        await super().aclose()
+
+    # ------------------------------------------------------------------ execution
+    async def read_chunk(self, task: ChunkTask) -> ChunkResult:
+        async for _, res in self.read_chunks([task]):
+            return res
+        raise BackendError(f"chunk {task.chunk_id}: no result")  # pragma: no cover
+
+    async def read_chunks(self, tasks: Sequence[ChunkTask]) -> AsyncIterator[tuple[int, ChunkResult]]:
+        """Yield ``(i, result)`` as batches complete; the first error cancels the rest and is raised."""
+        t0 = time.perf_counter()
+        stats = InvokeStats(tasks=len(tasks))
+        self.last_stats = stats
+        client = await self._ensure()
+        run = _Run(asyncio.Queue(), stats)
+        nodes: list[_Node] = []
+        for i, t in enumerate(tasks):
+            nodes.extend(self._presplit(_Node(t, i)))
+        jobs = [asyncio.create_task(self._send(client, run, batch)) for batch in self._batches(nodes, len(nodes))]
+        try:
+            for _ in range(len(tasks)):
+                item = await run.out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            for j in jobs:
+                j.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
+            stats.seconds = time.perf_counter() - t0
+            self.stats.add(stats)
+            _report(stats)
+
+    def _presplit(self, node: _Node) -> list[_Node]:
+        """Split a task whose known result size is over the budget before sending it."""
+        if node.expected <= self.result_budget or node.task.kind == "query" or field_dtype(node.task.dset.dtype, node.task.fields).hasobject:
+            return [node]  # query and variable-length sizes are bounds or guesses: the function reports the real one
+        out: list[_Node] = []
+        node.parts = [None, None]
+        for slot, part in enumerate(split_task(node.task)):
+            out.extend(self._presplit(_Node(part, -1, node, slot)))
+        return out
+
+    def _batches(self, nodes: list[_Node], total: int) -> list[list[_Node]]:
+        per = max(1, min(self.batch_tasks, math.ceil(total / (2 * self.in_flight_cap))))
+        batches: list[list[_Node]] = []
+        cur: list[_Node] = []
+        size = 0
+        for n in nodes:
+            if cur and (len(cur) >= per or size + n.expected > self.result_budget):
+                batches.append(cur)
+                cur, size = [], 0
+            cur.append(n)
+            size += n.expected
+        if cur:
+            batches.append(cur)
+        return batches
+
+    @staticmethod
+    def _payload(nodes: list[_Node]) -> bytes:
+        if len(nodes) == 1:  # the 2021 single-task form
+            return json.dumps(nodes[0].task.to_wire(), separators=(",", ":")).encode()
+        first = nodes[0].task.dset
+        shared: dict[str, Any] = {}
+        if all(n.task.dset is first for n in nodes):
+            shared = {"dset_json": first.wire_json(), "bucket": first.bucket}
+        wires = []
+        for n in nodes:
+            w = n.task.to_wire()
+            if shared:
+                del w["dset_json"], w["bucket"]
+            wires.append(w)
+        return json.dumps({**shared, "tasks": wires}, separators=(",", ":")).encode()
+
+    def _complete(self, run: _Run, node: _Node, res: ChunkResult) -> None:
+        while node.parent is not None:
+            parent = node.parent
+            parent.parts[node.slot] = res
+            parent.done += 1
+            if parent.done < len(parent.parts):
+                return
+            res = _combine(parent.task, parent.parts)  # type: ignore[arg-type]
+            node = parent
+        run.out.put_nowait((node.index, res))
+
+    async def _send(self, client: InvokeClient, run: _Run, nodes: list[_Node]) -> None:
+        try:
+            await self._send_inner(client, run, nodes)
+        except BaseException as exc:  # noqa: BLE001 - forwarded to the consumer
+            run.out.put_nowait(exc)
+
+    async def _send_inner(self, client: InvokeClient, run: _Run, nodes: list[_Node]) -> None:
+        payload = self._payload(nodes)
+        what = nodes[0].task.chunk_id if len(nodes) == 1 else f"{len(nodes)} chunks from {nodes[0].task.chunk_id}"
+        if len(payload) > REQUEST_BUDGET and (len(nodes) > 1 or nodes[0].task.kind == "points"):
+            await self._split_and_send(client, run, nodes)
+            return
+        try:
+            answer = await client.invoke(payload, run.stats, what=what)
+        except (InvokeRequestTooLarge, InvokeResponseTooLarge):
+            await self._split_and_send(client, run, nodes)
+            return
+        if len(nodes) == 1:
+            results = [answer]
+        else:
+            got = answer.get("results") if isinstance(answer, dict) else None
+            if not isinstance(got, list) or len(got) != len(nodes):
+                if isinstance(answer, dict) and answer.get("statusCode", 200) != 200:
+                    raise BackendError(f"lambda {self.function!r} rejected a batch: {answer.get('message') or answer}")
+                raise BackendError(f"lambda {self.function!r} answered a batch of {len(nodes)} tasks with {str(answer)[:200]}")
+            results = got
+        again: list[_Node] = []
+        for node, r in zip(nodes, results, strict=True):
+            if isinstance(r, dict) and r.get("statusCode") == 413 and r.get("error_type") == "ResultTooLarge":
+                node.expected = int(r.get("nbytes") or node.expected)
+                if len(nodes) == 1 or node.expected > self.result_budget:
+                    run.stats.split += 1
+                    await self._send_split(client, run, node)
+                else:
+                    again.append(node)
+                continue
+            self._complete(run, node, _result(r, node.task.chunk_id))
+        if again:
+            await asyncio.gather(*(self._send_inner(client, run, b) for b in self._batches(again, len(again))))
+
+    async def _split_and_send(self, client: InvokeClient, run: _Run, nodes: list[_Node]) -> None:
+        run.stats.split += 1
+        if len(nodes) > 1:
+            h = len(nodes) // 2
+            await asyncio.gather(self._send_inner(client, run, nodes[:h]), self._send_inner(client, run, nodes[h:]))
+        else:
+            await self._send_split(client, run, nodes[0])
+
+    async def _send_split(self, client: InvokeClient, run: _Run, node: _Node) -> None:
+        node.parts = [None, None]
+        node.done = 0
+        children = [_Node(p, -1, node, slot) for slot, p in enumerate(split_task(node.task))]
+        await asyncio.gather(*(self._send_inner(client, run, [c]) for c in children))
+
+
+def _report(stats: InvokeStats) -> None:
+    """Add this read's figures to the reader's per-request stats (``hsds_backends.model.current_stats``)."""
+    from hsds_backends import model
+
+    var = getattr(model, "current_stats", None)  # absent in cores before per-request stats
+    req = var.get() if var is not None else None
+    if req is None:
+        return
+    req.retries += stats.retried
+    req.gb_seconds += stats.gb_s
+    req.dollars += stats.dollars
+    for key in ("invokes", "max_in_flight", "failed", "throttled", "split", "billed_ms", "request_bytes", "response_bytes"):
+        req.extra[key] = req.extra.get(key, 0) + getattr(stats, key)
+
+
+def _result(d: Any, chunk_id: str) -> ChunkResult:
+    """``ChunkResult.from_wire`` for answers from :func:`~hsds_backends_lambda.client.parse_answer` (memoryview bodies)."""
+    if not isinstance(d, dict):
+        raise TaskError(f"chunk {chunk_id}: the function answered {str(d)[:200]!r}, not a chunk result")
+    status = d.get("statusCode")
+    cid = d.get("chunk_id") or chunk_id
+    if status == 200:
+        body = d.get("body")
+        if isinstance(body, str):
+            return ChunkResult.from_wire(d, chunk_id)
+        try:
+            return ChunkResult(cid, "ok", b64decode(body if body is not None else b""))
+        except (ValueError, TypeError) as exc:
+            raise TaskError(f"chunk {cid}: result body is not valid base64: {exc}") from exc
+    if status == 404 and not d.get("error_type"):  # a bare 404: the chunk was never written, fill (§6.4)
+        return ChunkResult(cid, "missing")
+    raise error_from_wire(d, cid)
+
+
+def _combine(task: ChunkTask, parts: list[ChunkResult]) -> ChunkResult:
+    if any(p.status == "missing" for p in parts):
+        return ChunkResult(task.chunk_id, "missing")
+    data = b"".join(bytes(p.data) for p in parts)
+    if task.kind == "query" and task.limit:
+        qdt = query_dtype(task.dset.dtype, task.fields)
+        if not qdt.hasobject:
+            data = data[: task.limit * qdt.itemsize]
+    return ChunkResult(task.chunk_id, "ok", data)
+

@@ -1,0 +1,50 @@
+"""The conformance suite through the ``lambda`` backend and its embedded local Lambda runtime.
+
+No ``aws_lambda_gateway`` is configured, so the backend starts the local runtime itself: the
+Invoke API on a free loopback port, ``python -m awslambdaric`` workers running the installed
+handler, storage passed to the workers through their environment (posix ``ROOT_DIR``, or the
+moto server as ``AWS_S3_GATEWAY`` with its credentials).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+pytest.importorskip("hsds_backends_lambda")
+pytest.importorskip("awslambdaric")
+
+from hsds_backends.model import Backend  # noqa: E402
+from hsds_backends.testing import BackendTests  # noqa: E402
+from hsds_backends_lambda.backend import LambdaBackend  # noqa: E402
+
+
+class TestLambdaBackend(BackendTests[LambdaBackend]):
+    backend_cls = LambdaBackend
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def backend_config(cls) -> dict[str, Any]:
+        # two warm environments: workers are processes and this machine has two cores
+        return {"aws_lambda_local_workers": 2, "aws_lambda_timeout": 30}
+
+    def test_repr(self, backend: Backend) -> None:
+        assert repr(backend) == "<LambdaBackend 'lambda'>"
+
+    def test_capabilities(self, backend: Backend) -> None:
+        caps = backend.capabilities
+        assert (caps.hyperslab, caps.points, caps.query, caps.fields, caps.linked_chunks, caps.vlen) == (True,) * 6
+        assert caps.max_request_bytes == 6_291_456 and caps.max_response_bytes == 6_291_556
+        assert caps.max_concurrency == 2  # the embedded runtime's environments
+        assert caps.remote and not caps.costs_money  # the embedded runtime bills nothing
+        assert LambdaBackend.static_capabilities.costs_money
+
+    def test_reads_went_through_the_runtime(self, backend: Backend) -> None:
+        assert isinstance(backend, LambdaBackend)
+        rt = backend.runtime
+        assert rt is not None and rt.url.startswith("http://127.0.0.1:")
+        meter = rt.meter(backend.function)
+        assert meter.invocations > 0 and meter.gb_s > 0
+        assert backend.stats.invokes >= meter.invocations - meter.throttles
+        assert backend.stats.dollars > 0  # what AWS would have charged
