@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import statistics
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -88,30 +90,48 @@ class Execution:
 
     def __post_init__(self) -> None:
         self.done: set[int] = set()
+        """Tasks whose result is completely in the output (read and written on the event loop only)."""
+        self._claimed: set[int] = set()
+        self._placed: set[int] = set()
+        self._lock = threading.Lock()
         self._t0 = 0.0
         self._times: list[float] = []
 
     def _place(self, i: int, res: ChunkResult) -> bool:
-        if i in self.done:
-            return False  # a duplicate (hedge or original) that lost the race
-        self.assembler.add(i, res)
-        self.done.add(i)
-        self.stats.bytes_fetched += res.fetched
-        self.stats.bytes_decoded += res.decoded
-        self._times.append(asyncio.get_running_loop().time() - self._t0)
+        """Place the first answer for task ``i``; later ones are dropped. Safe from any thread.
+
+        A task counts as done only once its copy into the output has finished
+        (:meth:`_sync_done`), so a duplicate that loses the race can never end
+        the request while the winner is still writing.
+        """
+        with self._lock:
+            if i in self._claimed:
+                return False  # a duplicate (hedge or original) that lost the race
+            self._claimed.add(i)
+        self.assembler.add(i, res)  # outside the lock: tasks write disjoint regions
+        with self._lock:
+            self._placed.add(i)
+            self.stats.bytes_fetched += res.fetched
+            self.stats.bytes_decoded += res.decoded
+            self._times.append(time.perf_counter() - self._t0)
         if self.progress is not None:
             self.progress(1)
         return True
 
+    def _sync_done(self) -> None:
+        with self._lock:
+            self.done = set(self._placed)
+
     async def run(self, backend: Backend) -> None:
         """Run every task, failing over as needed; raise the last error if no backend is left."""
-        self._t0 = asyncio.get_running_loop().time()
+        self._t0 = time.perf_counter()
         n = len(self.plan.tasks)
         self.stats.s3_gets += sum(1 for t in self.plan.tasks if t.location is not None)
         current = backend
         tried: list[Backend] = []
         queue: list[Backend] | None = None
         while True:
+            self._sync_done()
             todo = [i for i in range(n) if i not in self.done]
             if not todo:
                 return
@@ -124,6 +144,7 @@ class Execution:
                 await self._stream(b, todo)
                 return
             except BaseException as exc:
+                self._sync_done()
                 left = [i for i in todo if i not in self.done]
                 b.counters.failed += len(left)
                 if not can_fail_over(exc) or not left:
@@ -144,9 +165,11 @@ class Execution:
 
     async def _stream(self, backend: Backend, todo: list[int]) -> None:
         tasks = [self.plan.tasks[i] for i in todo]
-        gen = backend.read_chunks(tasks)
+        if backend.capabilities.direct_placement:
+            gen = backend.read_chunks(tasks, sink=lambda j, res: self._place(todo[j], res))  # type: ignore[call-arg]
+        else:
+            gen = backend.read_chunks(tasks)
         it = gen.__aiter__()
-        loop = asyncio.get_running_loop()
         nxt: asyncio.Future[Any] | None = asyncio.ensure_future(it.__anext__())
         hedges: dict[asyncio.Future[Any], int] = {}
         hedger: Backend | None = None
@@ -172,7 +195,7 @@ class Execution:
                         except StopAsyncIteration:
                             nxt = None
                             continue
-                        self._place(todo[j], res)
+                        self._place(todo[j], res)  # a no-op if the backend's sink placed it already
                         nxt = asyncio.ensure_future(it.__anext__())
                     else:
                         i = hedges.pop(f)
@@ -183,6 +206,7 @@ class Execution:
                             continue
                         if self._place(i, res):
                             self.stats.hedges_won += 1
+                self._sync_done()
                 # a finished original makes its hedge pointless: cancel it
                 for f, i in list(hedges.items()):
                     if i in self.done:
@@ -194,7 +218,7 @@ class Execution:
                         if hedger is None:
                             hedging = False
                             continue
-                    now = loop.time() - self._t0
+                    now = time.perf_counter() - self._t0
                     for i in self._stragglers(target, set(hedges.values()), now):
                         self.stats.hedges += 1
                         if self.plan.tasks[i].location is not None:

@@ -71,6 +71,10 @@ class Capabilities:
     """Whether running tasks is billed (Lambda)."""
     configured: bool = True
     """Whether the backend has what it needs to run (endpoints, functions)."""
+    direct_placement: bool = False
+    """``read_chunks(tasks, sink=...)`` accepts a thread-safe ``sink(j, result)`` and calls it from
+    its worker threads, so results are copied into the output there (in parallel) rather than on
+    the event loop. The backend still yields ``(j, result)`` for every task."""
 
 
 @dataclass

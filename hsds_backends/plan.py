@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -164,8 +165,9 @@ def plan_query(
 class Assembler:
     """Place chunk results into the output of a :class:`ReadPlan`.
 
-    Call :meth:`add` once per task (any order, any thread-free context), then
-    :meth:`result`. Missing chunks are filled with the (projected) fill value.
+    Call :meth:`add` once per task, in any order and from any thread (tasks
+    write disjoint regions; the counters are locked), then :meth:`result`.
+    Missing chunks are filled with the (projected) fill value.
     """
 
     def __init__(self, plan: ReadPlan) -> None:
@@ -180,8 +182,14 @@ class Assembler:
         else:
             self._out = np.empty(plan.block_shape, dtype=f"V{dt.itemsize}")
         self._fill_value: np.ndarray[Any, Any] | None = None
+        self._lock = threading.Lock()
         self.filled = 0
         self.bytes_returned = 0
+
+    def _count(self, returned: int, filled: int) -> None:
+        with self._lock:
+            self.bytes_returned += returned
+            self.filled += filled
 
     # -------------------------------------------------------------- helpers
     def _fill(self) -> np.ndarray[Any, Any]:
@@ -225,7 +233,7 @@ class Assembler:
         """Place the result of ``plan.tasks[i]``."""
         plan = self.plan
         place = plan.placements[i]
-        self.bytes_returned += len(res.data)
+        self._count(len(res.data), 1 if res.status == "missing" and plan.kind != "query" else 0)
         if plan.kind == "query":
             if res.status == "missing":  # a remote executor may still say 404 for "no rows"
                 self._rows[i] = np.empty(0, dtype=plan.out_dtype)
@@ -246,14 +254,12 @@ class Assembler:
         if plan.kind == "points":
             if res.status == "missing":
                 out[place] = self._fill()
-                self.filled += 1
             else:
                 out[place] = self._values(res.data, (len(place),), res.chunk_id)
             return
         idx = _outer(place)
         if res.status == "missing":
             out[idx] = self._fill()
-            self.filled += 1
         else:
             shape = tuple(len(p) if isinstance(p, np.ndarray) else (p.stop - p.start) for p in place)
             out[idx] = self._values(res.data, shape, res.chunk_id)
