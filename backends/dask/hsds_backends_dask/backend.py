@@ -1,0 +1,517 @@
+"""The ``dask`` backend: chunk tasks run by the core kernel on dask.distributed workers.
+
+A read's chunk tasks are cut into batches (a few per worker thread, so one batch
+costs one scheduler round trip instead of one per chunk) and submitted as tasks of
+:func:`hsds_backends_dask._worker.run_batch`, which runs the core kernel on the
+worker and returns the results as raw bytes. The batches go to the workers in their
+JSON wire form; storage is opened on the workers from
+:meth:`~hsds_backends.storage.Storage.to_config` (no secrets); S3 credentials reach
+the workers out of band (see :class:`DaskBackend`).
+
+The client is an ``asynchronous=True`` :class:`distributed.Client` on the event loop
+of the first read, so results are awaited on the loop the :class:`~hsds_backends.Reader`
+drives and no thread blocks. dask and distributed are imported on first use only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import uuid
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+from hsds_backends.config import parse_bool
+from hsds_backends.errors import BackendError, BackendTimeoutError, ConfigError, HsdsBackendsError
+from hsds_backends.model import Backend, Capabilities, CostEstimate, ReadRequest, current_stats, default_workers
+from hsds_backends.storage import storage_from_config
+from hsds_backends.tasks import ChunkResult, error_from_wire
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, Mapping, Sequence
+
+    from hsds_backends.tasks import ChunkTask
+
+__all__ = ["CONFIG_KEYS", "DaskBackend"]
+
+log = logging.getLogger(__name__)
+
+#: Config keys read by this backend, with their defaults (``dask_scheduler`` is a core key).
+CONFIG_KEYS: Final[dict[str, Any]] = {
+    "dask_scheduler": None,
+    "dask_connect_timeout": 30.0,
+    "dask_n_workers": None,
+    "dask_dashboard": None,
+    "dask_batch_size": None,
+    "dask_retries": 2,
+    "dask_send_credentials": True,
+}
+
+_CREDENTIAL_KEYS: Final = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+_CREDENTIAL_ENV: Final = {
+    "aws_access_key_id": "AWS_ACCESS_KEY_ID",
+    "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+    "aws_session_token": "AWS_SESSION_TOKEN",
+}
+#: Batches per worker thread when ``dask_batch_size`` is not set: enough to balance load
+#: and to overlap the client's receiving and assembling with the workers' decoding.
+_WAVES: Final = 4
+#: Largest automatic batch (chunks).
+_MAX_AUTO_BATCH: Final = 16
+
+
+def _unset(value: Any) -> bool:
+    return value is None or value == "" or value == "xxx"  # "xxx" = unset in HSDS's config.yml
+
+
+def _number(config: Mapping[str, Any], key: str, *, integer: bool, minimum: float, strict: bool = False) -> Any:
+    value = config.get(key)
+    if value is None or value == "":
+        return CONFIG_KEYS[key]
+    try:
+        out = int(value) if integer else float(value)
+        if integer and isinstance(value, float) and value != out:
+            raise ValueError
+    except (TypeError, ValueError) as exc:
+        kind = "an integer" if integer else "a number of seconds"
+        raise ConfigError(f"{key}={value!r} is not {kind}; set {key} to {kind} (e.g. {CONFIG_KEYS[key] or 4})") from exc
+    if out < minimum or (strict and out == minimum):
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise ConfigError(f"{key}={value!r} must be {bound}; set {key} to a value {bound}")
+    return out
+
+
+class DaskBackend(Backend):
+    """Run chunk tasks on a dask.distributed cluster.
+
+    Construction is cheap and does no I/O; the cluster is started (or connected to) on
+    the first read, on that read's event loop, and closed by :meth:`aclose`.
+
+    Parameters
+    ----------
+    config
+        Resolved config. Keys read (all optional):
+
+        ``dask_scheduler``
+            Address of an existing scheduler (``tcp://host:8786``, ``tls://...``). Unset:
+            start an embedded :class:`distributed.LocalCluster`.
+        ``dask_connect_timeout``
+            Seconds to wait for the scheduler, and for it to have a worker (default 30).
+        ``dask_n_workers``
+            Worker processes of the embedded cluster (default: all cores), one thread each.
+        ``dask_dashboard``
+            Dashboard address of the embedded cluster (``8787``, ``":8787"``,
+            ``"0.0.0.0:8787"``, ``true`` for 8787); a bare port binds 127.0.0.1. Default: no
+            dashboard (it also needs ``bokeh`` installed).
+        ``dask_batch_size``
+            Chunk tasks per dask task (default: ``ceil(chunks / (4 × worker threads))``,
+            at most 16).
+        ``dask_retries``
+            ``retries=`` of every dask task (default 2): a batch whose function failed
+            (not a chunk error, which is an answer) runs again, on any worker.
+        ``dask_send_credentials``
+            With ``dask_scheduler`` and explicit ``aws_access_key_id``/``aws_secret_access_key``:
+            send them to the workers once, in a worker plugin (default true). False:
+            the workers use their own AWS credential chain.
+
+        and the storage keys (``root_dir``, ``aws_s3_gateway``, ``aws_region``, credentials).
+
+    Notes
+    -----
+    Credentials never travel in a task. The embedded cluster's worker processes get
+    them as the standard ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/
+    ``AWS_SESSION_TOKEN`` environment variables from their nanny (a local process
+    spawn, no socket). With ``dask_scheduler`` they go once to each worker (also those
+    that join later) inside a :class:`~hsds_backends_dask._worker.WorkerState` plugin,
+    through the scheduler: use a ``tls://`` scheduler, or leave the keys unset and give
+    the workers their own credentials (environment, ``~/.aws``, instance role).
+
+    A lost worker's batches are run again by the scheduler on the other workers (up
+    to ``distributed.scheduler.allowed-failures`` times); a batch that raises is
+    retried ``dask_retries`` times. A chunk error (bad bytes, bad selection) is not
+    retried: it is caught on the worker and raised here with the class ``inline``
+    raises, naming the chunk id.
+
+    See Also
+    --------
+    hsds_backends._inline.InlineBackend : the reference backend (in-process).
+    """
+
+    name: ClassVar[str] = "dask"
+    description: ClassVar[str] = (
+        "chunk tasks on a dask.distributed cluster (LocalCluster by default, dask_scheduler to scale out)"
+    )
+    url: ClassVar[str] = "https://github.com/hsds-backends/hsds-backends/tree/main/backends/dask"
+    static_capabilities: ClassVar[Capabilities] = Capabilities(max_concurrency=default_workers(), remote=True)
+    #: one scheduler round trip and a gather per request
+    overhead_s: ClassVar[float] = 0.005
+    per_chunk_s: ClassVar[float] = 0.004
+    #: first use: start a LocalCluster (process workers) or connect to a scheduler
+    start_s: ClassVar[float] = 2.0
+    #: worker → client transfer and assembly, bytes per second
+    transfer_bps: ClassVar[float] = 1.0e9
+
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(config)
+        cfg = self.config
+        self.scheduler_address: str | None = str(cfg["dask_scheduler"]).strip() if cfg.get("dask_scheduler") else None
+        self.connect_timeout: float = _number(cfg, "dask_connect_timeout", integer=False, minimum=0, strict=True)
+        n = _number(cfg, "dask_n_workers", integer=True, minimum=1)
+        self.n_workers: int = int(n) if n is not None else default_workers()
+        size = _number(cfg, "dask_batch_size", integer=True, minimum=1)
+        self.batch_size: int | None = int(size) if size is not None else None
+        self.retries: int = int(_number(cfg, "dask_retries", integer=True, minimum=0))
+        send = cfg.get("dask_send_credentials")
+        self.send_credentials: bool = True if send is None else parse_bool(send, key="dask_send_credentials")
+        self.dashboard_address: str | None = self._dashboard(cfg.get("dask_dashboard"))
+        # the storage the workers open: its description (no secrets) and the credentials, kept apart
+        self._storage_text = json.dumps(storage_from_config(cfg).to_config(), sort_keys=True, separators=(",", ":"))
+        self._credentials = {k: str(cfg[k]) for k in _CREDENTIAL_KEYS if not _unset(cfg.get(k))}
+        self._plugin_name = f"hsds-backends-{uuid.uuid4().hex[:12]}"
+        self._client: Any = None
+        self._cluster: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
+        self._threads_seen = 0
+
+    @staticmethod
+    def _dashboard(value: Any) -> str | None:
+        """Return the dashboard address to bind (host defaults to 127.0.0.1), or ``None``."""
+        if value is None or value is False or value == "":
+            return None
+        text = "8787" if value is True else str(value).strip()
+        low = text.lower()
+        if low in ("false", "no", "off", "0", "none"):
+            return None
+        if low in ("true", "yes", "on", "1"):
+            text = "8787"
+        if text.isdigit():
+            text = f":{text}"
+        if text.startswith(":"):  # distributed would bind a bare port on every interface
+            text = "127.0.0.1" + text
+        return text
+
+    def __repr__(self) -> str:
+        return f"<DaskBackend 'dask' scheduler={self.scheduler_address or 'LocalCluster'!r}>"
+
+    # ------------------------------------------------------------ description
+    @property
+    def capabilities(self) -> Capabilities:
+        """Capabilities; ``max_concurrency`` is the worker threads the client sees.
+
+        Before the first read it is ``dask_n_workers`` (default: this machine's cores).
+        """
+        return Capabilities(max_concurrency=self._threads() or self.n_workers, remote=True)
+
+    def _threads(self) -> int:
+        client = self._client
+        if client is None:
+            return 0
+        with contextlib.suppress(Exception):
+            info = client.scheduler_info()  # cached by the client, refreshed every few seconds: no I/O
+            threads = int(info.get("total_threads") or 0)
+            if threads:
+                self._threads_seen = threads
+        return self._threads_seen
+
+    @property
+    def client(self) -> Any:
+        """The :class:`distributed.Client` once started, else ``None`` (see :meth:`get_client`)."""
+        return self._client
+
+    def estimate_cost(self, request: ReadRequest) -> CostEstimate:
+        """Start-up (first use) + overhead + waves × per-chunk time + transfer of the result."""
+        n = request.num_chunks
+        conc = max(1, self.capabilities.max_concurrency)
+        start = 0.0 if self._client is not None else self.start_s
+        transfer = request.plan.nbytes / self.transfer_bps
+        secs = start + self.overhead_s + math.ceil(n / conc) * self.per_chunk_s + transfer
+        return CostEstimate(
+            secs,
+            0.0,
+            f"{start:.1f} s start + {self.overhead_s * 1e3:.0f} ms + ceil({n}/{conc}) × {self.per_chunk_s * 1e3:.1f} ms"
+            f" + {transfer * 1e3:.0f} ms transfer",
+        )
+
+    # --------------------------------------------------------------- cluster
+    async def get_client(self) -> Any:
+        """Return the :class:`distributed.Client`, starting the cluster or connecting on first call.
+
+        Raises
+        ------
+        BackendTimeoutError
+            ``dask_scheduler`` did not answer, or had no worker, within ``dask_connect_timeout``.
+        BackendError
+            The embedded cluster did not start, or the backend is used from another event loop.
+        """
+        loop = asyncio.get_running_loop()
+        if self._client is not None:
+            if self._loop is loop:
+                return self._client
+            if self._loop is not None and self._loop.is_running() and not self._loop.is_closed():
+                raise BackendError(
+                    "the dask backend's client runs on another event loop, which is running (in another thread); "
+                    "use one backend per loop (one hsds_backends.Reader per loop)"
+                )
+            # The first loop has stopped or closed (a second asyncio.run, say): retire its client and
+            # reconnect from this loop; an embedded cluster runs on its own thread and is still there.
+            client, old = self._client, self._loop
+            self._client = self._loop = None
+            await _retire(client, old)
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock, self._lock_loop = asyncio.Lock(), loop
+        async with self._lock:
+            if self._client is None:
+                cluster = self._cluster
+                if self.scheduler_address:
+                    client = await self._connect(self.scheduler_address)
+                elif cluster is not None:
+                    client = await self._local_client(cluster)
+                else:
+                    client, cluster = await self._start_local()
+                try:
+                    await self._prepare(client)
+                except BaseException:
+                    await _quiet_close(client, cluster)
+                    self._cluster = None
+                    raise
+                self._client, self._cluster, self._loop = client, cluster, loop
+                self._closed = False
+        return self._client
+
+    async def _connect(self, address: str) -> Any:
+        from distributed import Client
+
+        t = self.connect_timeout
+        client = Client(address, asynchronous=True, timeout=t, direct_to_workers=True, set_as_default=False)
+        try:
+            await asyncio.wait_for(client, t + 5)
+        except (OSError, TimeoutError) as exc:
+            await _quiet_close(client, None)
+            raise BackendTimeoutError(
+                f"dask scheduler {address!r} did not answer within {t:g} s (dask_connect_timeout): {exc}; "
+                "check that the scheduler runs and that this host can reach it, raise dask_connect_timeout, "
+                "or unset dask_scheduler to run a local cluster"
+            ) from exc
+        except Exception as exc:
+            await _quiet_close(client, None)
+            raise BackendError(f"cannot connect to dask scheduler {address!r}: {type(exc).__name__}: {exc}") from exc
+        try:
+            await client.wait_for_workers(1, timeout=t)
+        except (OSError, TimeoutError) as exc:
+            await _quiet_close(client, None)
+            raise BackendTimeoutError(
+                f"dask scheduler {address!r} has no worker after {t:g} s (dask_connect_timeout); "
+                "start workers with: dask worker " + address
+            ) from exc
+        return client
+
+    async def _start_local(self) -> tuple[Any, Any]:
+        from distributed import LocalCluster
+
+        env = {_CREDENTIAL_ENV[k]: v for k, v in self._credentials.items()}
+
+        def start() -> Any:
+            # A synchronous LocalCluster: its scheduler and nannies run on distributed's own loop
+            # thread, so they keep heartbeating (and restarting lost workers) while the reader's
+            # loop is idle or stopped between reads; only the client lives on the reader's loop.
+            return LocalCluster(
+                n_workers=self.n_workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                scheduler_port=0,
+                # the scheduler always serves HTTP (health, metrics): without a dashboard keep it
+                # off 8787, on a free loopback port
+                dashboard_address=self.dashboard_address or "127.0.0.1:0",
+                scheduler_kwargs=None if self.dashboard_address else {"dashboard": False},
+                worker_dashboard_address=None,
+                protocol="tcp://",
+                env=env,
+            )
+
+        try:
+            cluster = await asyncio.to_thread(start)
+        except Exception as exc:
+            raise BackendError(
+                f"the local dask cluster ({self.n_workers} process workers) did not start: {type(exc).__name__}: {exc}; "
+                "in a script, run the read under `if __name__ == '__main__':` (workers are spawned processes), "
+                "or set dask_scheduler to an existing cluster"
+            ) from exc
+        try:
+            client = await self._local_client(cluster)
+        except BaseException:
+            await _quiet_close(None, cluster)
+            raise
+        return client, cluster
+
+    async def _local_client(self, cluster: Any) -> Any:
+        from distributed import Client
+
+        return await Client(
+            cluster.scheduler_address,
+            asynchronous=True,
+            timeout=self.connect_timeout,
+            direct_to_workers=True,
+            set_as_default=False,
+        )
+
+    async def _prepare(self, client: Any) -> None:
+        from ._worker import WorkerState
+
+        remote = self.scheduler_address is not None
+        creds = self._credentials if (remote and self.send_credentials) else None
+        await client.register_plugin(WorkerState(self._plugin_name, creds), name=self._plugin_name)
+        info = await client.scheduler.identity(n_workers=0)
+        self._threads_seen = int(info.get("total_threads") or 0)
+
+    # ------------------------------------------------------------- execution
+    def _batches(self, n: int) -> list[range]:
+        threads = max(1, self._threads() or self.n_workers)
+        size = self.batch_size or max(1, min(_MAX_AUTO_BATCH, math.ceil(n / (threads * _WAVES))))
+        return [range(i, min(n, i + size)) for i in range(0, n, size)]
+
+    async def read_chunk(self, task: ChunkTask) -> ChunkResult:
+        gen = self.read_chunks([task])
+        try:
+            async for _, res in gen:
+                return res
+        finally:
+            await gen.aclose()
+        raise BackendError(f"chunk {task.chunk_id}: the dask backend returned no result")  # pragma: no cover
+
+    async def read_chunks(self, tasks: Sequence[ChunkTask]) -> AsyncGenerator[tuple[int, ChunkResult], None]:
+        """Yield ``(i, result)`` as batches complete; raise the first chunk error, naming the chunk.
+
+        Every batch's result is fetched as soon as it is ready, concurrently, so the
+        client receives one batch while it places another and the workers decode more.
+        """
+        if not tasks:
+            return
+        from ._worker import run_batch
+
+        client = await self.get_client()
+        batches = self._batches(len(tasks))
+        payloads = [json.dumps([tasks[i].to_wire() for i in b], separators=(",", ":")) for b in batches]
+        token = uuid.uuid4().hex[:12]
+        k = len(batches)
+        futures = client.map(
+            run_batch,
+            [self._plugin_name] * k,
+            [self._storage_text] * k,
+            payloads,
+            key=[f"hsds-chunks-{token}-{j}" for j in range(k)],
+            pure=False,
+            retries=self.retries,
+        )
+        stats = current_stats.get()
+        if stats is not None:
+            stats.extra["dask_tasks"] = stats.extra.get("dask_tasks", 0) + k
+        done: asyncio.Queue[tuple[int, Any, BaseException | None]] = asyncio.Queue()
+
+        async def fetch(j: int, fut: Any) -> None:
+            try:
+                value, error = await fut, None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer with its batch
+                value, error = None, exc
+            fut.release()  # the worker may drop the result now
+            done.put_nowait((j, value, error))
+
+        fetchers = [asyncio.ensure_future(fetch(j, f)) for j, f in enumerate(futures)]
+        try:
+            for _ in range(k):
+                j, value, error = await done.get()
+                batch = batches[j]
+                if error is not None:
+                    raise self._batch_failure(error, [tasks[i] for i in batch]) from error
+                header, parts = value
+                entries = json.loads(header)
+                p = 0
+                for i, entry in zip(batch, entries, strict=False):
+                    cid = tasks[i].chunk_id
+                    if isinstance(entry, dict):
+                        raise error_from_wire(entry.get("error") or entry, cid)
+                    if entry == -1:
+                        yield i, ChunkResult(cid, "missing")
+                    else:
+                        view = memoryview(parts[p]).cast("B")
+                        p += 1
+                        yield i, ChunkResult(cid, "ok", view, int(entry[1]), int(entry[2]))
+                if len(entries) != len(batch):
+                    raise BackendError(
+                        f"dask batch of {len(batch)} chunks ({tasks[batch[0]].chunk_id} ...) returned {len(entries)} results"
+                    )
+        finally:
+            for f in fetchers:
+                f.cancel()
+            await asyncio.gather(*fetchers, return_exceptions=True)
+            left = [f for f in futures if not f.done()]
+            if left:
+                with contextlib.suppress(Exception):
+                    await client.cancel(left)
+
+    def _batch_failure(self, exc: BaseException, batch: list[ChunkTask]) -> HsdsBackendsError:
+        """Turn a failed dask task (after retries) into our error, naming its chunks."""
+        if isinstance(exc, HsdsBackendsError):
+            return exc
+        ids = ", ".join(t.chunk_id for t in batch[:3]) + (f" and {len(batch) - 3} more" if len(batch) > 3 else "")
+        hint = (
+            "; install hsds-backends-dask (same version as this client) on the scheduler and every worker"
+            if isinstance(exc, (ImportError, RuntimeError)) and ("deserializ" in str(exc) or "No module" in str(exc))
+            else ""
+        )
+        return BackendError(f"dask task for chunks {ids} failed on the cluster: {type(exc).__name__}: {exc}{hint}")
+
+    async def aclose(self) -> None:
+        """Close the client, and the embedded cluster if this backend started it. Idempotent."""
+        client, cluster, loop = self._client, self._cluster, self._loop
+        self._client = self._cluster = self._loop = None
+        self._threads_seen = 0
+        if client is not None:
+            current = asyncio.get_running_loop()
+            if loop is None or loop is current:
+                await self._close_client(client)
+            elif loop.is_running() and not loop.is_closed():
+                # made on a loop that still runs in another thread: close it there
+                fut = asyncio.run_coroutine_threadsafe(self._close_client(client), loop)
+                with contextlib.suppress(Exception):
+                    await asyncio.wrap_future(fut)
+            else:
+                await _retire(client, loop)
+        await _quiet_close(None, cluster)
+        await super().aclose()
+
+    async def _close_client(self, client: Any) -> None:
+        if self.scheduler_address is not None:  # leave a shared cluster as we found it
+            with contextlib.suppress(Exception):
+                await client.unregister_worker_plugin(self._plugin_name)
+        await _quiet_close(client, None)
+
+
+async def _retire(client: Any, loop: asyncio.AbstractEventLoop | None) -> None:
+    """Close a client whose event loop is not running (stopped, or closed) from another loop."""
+    if loop is None or loop.is_closed():
+        # its loop and sockets are gone; mark it closed so that its __del__ does not try to use them
+        client.status = "closed"
+        return
+
+    async def close() -> None:
+        await _quiet_close(client, None)
+
+    # the loop is idle: run it once more, in a helper thread (this thread runs the current loop)
+    with contextlib.suppress(Exception):
+        await asyncio.to_thread(loop.run_until_complete, close())
+
+
+async def _quiet_close(client: Any, cluster: Any) -> None:
+    if client is not None:
+        with contextlib.suppress(Exception):
+            await client.close()
+    if cluster is not None:  # a synchronous LocalCluster: close it off this loop
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(cluster.close)
