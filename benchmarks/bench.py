@@ -620,6 +620,13 @@ async def _bench_backend_async(
                 del first, res
             except Exception as exc:  # noqa: BLE001
                 run.cells[key] = Measurement(ok=False, note=f"error: {type(exc).__name__}: {exc}"[:300])
+        if name == "containers":  # DN start-up, cold-cache reads from running DNs, cache figures
+            try:
+                from hsds_backends_containers.bench import bench_extras as dn_extras
+
+                run.notes.extend(await dn_extras(reader, grid, sel.chunk, expected, repeat))
+            except Exception as exc:  # noqa: BLE001
+                run.notes.append(f"containers extras failed: {type(exc).__name__}: {exc}")
         if name == "lambda":  # per-invoke overhead and the AWS cost/latency model (hsds_backends_lambda.cost)
             try:
                 from hsds_backends_lambda.cost import bench_extras

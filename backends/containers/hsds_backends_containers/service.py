@@ -1,0 +1,645 @@
+"""The data-node (DN) service: HSDS's DN read API (hsds-format.md §4) running our kernel.
+
+Routes (aiohttp):
+
+``GET /chunks/{chunk_id}``
+    HSDS's hyperslab and query read (§4.2): ``bucket``, ``select``, ``fields``
+    (``a:b``), ``query``, ``Limit``, ``s3path``/``s3offset``/``s3size``. The
+    DN loads the dataset JSON itself from ``bucket`` (dataset id from the chunk
+    id, key from :func:`hsds_backends.ids.object_key`), as HSDS's DN does.
+``POST /chunks/{chunk_id}``
+    HSDS's point read (§4.3): ``count`` and a body of ``count`` × rank uint64
+    absolute coordinates (``application/octet-stream``), or a JSON body
+    ``{"select": ..., "fields": ...}`` for long selections.
+``POST /batch``
+    Our extension: many chunk tasks (full wire form, dataset JSON included, so no
+    metadata lookup) in one request; results stream back as length-prefixed
+    frames in completion order (:mod:`hsds_backends_containers._wire`).
+``GET /info``
+    Node number and count, load, chunk-cache figures, version.
+
+Answers are ``application/octet-stream`` (the selected bytes, §4.2) or 404 for
+a chunk that does not exist. Unlike HSDS, every bad input is a 4xx with a JSON
+body ``{"statusCode", "error_type", "message", "chunk_id"}`` naming what is
+wrong (HSDS answers a bad ``select`` with a bare 500); a 404 that is an error
+(dataset JSON missing) carries that body too, while "chunk not written" has a
+plain-text body. Any DN serves any chunk: node number and count are
+informational (HSDS answers 500 for a chunk of another node, §4.2), which is
+what lets a client move a dead node's chunks elsewhere.
+
+A bearer token, when configured, is required on every route. With the
+environment variable ``HSDS_BACKENDS_DN_FAULTS=1`` (tests only) the DN also
+serves ``POST /faults`` to inject delays, error statuses and hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import signal
+import socket
+import stat
+import sys
+import time
+from collections import OrderedDict
+from functools import lru_cache
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+from aiohttp import web
+
+from hsds_backends import __version__ as core_version
+from hsds_backends.dataset import ChunkLocation, DatasetMeta
+from hsds_backends.errors import DatasetJsonError, HsdsBackendsError, NotFoundError, TaskError
+from hsds_backends.ids import chunk_index, chunk_key, dataset_id_of, object_key
+from hsds_backends.kernel import decode_task, process_chunk
+from hsds_backends.selection import Slice, parse_select
+from hsds_backends.storage import PosixStorage, Storage, check_bucket, check_key
+from hsds_backends.tasks import ChunkResult, ChunkTask, error_to_wire
+
+from . import __version__
+from ._cache import ChunkCache
+from ._wire import BATCH_PATH, ERROR, FRAME, FRAMES_CONTENT_TYPE, MISSING, OK, SERVICE, decode_batch
+
+if TYPE_CHECKING:
+    from collections.abc import Hashable
+
+__all__ = ["DataNode", "FAULTS_ENV", "TOKEN_ENV", "serve"]
+
+#: Environment variable that enables the fault-injection route (tests only).
+FAULTS_ENV: Final = "HSDS_BACKENDS_DN_FAULTS"
+#: Environment variable holding the bearer token (never passed on a command line).
+TOKEN_ENV: Final = "HSDS_BACKENDS_DN_TOKEN"
+
+#: HSDS's SN switches to POST for selects longer than half of http_max_url_length (§4.4);
+#: a batch of point tasks can be large, so the body limit is generous.
+MAX_BODY: Final = 512 * 1024 * 1024
+
+_JSON = "application/json"
+_OCTETS = "application/octet-stream"
+
+
+@dataclass
+class Faults:
+    """Injected faults (``POST /faults``, only with ``HSDS_BACKENDS_DN_FAULTS=1``)."""
+
+    status: int = 0
+    """Answer chunk and batch requests with this status ..."""
+    count: int = 0
+    """... this many times (then serve normally)."""
+    delay_ms: float = 0.0
+    """Sleep this long before running each chunk task."""
+    hang: bool = False
+    """Never answer chunk and batch requests."""
+
+
+class DataNode:
+    """One DN: an aiohttp application around the kernel, a storage and a chunk cache.
+
+    Parameters
+    ----------
+    storage
+        Where chunks and dataset JSON are read from.
+    node_number, node_count
+        This DN's place among ``node_count`` DNs (reported by ``/info``; any DN serves any chunk).
+    workers
+        Threads that decode and cut chunks (the codecs release the GIL).
+    cache_bytes
+        Size of the decoded-chunk cache (HSDS ``chunk_mem_cache_size``; 0 disables it).
+    token
+        Bearer token required on every route, or ``None``.
+    default_bucket
+        Bucket for HSDS-style requests that name none (HSDS requires ``bucket``; we are lenient).
+    faults
+        Serve ``POST /faults`` (tests only).
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        node_number: int = 0,
+        node_count: int = 1,
+        workers: int = 2,
+        cache_bytes: int = 128 * 1024 * 1024,
+        token: str | None = None,
+        default_bucket: str | None = None,
+        faults: bool = False,
+    ) -> None:
+        if not 0 <= node_number < node_count:
+            raise ValueError(f"node number {node_number} must be in 0..{node_count - 1} (node count {node_count})")
+        self.storage = storage
+        self.node_number = node_number
+        self.node_count = node_count
+        self.workers = max(1, int(workers))
+        self.cache = ChunkCache(int(cache_bytes))
+        self.token = token or None
+        self.default_bucket = default_bucket
+        self.faults_enabled = faults
+        self.faults = Faults()
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="hsds-dn")
+        # more tasks than threads in flight, so storage reads overlap decoding
+        self._sem = asyncio.Semaphore(self.workers * 2)
+        self._pending: dict[Hashable, asyncio.Future[np.ndarray[Any, Any] | None]] = {}
+        self._meta: OrderedDict[tuple[str, str], DatasetMeta] = OrderedDict()
+        self._posix = isinstance(storage, PosixStorage)
+        self.started = time.time()
+        self.counters: dict[str, int] = {"requests": 0, "tasks": 0, "errors": 0, "inflight_requests": 0, "inflight_tasks": 0}
+
+    # ------------------------------------------------------------------ app
+    def app(self) -> web.Application:
+        """Return the aiohttp application of this DN."""
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._middleware])
+        app.router.add_get("/info", self._info)
+        app.router.add_get("/chunks/{id}", self._get_chunk)
+        app.router.add_post("/chunks/{id}", self._post_chunk)
+        app.router.add_post(BATCH_PATH, self._batch)
+        if self.faults_enabled:
+            app.router.add_post("/faults", self._set_faults)
+        app.on_cleanup.append(self._cleanup)
+        return app
+
+    async def _cleanup(self, app: web.Application) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        await self.storage.aclose()
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        if self.token is not None:
+            auth = request.headers.get("Authorization", "")
+            scheme, _, given = auth.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+                why = "no bearer token" if not auth else "wrong bearer token"
+                return web.json_response(
+                    {"statusCode": 401, "error_type": "AuthError", "message": f"{why}; send 'Authorization: Bearer <token>' (dn_token)"},
+                    status=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="hsds-backends-dn"'},
+                )
+        route = request.path
+        faulty = self.faults_enabled and (route.startswith("/chunks/") or route == BATCH_PATH)
+        if faulty and self.faults.hang:
+            await asyncio.sleep(3600)
+        if faulty and self.faults.status and self.faults.count > 0:
+            self.faults.count -= 1
+            return web.json_response({"statusCode": self.faults.status, "message": "injected fault"}, status=self.faults.status)
+        self.counters["requests"] += 1
+        self.counters["inflight_requests"] += 1
+        _big_send_buffer(request)
+        try:
+            return await handler(request)
+        finally:
+            self.counters["inflight_requests"] -= 1
+
+    # --------------------------------------------------------------- routes
+    async def _info(self, request: web.Request) -> web.Response:
+        return web.json_response(self.info())
+
+    def info(self) -> dict[str, Any]:
+        """Return what ``GET /info`` reports."""
+        load: dict[str, float] = dict(self.counters)
+        if hasattr(os, "getloadavg"):
+            load["loadavg_1min"] = round(os.getloadavg()[0], 2)
+        return {
+            "service": SERVICE,
+            "version": __version__,
+            "core_version": core_version,
+            "state": "READY",
+            "node_number": self.node_number,
+            "node_count": self.node_count,
+            "pid": os.getpid(),
+            "workers": self.workers,
+            "uptime_s": round(time.time() - self.started, 3),
+            "load": load,
+            "cache": self.cache.stats(),
+            "storage": self.storage.to_config(),
+        }
+
+    async def _set_faults(self, request: web.Request) -> web.Response:
+        try:
+            doc = await request.json()
+            self.faults = Faults(
+                status=int(doc.get("status") or 0),
+                count=int(doc.get("count", 1 if doc.get("status") else 0)),
+                delay_ms=float(doc.get("delay_ms") or 0),
+                hang=bool(doc.get("hang")),
+            )
+        except (ValueError, TypeError, AttributeError) as exc:
+            return _error_response(TaskError(f"bad faults body: {exc}; send {{'status', 'count', 'delay_ms', 'hang'}}"), None, 400)
+        return web.json_response(self.faults.__dict__)
+
+    async def _get_chunk(self, request: web.Request) -> web.StreamResponse:
+        cid = request.match_info["id"]
+        try:
+            task = await self._hsds_task(request, cid, None)
+            return _octets(await self.run(task))
+        except HsdsBackendsError as exc:
+            return self._failed(exc, cid)
+
+    async def _post_chunk(self, request: web.Request) -> web.StreamResponse:
+        cid = request.match_info["id"]
+        try:
+            body = await request.read()
+            task = await self._hsds_task(request, cid, body)
+            return _octets(await self.run(task))
+        except HsdsBackendsError as exc:
+            return self._failed(exc, cid)
+
+    async def _batch(self, request: web.Request) -> web.StreamResponse:
+        try:
+            tasks, tag = decode_batch(await request.read())
+        except HsdsBackendsError as exc:
+            return self._failed(exc, None)
+        resp = web.StreamResponse(status=200, headers={"Content-Type": FRAMES_CONTENT_TYPE})
+        await resp.prepare(request)
+        done: asyncio.Queue[tuple[int, ChunkResult | BaseException]] = asyncio.Queue()
+
+        async def one(j: int, task: ChunkTask) -> None:
+            try:
+                res: ChunkResult | BaseException = await self.run(task, tag)
+            except Exception as exc:  # noqa: BLE001 - reported to the client in its frame
+                res = exc
+            done.put_nowait((j, res))
+
+        runners = [asyncio.create_task(one(j, t)) for j, t in enumerate(tasks)]
+        try:
+            for _ in range(len(tasks)):
+                j, res = await done.get()
+                fetched = decoded = 0
+                if isinstance(res, BaseException):
+                    self.counters["errors"] += 1
+                    payload: bytes | bytearray | memoryview = json.dumps(error_to_wire(res, tasks[j].chunk_id)).encode()
+                    status = ERROR
+                elif res.status == "missing":
+                    payload, status = b"", MISSING
+                else:
+                    payload, status, fetched, decoded = res.data, OK, res.fetched, res.decoded
+                # two writes, no concatenation: the payload goes to the socket as it is
+                await resp.write(FRAME.pack(j, status, len(payload), fetched, decoded))
+                if len(payload):
+                    await resp.write(payload)
+            await resp.write_eof()
+        except ConnectionError:
+            pass  # the client went away (a cancelled read): stop working for it
+        finally:
+            for r in runners:
+                r.cancel()
+        return resp
+
+    # ---------------------------------------------------------- HSDS requests
+    async def _hsds_task(self, request: web.Request, cid: str, body: bytes | None) -> ChunkTask:
+        """Build a chunk task from an HSDS-style request (§4.2, §4.3); the DN loads the dataset JSON."""
+        params = request.query
+        index = chunk_index(cid)  # validates the chunk id (StoragePathError → 400)
+        bucket = check_bucket(params.get("bucket") or self.default_bucket or "")
+        meta = await self._dataset(bucket, dataset_id_of(cid))
+        if len(index) != len(meta.chunks):
+            raise _bad(f"chunk id {cid!r} has {len(index)} indices; dataset {meta.id} has rank {len(meta.chunks)}")
+        location = self._location(params, bucket, cid)
+        fields = [f for f in params["fields"].split(":") if f] if params.get("fields") else None
+        select = params.get("select")
+        points = None
+        kind = "query" if params.get("query") else "hyperslab"
+        if body is not None:
+            ctype = request.headers.get("Content-Type", _JSON).split(";")[0].strip().lower()
+            if ctype == _OCTETS:
+                points = _points(body, params.get("count"), max(meta.rank, 1))
+                kind = "points"
+            elif ctype == _JSON:
+                select, body_fields = _json_select(body)
+                if body_fields is not None:
+                    if fields:
+                        raise _bad("fields given both as a query parameter and in the JSON body; give one")
+                    fields = body_fields
+            else:
+                raise _bad(f"Content-Type {ctype!r} is not supported; use {_OCTETS!r} (points) or {_JSON!r} ({{'select': ...}})")
+        limit = None
+        if params.get("Limit"):
+            try:
+                limit = int(params["Limit"])
+            except ValueError as exc:
+                raise _bad(f"Limit {params['Limit']!r} is not an integer") from exc
+            if limit < 0:
+                raise _bad(f"Limit {limit} must be >= 0 (0 = no limit)")
+        return ChunkTask(
+            cid, meta, location, kind,  # type: ignore[arg-type]
+            select=select, points=points, fields=tuple(fields) if fields else None,
+            query=params.get("query") or None, limit=limit or None,
+        )
+
+    def _location(self, params: Any, bucket: str, cid: str) -> ChunkLocation | None:
+        if not params.get("s3path"):
+            return ChunkLocation(bucket, chunk_key(cid))
+        path = str(params["s3path"])
+        for prefix in ("s3://", "file://"):
+            if path.startswith(prefix):
+                path = path[len(prefix) :]
+        if "/" not in path:
+            raise _bad(f"s3path {params['s3path']!r} must be 'bucket/key' or 's3://bucket/key'")
+        b, k = path.split("/", 1)
+        offset, size = _int_param(params, "s3offset"), _int_param(params, "s3size")
+        if not size:
+            return None  # Σ size = 0: nothing stored for this chunk (§4.2 → 404)
+        return ChunkLocation(check_bucket(b), check_key(k), offset or 0, size, True)
+
+    async def _dataset(self, bucket: str, dset_id: str) -> DatasetMeta:
+        key = (bucket, dset_id)
+        meta = self._meta.get(key)
+        if meta is not None:
+            self._meta.move_to_end(key)
+            return meta
+        raw = await self.storage.get(bucket, object_key(dset_id))
+        if raw is None:
+            raise NotFoundError(f"dataset {dset_id} not found in bucket {bucket!r} (no object {object_key(dset_id)!r}); check 'bucket'")
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:
+            raise DatasetJsonError(f"dataset JSON of {dset_id} in bucket {bucket!r} is not valid JSON: {exc}") from exc
+        if isinstance(doc, dict):
+            doc.setdefault("id", dset_id)
+        meta = DatasetMeta.from_json(doc, bucket)
+        self._meta[key] = meta
+        if len(self._meta) > 512:
+            self._meta.popitem(last=False)
+        return meta
+
+    def _failed(self, exc: HsdsBackendsError, cid: str | None) -> web.Response:
+        self.counters["errors"] += 1
+        return _error_response(exc, cid)
+
+    # ------------------------------------------------------------- execution
+    async def run(self, task: ChunkTask, tag: str = "") -> ChunkResult:
+        """Execute one chunk task: cache, else fetch and decode (in the pool), then cut."""
+        self.counters["tasks"] += 1
+        self.counters["inflight_tasks"] += 1
+        try:
+            async with self._sem:
+                if self.faults.delay_ms:
+                    await asyncio.sleep(self.faults.delay_ms / 1000)
+                return await self._run(task, tag)
+        finally:
+            self.counters["inflight_tasks"] -= 1
+
+    async def _run(self, task: ChunkTask, tag: str) -> ChunkResult:
+        loop = asyncio.get_running_loop()
+        loc = task.location
+        if loc is None or self.cache.max_bytes <= 0:
+            return await self._uncached(task)
+        key = (task.dset.id, loc.bucket, loc.key, loc.offset, loc.size)
+        validator = self._validator(loc)
+        chunk = self.cache.get(key, tag, validator)
+        if chunk is not None:
+            return await loop.run_in_executor(self._pool, _cut, task, chunk)
+        pending = self._pending.get(key)
+        if pending is not None:  # another task is decoding this chunk right now: share its work
+            try:
+                chunk = await asyncio.shield(pending)
+            except _Abandoned:
+                return await self._run(task, tag)
+            if chunk is None:  # missing chunk: a query still runs over its fill values
+                return await self._uncached(task)
+            return await loop.run_in_executor(self._pool, _cut, task, chunk)
+        fut: asyncio.Future[np.ndarray[Any, Any] | None] = loop.create_future()
+        self._pending[key] = fut
+        try:
+            data = None if self._posix else await self.storage.get(loc.bucket, loc.key, loc.offset, loc.size)
+            chunk, res = await loop.run_in_executor(self._pool, self._miss, task, data)
+        except BaseException as exc:
+            # waiters get the error, or redo the work if this task was only cancelled
+            fut.set_exception(_Abandoned() if isinstance(exc, asyncio.CancelledError) else exc)
+            fut.exception()  # mark retrieved: there may be no waiter
+            raise
+        else:
+            fut.set_result(chunk)
+            if chunk is not None:
+                self.cache.put(key, chunk, tag, validator)
+            return res
+        finally:
+            del self._pending[key]
+
+    async def _uncached(self, task: ChunkTask) -> ChunkResult:
+        loop = asyncio.get_running_loop()
+        loc = task.location
+        data = None
+        if loc is not None and not self._posix:
+            data = await self.storage.get(loc.bucket, loc.key, loc.offset, loc.size)
+        _, res = await loop.run_in_executor(self._pool, self._miss, task, data)
+        return res
+
+    def _validator(self, loc: ChunkLocation) -> Hashable:
+        if not self._posix:
+            return None
+        try:
+            st = os.stat(self.storage.path(loc.bucket, loc.key))  # type: ignore[attr-defined]
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def _miss(self, task: ChunkTask, data: bytes | None) -> tuple[np.ndarray[Any, Any] | None, ChunkResult]:
+        """In a worker thread: (read,) decode and cut; return the decoded chunk (``None`` if missing) and the result."""
+        loc = task.location
+        if data is None and loc is not None and self._posix:
+            data = self.storage.read_sync(loc.bucket, loc.key, loc.offset, loc.size)  # type: ignore[attr-defined]
+        chunk = decode_task(task, data)
+        res = _cut(task, chunk, 0 if data is None else len(data))
+        return (chunk if data is not None else None), res
+
+
+def _cut(task: ChunkTask, chunk: np.ndarray[Any, Any] | None, fetched: int = 0) -> ChunkResult:
+    """:func:`hsds_backends.kernel.process_chunk`, except that a whole fixed-size chunk is sent as it is.
+
+    The bytes of a whole-chunk selection are the decoded chunk's bytes in C
+    order, so the DN sends a view of the decoded array instead of copying it
+    (a full read asks for whole chunks only).
+    """
+    meta = task.dset
+    if (
+        chunk is not None
+        and task.kind == "hyperslab"
+        and not task.fields
+        and not meta.is_vlen
+        and chunk.flags.c_contiguous
+        and _whole(task.select, meta.chunks)
+    ):
+        view = chunk.reshape(-1).view(np.uint8).data
+        return ChunkResult(task.chunk_id, "ok", view, fetched, chunk.nbytes if fetched else 0)
+    return process_chunk(task, chunk, fetched=fetched)
+
+
+@lru_cache(maxsize=4096)
+def _whole(select: str | None, chunks: tuple[int, ...]) -> bool:
+    """Whether ``select`` (chunk-relative) covers the whole chunk with step 1."""
+    if select is None:
+        return True
+    try:
+        sel = parse_select(select, chunks)
+    except HsdsBackendsError:
+        return False  # the kernel reports the error
+    return all(isinstance(d, Slice) and (d.start, d.stop, d.step) == (0, c, 1) for d, c in zip(sel.dims, chunks, strict=True))
+
+
+# ---------------------------------------------------------------- helpers
+
+
+class _Abandoned(Exception):
+    """The task decoding a chunk was cancelled; whoever waited for it decodes the chunk itself."""
+
+
+#: Send buffer per connection: a whole 1-4 MiB chunk goes into the kernel in one send instead of
+#: being copied into asyncio's write buffer and sent in 200 KiB pieces (capped by net.core.wmem_max).
+SEND_BUFFER: Final = 4 * 1024 * 1024
+
+
+def _big_send_buffer(request: web.Request) -> None:
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        try:
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < SEND_BUFFER:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        except OSError:  # pragma: no cover - not a socket option this transport supports
+            pass
+
+
+def _octets(res: ChunkResult) -> web.Response:
+    if res.status == "missing":
+        # a bare 404 (no JSON error body): "chunk not written", the caller fills (§3.4)
+        return web.Response(status=404, text=f"chunk {res.chunk_id} not found")
+    return web.Response(body=res.data, content_type=_OCTETS)
+
+
+def _error_response(exc: HsdsBackendsError, cid: str | None, status: int | None = None) -> web.Response:
+    doc = error_to_wire(exc, cid)
+    if status is not None:
+        doc["statusCode"] = status
+    return web.json_response(doc, status=int(doc["statusCode"]))
+
+
+def _bad(msg: str) -> TaskError:
+    err = TaskError(msg)
+    err.status = 400  # type: ignore[attr-defined]
+    return err
+
+
+def _int_param(params: Any, name: str) -> int | None:
+    v = params.get(name)
+    if v is None or v == "":
+        return None
+    if ":" in v:
+        raise _bad(f"{name} {v!r} is a list (hyperchunks of H5D_CHUNKED_REF_INDIRECT), which this DN does not read")
+    try:
+        return int(v)
+    except ValueError as exc:
+        raise _bad(f"{name} {v!r} is not an integer") from exc
+
+
+def _points(body: bytes, count: str | None, rank: int) -> np.ndarray[Any, np.dtype[np.uint64]]:
+    if count is None:
+        raise _bad("a binary POST needs the 'count' query parameter (number of points, §4.3)")
+    try:
+        n = int(count)
+    except ValueError as exc:
+        raise _bad(f"count {count!r} is not an integer") from exc
+    if n < 0 or len(body) != n * rank * 8:
+        raise _bad(f"body has {len(body)} bytes; count={n} points of rank {rank} need {max(n, 0) * rank * 8} (uint64 coordinates)")
+    return np.frombuffer(body, dtype="<u8").reshape(n, rank)
+
+
+def _json_select(body: bytes) -> tuple[str | None, list[str] | None]:
+    try:
+        doc = json.loads(body) if body else {}
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _bad(f"JSON body is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("select"), str):
+        raise _bad('a JSON POST needs a body {"select": "[...]"} (§4.3)')
+    fields = doc.get("fields")
+    if isinstance(fields, str):
+        fields = [f for f in fields.split(":") if f]
+    if fields is not None and (not isinstance(fields, list) or not all(isinstance(f, str) for f in fields)):
+        raise _bad(f"'fields' must be a list of names or 'a:b', got {fields!r}")
+    return doc["select"], fields
+
+
+# ---------------------------------------------------------------- running
+
+
+def bind_socket(*, host: str = "127.0.0.1", port: int | None = None, path: str | None = None) -> socket.socket:
+    """Return a listening socket: a unix socket at ``path`` (mode 0600) or TCP ``host:port`` (0 = any free port)."""
+    if path is not None:
+        if os.path.exists(path):
+            if not stat.S_ISSOCK(os.stat(path).st_mode):
+                raise OSError(f"{path} exists and is not a socket")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)  # a stale socket file of a dead DN
+            else:
+                raise OSError(f"another process listens on {path}")
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+    else:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port or 0))
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+def socket_url(sock: socket.socket) -> str:
+    """Return the URL a client uses for ``sock`` (``http+unix://%2F…`` or ``http://host:port``)."""
+    if sock.family == socket.AF_UNIX:
+        return "http+unix://" + str(sock.getsockname()).replace("/", "%2F")
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def serve(node: DataNode, sock: socket.socket, *, parent_pid: int | None = None, ready: Callable[[str], None] | None = None) -> None:
+    """Serve ``node`` on ``sock`` until SIGTERM/SIGINT (or until ``parent_pid`` is gone)."""
+    runner = web.AppRunner(node.app(), access_log=None, shutdown_timeout=1.0, handle_signals=False)
+    await runner.setup()
+    site = web.SockSite(runner, sock)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - not on the main thread
+            pass
+    watch = asyncio.create_task(_watch_parent(parent_pid, stop)) if parent_pid else None
+    if ready is not None:
+        ready(socket_url(sock))
+    try:
+        await stop.wait()
+    finally:
+        if watch is not None:
+            watch.cancel()
+        path = sock.getsockname() if sock.family == socket.AF_UNIX else None
+        await runner.cleanup()
+        if path:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
+    """Stop when the process that started us is gone (so embedded DNs never outlive their client)."""
+    while True:
+        await asyncio.sleep(0.5)
+        if os.getppid() != pid:
+            print(f"hsds-backends dn: parent {pid} is gone; stopping", file=sys.stderr)
+            stop.set()
+            return
