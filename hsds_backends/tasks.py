@@ -161,10 +161,9 @@ class ChunkTask:
             bucket = check_bucket(bucket)
         if isinstance(dset_json, str):
             try:
-                json.loads(dset_json)
-            except ValueError as exc:
+                meta = _meta_from_text(dset_json, bucket)  # cached: parsed once per dataset, not per task
+            except json.JSONDecodeError as exc:
                 raise _bad(f"dset_json is not valid JSON: {exc}") from exc
-            meta = _meta_from_text(dset_json, bucket)
         else:
             meta = _meta_from_text(json.dumps(dset_json, sort_keys=True, separators=(",", ":")), bucket)
         location: ChunkLocation | None
