@@ -36,6 +36,7 @@ __all__ = [
     "query_dtype",
     "error_to_wire",
     "error_from_wire",
+    "split_s3path",
 ]
 
 TaskKind = Literal["hyperslab", "points", "query"]
@@ -168,15 +169,9 @@ class ChunkTask:
             meta = _meta_from_text(json.dumps(dset_json, sort_keys=True, separators=(",", ":")), bucket)
         location: ChunkLocation | None
         if "s3path" in d:
-            path = str(d["s3path"])
-            for prefix in ("s3://", "file://"):
-                if path.startswith(prefix):
-                    path = path[len(prefix) :]
-            if "/" not in path:
-                raise _bad(f"s3path {d['s3path']!r} must be 'bucket/key' or 's3://bucket/key'")
-            b, k = path.split("/", 1)
+            b, k = split_s3path(d["s3path"])
             size = _int_or_none(d.get("s3size"), "s3size")
-            location = None if not size else ChunkLocation(check_bucket(b), check_key(k), _int_or_none(d.get("s3offset"), "s3offset") or 0, size, True)
+            location = None if not size else ChunkLocation(b, k, _int_or_none(d.get("s3offset"), "s3offset") or 0, size, True)
         elif d.get("s3size") == 0:
             location = None
         else:
@@ -233,6 +228,26 @@ def _int_or_none(v: Any, name: str) -> int | None:
         return int(v)
     except (TypeError, ValueError) as exc:
         raise _bad(f"{name} must be an integer, got {v!r}") from exc
+
+
+def split_s3path(s3path: Any) -> tuple[str, str]:
+    """Split an ``s3path`` (``bucket/key``, ``s3://bucket/key`` or ``file://bucket/key``) into a checked (bucket, key).
+
+    Raises
+    ------
+    TaskError
+        (status 400) the value has no ``/``; :class:`StoragePathError` for an unsafe bucket or key.
+    """
+    from .storage import check_bucket, check_key
+
+    path = str(s3path)
+    for prefix in ("s3://", "file://"):
+        if path.startswith(prefix):
+            path = path[len(prefix) :]
+    if "/" not in path:
+        raise _bad(f"s3path {s3path!r} must be 'bucket/key' or 's3://bucket/key'")
+    b, k = path.split("/", 1)
+    return check_bucket(b), check_key(k)
 
 
 def _limit(v: Any) -> int | None:

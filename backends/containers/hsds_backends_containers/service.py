@@ -59,8 +59,8 @@ from hsds_backends.errors import DatasetJsonError, HsdsBackendsError, NotFoundEr
 from hsds_backends.ids import chunk_index, chunk_key, dataset_id_of, object_key
 from hsds_backends.kernel import decode_task, process_chunk
 from hsds_backends.selection import Slice, parse_select
-from hsds_backends.storage import PosixStorage, Storage, check_bucket, check_key
-from hsds_backends.tasks import ChunkResult, ChunkTask, error_to_wire
+from hsds_backends.storage import PosixStorage, Storage, check_bucket
+from hsds_backends.tasks import ChunkResult, ChunkTask, error_to_wire, split_s3path
 
 from . import __version__
 from ._cache import ChunkCache
@@ -334,17 +334,11 @@ class DataNode:
     def _location(self, params: Any, bucket: str, cid: str) -> ChunkLocation | None:
         if not params.get("s3path"):
             return ChunkLocation(bucket, chunk_key(cid))
-        path = str(params["s3path"])
-        for prefix in ("s3://", "file://"):
-            if path.startswith(prefix):
-                path = path[len(prefix) :]
-        if "/" not in path:
-            raise _bad(f"s3path {params['s3path']!r} must be 'bucket/key' or 's3://bucket/key'")
-        b, k = path.split("/", 1)
+        b, k = split_s3path(params["s3path"])
         offset, size = _int_param(params, "s3offset"), _int_param(params, "s3size")
         if not size:
             return None  # Σ size = 0: nothing stored for this chunk (§4.2 → 404)
-        return ChunkLocation(check_bucket(b), check_key(k), offset or 0, size, True)
+        return ChunkLocation(b, k, offset or 0, size, True)
 
     async def _dataset(self, bucket: str, dset_id: str) -> DatasetMeta:
         key = (bucket, dset_id)
