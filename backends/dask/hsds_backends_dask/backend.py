@@ -83,6 +83,10 @@ def _number(config: Mapping[str, Any], key: str, *, integer: bool, minimum: floa
     return out
 
 
+#: Seconds to wait for the scheduler to acknowledge cancelling leftover batches.
+_CANCEL_TIMEOUT_S: Final = 5.0
+
+
 class DaskBackend(Backend):
     """Run chunk tasks on a dask.distributed cluster.
 
@@ -452,8 +456,10 @@ class DaskBackend(Backend):
             await asyncio.gather(*fetchers, return_exceptions=True)
             left = [f for f in futures if not f.done()]
             if left:
+                # Bounded: a cancel whose acknowledgement never comes (seen once a batch had failed
+                # with a chunk error) must not hang the read; dropped futures are released anyway.
                 with contextlib.suppress(Exception):
-                    await client.cancel(left)
+                    await asyncio.wait_for(client.cancel(left), timeout=_CANCEL_TIMEOUT_S)
 
     def _batch_failure(self, exc: BaseException, batch: list[ChunkTask]) -> HsdsBackendsError:
         """Turn a failed dask task (after retries) into our error, naming its chunks."""
