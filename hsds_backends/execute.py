@@ -87,6 +87,8 @@ class Execution:
     hedge_multiple: float = 0.0
     hedge_min_seconds: float = 0.05
     progress: Callable[[int], None] | None = None
+    close_timeout_s: float = 10.0
+    """Longest wait for a backend to clean up after a request (cancelling its leftover work)."""
 
     def __post_init__(self) -> None:
         self.done: set[int] = set()
@@ -229,10 +231,32 @@ class Execution:
                 nxt.cancel()
             for f in hedges:
                 f.cancel()
-            await asyncio.gather(*(f for f in [nxt, *hedges] if f is not None), return_exceptions=True)
+            await self._clean_up(backend, gen, [f for f in [nxt, *hedges] if f is not None])
+
+    async def _clean_up(self, backend: Backend, gen: Any, pending: list[asyncio.Future[Any]]) -> None:
+        """Wait for cancelled attempts and close the backend's result generator, at most ``close_timeout_s``.
+
+        A backend's clean-up (cancelling its remote work) must not hang the request: past
+        the bound it is left to finish in the background, and a warning names the backend.
+        """
+
+        async def clean() -> None:
+            await asyncio.gather(*pending, return_exceptions=True)
             aclose = getattr(gen, "aclose", None)  # async generators: stop whatever is still running
             if aclose is not None:
                 await aclose()
+
+        task = asyncio.ensure_future(clean())
+        done, _ = await asyncio.wait({task}, timeout=self.close_timeout_s)
+        if task in done:
+            task.result()
+            return
+        log.warning(
+            "backend %s did not finish cleaning up within %.1f s (close_timeout_s); the request goes on without waiting",
+            backend.name,
+            self.close_timeout_s,
+        )
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def _median(self) -> float | None:
         if len(self._times) < 2:
