@@ -16,11 +16,12 @@ from .hookspecs import hookimpl
 from .kernel import fetch, process
 from .model import Backend, Capabilities, default_workers
 from .storage import PosixStorage, Storage, storage_from_config
+from .tasks import ChunkResult
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
-    from .tasks import ChunkResult, ChunkTask
+    from .tasks import ChunkTask
 
 __all__ = ["InlineBackend"]
 
@@ -47,14 +48,16 @@ class InlineBackend(Backend):
     def __init__(self, config: Mapping[str, Any] | None = None, *, storage: Storage | None = None) -> None:
         super().__init__(config)
         self.max_workers = int(self.config.get("max_workers") or default_workers())
+        # a little over-subscription keeps storage reads overlapping decodes; built once, as
+        # the selector asks for it several times per request
+        self._capabilities = Capabilities(max_concurrency=self.max_workers * 2, direct_placement=True)
         self._storage = storage
         self._own_storage = storage is None
         self._pool: ThreadPoolExecutor | None = None
 
     @property
     def capabilities(self) -> Capabilities:
-        # a little over-subscription keeps storage reads overlapping decodes
-        return Capabilities(max_concurrency=self.max_workers * 2, direct_placement=True)
+        return self._capabilities
 
     @property
     def storage(self) -> Storage:
@@ -93,10 +96,11 @@ class InlineBackend(Backend):
             loc = task.location
             if posix is not None and loc is not None:
                 data = posix.read_sync(loc.bucket, loc.key, loc.offset, loc.size)
-            res = process(task, data)
-            if sink is not None:
+            if sink is not None:  # placed here, so the result need not be a copy of the decoded chunk
+                res = process(task, data, copy=False)
                 sink(j, res)
-            return j, res
+                return j, ChunkResult(res.chunk_id, res.status, b"", res.fetched, res.decoded)
+            return j, process(task, data)
 
         limit = max(1, self.capabilities.max_concurrency)
         pending: set[asyncio.Future[tuple[int, ChunkResult]]] = set()

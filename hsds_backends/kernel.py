@@ -112,6 +112,13 @@ def _serialise(values: np.ndarray[Any, Any], dt: np.dtype[Any]) -> bytes:
     return np.ascontiguousarray(values).tobytes()
 
 
+def _serialise_view(values: np.ndarray[Any, Any], dt: np.dtype[Any]) -> bytes | memoryview:
+    """:func:`_serialise`, but a contiguous fixed-size result is a view, not a copy (``copy=False``)."""
+    if not dt.hasobject and values.flags.c_contiguous:
+        return values.reshape(-1).view(np.uint8).data  # the caller copies it once, where it goes
+    return _serialise(values, dt)
+
+
 def _project(meta: DatasetMeta, values: np.ndarray[Any, Any], fields: tuple[str, ...] | None) -> tuple[np.ndarray[Any, Any], np.dtype[Any]]:
     if not fields:
         return values, meta.dtype
@@ -130,11 +137,15 @@ def _parsed_query(text: str, dtype: np.dtype[Any]) -> Query:
     return parse_query(text, dtype)
 
 
-def process(task: ChunkTask, data: bytes | bytearray | memoryview | None) -> ChunkResult:
+def process(task: ChunkTask, data: bytes | bytearray | memoryview | None, *, copy: bool = True) -> ChunkResult:
     """Decode ``data`` (the task's stored bytes, ``None`` if missing) and cut out the selection.
 
-    Equals ``process_chunk(task, decode_task(task, data))``; an executor that
-    caches decoded chunks (a DN) calls the two steps itself.
+    Equals ``process_chunk(task, decode_task(task, data), copy=copy)``; an executor
+    that caches decoded chunks (a DN) calls the two steps itself. With
+    ``copy=False`` a hyperslab result that is already contiguous in the decoded
+    chunk (a whole chunk, or whole rows of it) comes back as a read-only
+    ``memoryview`` of it instead of a copy: for callers that copy the bytes
+    once anyway (into the output, or into an answer).
 
     Returns
     -------
@@ -152,7 +163,7 @@ def process(task: ChunkTask, data: bytes | bytearray | memoryview | None) -> Chu
     """
     chunk = decode_task(task, data)
     fetched = 0 if data is None else len(data)
-    return process_chunk(task, chunk, fetched=fetched)
+    return process_chunk(task, chunk, fetched=fetched, copy=copy)
 
 
 def decode_task(task: ChunkTask, data: bytes | bytearray | memoryview | None) -> np.ndarray[Any, Any] | None:
@@ -191,11 +202,11 @@ def decode_task(task: ChunkTask, data: bytes | bytearray | memoryview | None) ->
         raise
 
 
-def process_chunk(task: ChunkTask, chunk: np.ndarray[Any, Any] | None, *, fetched: int = 0) -> ChunkResult:
+def process_chunk(task: ChunkTask, chunk: np.ndarray[Any, Any] | None, *, fetched: int = 0, copy: bool = True) -> ChunkResult:
     """Cut the task's selection out of a decoded chunk (the second half of :func:`process`).
 
     ``chunk`` comes from :func:`decode_task` (``None``: the chunk is missing);
-    ``fetched`` is reported as the stored bytes read for it.
+    ``fetched`` is reported as the stored bytes read for it; ``copy`` as in :func:`process`.
     """
     meta = task.dset
     cid = task.chunk_id
@@ -209,7 +220,7 @@ def process_chunk(task: ChunkTask, chunk: np.ndarray[Any, Any] | None, *, fetche
         if task.kind == "query":
             return ChunkResult(cid, "ok", _query(task, meta, chunk, sel), fetched, decoded)
         values, dt = _project(meta, chunk[_index(sel)], task.fields)
-        return ChunkResult(cid, "ok", _serialise(values, dt), fetched, decoded)
+        return ChunkResult(cid, "ok", _serialise(values, dt) if copy else _serialise_view(values, dt), fetched, decoded)
     except HsdsBackendsError as exc:
         _name_chunk(exc, cid)
         raise

@@ -383,3 +383,24 @@ def test_dataset_json_written_by_writer_is_readable(tmp_path: Path) -> None:
     ]
     assert j["layout"] == {"class": "H5D_CHUNKED", "dims": [40, 50]}
     assert os.path.isfile(storage.path(BUCKET, "home/test_user1/test.h5/.domain.json"))
+
+
+@pytest.mark.parametrize(
+    ("select", "view"),
+    [(None, True), ("[3:9,:]", True), ("[0:2,0:3]", False), ("[1:30:7,3:9]", False), ("[1:30:7,[4,0,4]]", True)],
+    ids=["whole-chunk", "whole-rows", "sub-block", "stepped", "coordinates"],
+)
+@pytest.mark.parametrize("dtype", [">i4", "<i4"])
+async def test_process_without_copy_gives_a_view_of_the_same_bytes(
+    writer: Writer, storage: PosixStorage, select: str | None, view: bool, dtype: str
+) -> None:
+    meta = await writer.create_dataset(DOMAIN, "/dset", ARANGE.astype(dtype), chunks=(40, 50), filters=["shuffle", "gzip"])
+    task = hs_task(meta, (1, 2), select)
+    data = await kernel.fetch(task, storage)
+    copied = kernel.process(task, data)
+    shared = kernel.process(task, data, copy=False)
+    assert isinstance(copied.data, bytes)
+    # contiguous results (whole rows, or the fresh array numpy's fancy indexing made) are not copied again
+    assert isinstance(shared.data, memoryview) is view
+    assert bytes(shared.data) == copied.data and len(shared.data) == len(copied.data)
+    assert (shared.fetched, shared.decoded) == (copied.fetched, copied.decoded)

@@ -8,6 +8,8 @@ moto server as ``AWS_S3_GATEWAY`` with its credentials).
 
 from __future__ import annotations
 
+import asyncio
+import os
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ pytest.importorskip("awslambdaric")
 
 from hsds_backends.model import Backend  # noqa: E402
 from hsds_backends.testing import BackendTests  # noqa: E402
+from hsds_backends_lambda._process import RuntimeProcess  # noqa: E402
 from hsds_backends_lambda.backend import LambdaBackend  # noqa: E402
 
 
@@ -40,11 +43,12 @@ class TestLambdaBackend(BackendTests[LambdaBackend]):
         assert caps.remote and not caps.costs_money  # the embedded runtime bills nothing
         assert LambdaBackend.static_capabilities.costs_money
 
-    def test_reads_went_through_the_runtime(self, backend: Backend) -> None:
+    def test_reads_went_through_the_runtime(self, backend: Backend, runner: asyncio.Runner) -> None:
         assert isinstance(backend, LambdaBackend)
         rt = backend.runtime
-        assert rt is not None and rt.url.startswith("http://127.0.0.1:")
-        meter = rt.meter(backend.function)
+        assert isinstance(rt, RuntimeProcess)  # the embedded runtime runs in a child process
+        assert rt.url.startswith("http://127.0.0.1:") and rt.pid != os.getpid()
+        meter = runner.run(rt.meter(backend.function))
         assert meter.invocations > 0 and meter.gb_s > 0
         assert backend.stats.invokes >= meter.invocations - meter.throttles
         assert backend.stats.dollars > 0  # what AWS would have charged

@@ -34,28 +34,41 @@ import json
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
-from hsds_backends.errors import BackendError
+from hsds_backends.errors import BackendError, ConfigError, TaskError
 from hsds_backends.model import Backend, Capabilities, CostEstimate, ReadRequest, default_workers
 from hsds_backends.selection import Coords, Slice, format_select, parse_select
-from hsds_backends.errors import TaskError
 from hsds_backends.tasks import ChunkResult, ChunkTask, error_from_wire, field_dtype, query_dtype
 
-from .client import PRICE_GB_S, PRICE_REQUEST, InvokeClient, InvokeRequestTooLarge, InvokeResponseTooLarge, InvokeStats, b64decode
+from .client import (
+    PRICE_GB_S,
+    PRICE_REQUEST,
+    InvokeClient,
+    InvokeRequestTooLarge,
+    InvokeResponseTooLarge,
+    InvokeStats,
+    b64decode,
+)
 from .runtime import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping, Sequence
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
+    from ._process import RuntimeProcess
     from .runtime import LocalLambdaRuntime
 
-__all__ = ["LambdaBackend", "worker_env", "split_task", "expected_result_bytes", "DEFAULT_FUNCTION", "RESULT_BUDGET"]
+__all__ = ["LambdaBackend", "worker_env", "split_task", "expected_result_bytes", "DEFAULT_FUNCTION", "RESULT_BUDGET", "RAW_RESULT_BUDGET"]
 
 DEFAULT_FUNCTION: Final = "chunk_read"
-#: Raw result bytes one answer can carry: base64 makes 4 bytes of 3, and the JSON around them.
-RESULT_BUDGET: Final = (MAX_RESPONSE_BYTES - 64 * 1024) * 3 // 4
+#: Result bytes one raw (binary) answer can carry, with room for its JSON header.
+RAW_RESULT_BUDGET: Final = MAX_RESPONSE_BYTES - 64 * 1024
+#: Result bytes one base64 answer can carry: base64 makes 4 bytes of 3, and the JSON around them.
+RESULT_BUDGET: Final = RAW_RESULT_BUDGET * 3 // 4
+#: Answer encodings the client can ask for (config ``aws_lambda_answer``).
+ANSWERS: Final = ("raw", "base64")
 #: Request bytes one invoke may carry, with room for the JSON wrapper.
 REQUEST_BUDGET: Final = MAX_REQUEST_BYTES - 16 * 1024
 #: Guess for one variable-length element when planning batches (the function corrects it).
@@ -70,6 +83,12 @@ def _opt(config: Mapping[str, Any], key: str, default: Any, cast: Any = None) ->
     if value in (None, ""):
         return default
     return cast(value) if cast else value
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() not in ("0", "false", "no", "off", "")
+    return bool(value)
 
 
 def _loopback(url: str | None) -> bool:
@@ -132,9 +151,13 @@ def worker_env(config: Mapping[str, Any], workers: int = 1) -> dict[str, str]:
     credential keys as ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``
     (the worker processes' environment; payloads never carry credentials). Also
     ``BUCKET_NAME``, ``LOG_LEVEL`` (config ``log_level``, default ``WARNING``) and
-    ``HSDS_LAMBDA_THREADS`` (the cores shared among ``workers`` environments).
+    ``HSDS_LAMBDA_THREADS`` (the cores shared among ``workers`` environments), and the glibc
+    malloc settings of :data:`~hsds_backends_lambda._process.MALLOC_ENV`.
     """
+    from ._process import MALLOC_ENV
+
     env: dict[str, str] = {"LOG_LEVEL": str(_opt(config, "log_level", "WARNING")), "BUCKET_NAME": str(config.get("bucket_name") or "")}
+    env.update(MALLOC_ENV)
     env["HSDS_LAMBDA_THREADS"] = str(max(1, default_workers() // max(1, workers)))
     root = config.get("root_dir")
     if root or not (config.get("aws_s3_gateway") or config.get("storage") == "s3"):
@@ -171,6 +194,7 @@ class _Node:
 class _Run:
     out: asyncio.Queue[tuple[int, ChunkResult] | BaseException]
     stats: InvokeStats
+    sink: Callable[[int, ChunkResult], object] | None = None
 
 
 class LambdaBackend(Backend):
@@ -187,7 +211,9 @@ class LambdaBackend(Backend):
         ``aws_lambda_price_gb_s``, ``aws_lambda_price_request``, ``aws_lambda_batch_tasks``
         (most tasks per invoke, 64), ``aws_lambda_max_attempts`` (8), ``aws_lambda_retry_base``
         (s, 0.05), ``aws_lambda_local_workers`` (environments of the embedded runtime, default
-        the cores, 2–4). Storage keys (``root_dir``, ``aws_s3_gateway``, …) go to the embedded
+        the cores, 2–4), ``aws_lambda_local_process`` (true: the embedded runtime runs in a
+        child process; false: on this event loop), ``aws_lambda_answer`` (``raw``, the default: results come back as
+        binary; ``base64``: base64 in JSON, as HSDS's 2021 protocol). Storage keys (``root_dir``, ``aws_s3_gateway``, …) go to the embedded
         runtime's workers as environment variables, never in payloads.
 
     See Also
@@ -226,8 +252,16 @@ class LambdaBackend(Backend):
         self.max_attempts = int(_opt(cfg, "aws_lambda_max_attempts", 8, int))
         self.retry_base = float(_opt(cfg, "aws_lambda_retry_base", 0.05, float))
         self.local_workers = int(_opt(cfg, "aws_lambda_local_workers", min(4, max(2, default_workers())), int))
-        self.result_budget = int(_opt(cfg, "aws_lambda_result_bytes", RESULT_BUDGET, int))
-        self._runtime = runtime
+        self.answer = str(_opt(cfg, "aws_lambda_answer", "raw")).lower()
+        if self.answer not in ANSWERS:
+            raise ConfigError(f"aws_lambda_answer={self.answer!r} is not one of {', '.join(ANSWERS)}; use raw (binary results) or base64")
+        self.raw = self.answer == "raw"
+        self.result_budget = int(_opt(cfg, "aws_lambda_result_bytes", RAW_RESULT_BUDGET if self.raw else RESULT_BUDGET, int))
+        self.local_process = _flag(_opt(cfg, "aws_lambda_local_process", True))
+        self._place_pool: ThreadPoolExecutor | None = None
+        self._buffers: list[bytearray] = []
+        """Answer buffers for reads with direct placement, reused across invokes (see :meth:`_send_inner`)."""
+        self._runtime: LocalLambdaRuntime | RuntimeProcess | None = runtime
         self._own_runtime = runtime is None and self.embedded
         self._client: InvokeClient | None = None
         self._lock: asyncio.Lock | None = None
@@ -252,11 +286,16 @@ class LambdaBackend(Backend):
             max_concurrency=self.in_flight_cap,
             remote=True,
             costs_money=not self.embedded,
+            direct_placement=True,
         )
 
     @property
-    def runtime(self) -> LocalLambdaRuntime | None:
-        """The local runtime this backend talks to (embedded or given), if any."""
+    def runtime(self) -> LocalLambdaRuntime | RuntimeProcess | None:
+        """The local runtime this backend talks to (embedded or given), if any.
+
+        The embedded one is a :class:`~hsds_backends_lambda._process.RuntimeProcess` (a child
+        process) unless ``aws_lambda_local_process`` is false.
+        """
         return self._runtime
 
     @property
@@ -304,19 +343,24 @@ class LambdaBackend(Backend):
                 return self._client
             cfg = self.config
             if self.embedded and self._runtime is None:
+                from ._process import RuntimeProcess
                 from .runtime import FunctionSpec, LocalLambdaRuntime
 
-                rt = LocalLambdaRuntime(region=str(cfg.get("aws_region") or "us-east-1"))
-                rt.add_function(
-                    FunctionSpec(
-                        self.function,
-                        env=self.worker_env(),
-                        memory_mb=self.memory_mb,
-                        timeout_s=self.timeout_s,
-                        concurrency=self.local_workers,
-                        warm=self.local_workers,
-                    )
+                spec = FunctionSpec(
+                    self.function,
+                    env=self.worker_env(),
+                    memory_mb=self.memory_mb,
+                    timeout_s=self.timeout_s,
+                    concurrency=self.local_workers,
+                    warm=self.local_workers,
                 )
+                region = str(cfg.get("aws_region") or "us-east-1")
+                rt: LocalLambdaRuntime | RuntimeProcess
+                if self.local_process:
+                    rt = RuntimeProcess(spec, region)
+                else:
+                    rt = LocalLambdaRuntime(region=region)
+                    rt.add_function(spec)
                 await rt.start()
                 self._runtime = rt
             if self._runtime is not None and not self.gateway:
@@ -347,6 +391,9 @@ class LambdaBackend(Backend):
             return self._client
 
     async def aclose(self) -> None:
+        pool, self._place_pool = self._place_pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
@@ -361,13 +408,22 @@ class LambdaBackend(Backend):
             return res
         raise BackendError(f"chunk {task.chunk_id}: no result")  # pragma: no cover
 
-    async def read_chunks(self, tasks: Sequence[ChunkTask]) -> AsyncIterator[tuple[int, ChunkResult]]:
-        """Yield ``(i, result)`` as batches complete; the first error cancels the rest and is raised."""
+    async def read_chunks(
+        self, tasks: Sequence[ChunkTask], sink: Callable[[int, ChunkResult], object] | None = None
+    ) -> AsyncIterator[tuple[int, ChunkResult]]:
+        """Yield ``(i, result)`` as batches complete; the first error cancels the rest and is raised.
+
+        With ``sink`` (direct placement), each answer's results are handed to ``sink(i, result)``
+        on a worker thread before they are yielded, so copying them into the output overlaps
+        with receiving the next answers on the event loop.
+        """
         t0 = time.perf_counter()
         stats = InvokeStats(tasks=len(tasks))
         self.last_stats = stats
         client = await self._ensure()
-        run = _Run(asyncio.Queue(), stats)
+        if sink is not None and self._place_pool is None:
+            self._place_pool = ThreadPoolExecutor(default_workers(), thread_name_prefix="hsds-lambda-place")
+        run = _Run(asyncio.Queue(), stats, sink)
         nodes: list[_Node] = []
         for i, t in enumerate(tasks):
             nodes.extend(self._presplit(_Node(t, i)))
@@ -411,32 +467,67 @@ class LambdaBackend(Backend):
             batches.append(cur)
         return batches
 
-    @staticmethod
-    def _payload(nodes: list[_Node]) -> bytes:
-        if len(nodes) == 1:  # the 2021 single-task form
+    def _batched(self, nodes: list[_Node]) -> bool:
+        """Whether ``nodes`` go as a batch event (raw answers need one), not the 2021 single-task form."""
+        return self.raw or len(nodes) > 1
+
+    def _payload(self, nodes: list[_Node]) -> bytes:
+        if not self._batched(nodes):  # the 2021 single-task form
             return json.dumps(nodes[0].task.to_wire(), separators=(",", ":")).encode()
         first = nodes[0].task.dset
-        shared: dict[str, Any] = {}
+        shared: dict[str, Any] = {"answer": "raw"} if self.raw else {}
         if all(n.task.dset is first for n in nodes):
-            shared = {"dset_json": first.wire_json(), "bucket": first.bucket}
+            shared.update({"dset_json": first.wire_json(), "bucket": first.bucket})
         wires = []
         for n in nodes:
             w = n.task.to_wire()
-            if shared:
+            if "dset_json" in shared:
                 del w["dset_json"], w["bucket"]
             wires.append(w)
         return json.dumps({**shared, "tasks": wires}, separators=(",", ":")).encode()
 
-    def _complete(self, run: _Run, node: _Node, res: ChunkResult) -> None:
+    @staticmethod
+    def _complete(node: _Node, res: ChunkResult) -> tuple[int, ChunkResult] | None:
+        """Return ``(task index, result)`` once ``node``'s task is whole (split tasks: all parts in)."""
+        if node.parent is not None and isinstance(res.data, memoryview):  # parts outlive their answer's buffer
+            res = replace(res, data=res.data.tobytes())
         while node.parent is not None:
             parent = node.parent
             parent.parts[node.slot] = res
             parent.done += 1
             if parent.done < len(parent.parts):
-                return
+                return None
             res = _combine(parent.task, parent.parts)  # type: ignore[arg-type]
             node = parent
-        run.out.put_nowait((node.index, res))
+        return node.index, res
+
+    async def _deliver(self, run: _Run, items: list[tuple[int, ChunkResult]], *, pooled: bool = False) -> bool:
+        """Place ``items`` through the sink (on a worker thread), then hand them to the consumer.
+
+        ``pooled``: the results' bytes live in a reused answer buffer, so once placed their
+        views are released: a late reader fails loudly instead of seeing the next answer's bytes.
+        Returns ``False`` if a view could not be released (something still holds it): then the
+        buffer must not be reused.
+        """
+        released = True
+        if run.sink is not None and items:
+            sink = run.sink
+
+            def place() -> None:
+                for i, r in items:
+                    sink(i, r)
+
+            await asyncio.get_running_loop().run_in_executor(self._place_pool, place)
+            if pooled:
+                for _, r in items:
+                    if isinstance(r.data, memoryview):
+                        try:
+                            r.data.release()
+                        except BufferError:
+                            released = False
+        for item in items:
+            run.out.put_nowait(item)
+        return released
 
     async def _send(self, client: InvokeClient, run: _Run, nodes: list[_Node]) -> None:
         try:
@@ -450,12 +541,24 @@ class LambdaBackend(Backend):
         if len(payload) > REQUEST_BUDGET and (len(nodes) > 1 or nodes[0].task.kind == "points"):
             await self._split_and_send(client, run, nodes)
             return
+        buf = None
+        if run.sink is not None and self.raw:  # results are placed before they are yielded: reuse the buffer
+            buf = self._buffers.pop() if self._buffers else bytearray(MAX_RESPONSE_BYTES + 4096)
+        reusable = False
         try:
-            answer = await client.invoke(payload, run.stats, what=what)
+            reusable = await self._answer(client, run, nodes, payload, what, buf)
+        finally:
+            if buf is not None and reusable:
+                self._buffers.append(buf)
+
+    async def _answer(self, client: InvokeClient, run: _Run, nodes: list[_Node], payload: bytes, what: str, buf: bytearray | None) -> bool:
+        """Invoke once for ``nodes`` and deliver the results; return whether ``buf`` may be reused."""
+        try:
+            answer = await client.invoke(payload, run.stats, what=what, into=buf)
         except (InvokeRequestTooLarge, InvokeResponseTooLarge):
             await self._split_and_send(client, run, nodes)
-            return
-        if len(nodes) == 1:
+            return True
+        if not self._batched(nodes):
             results = [answer]
         else:
             got = answer.get("results") if isinstance(answer, dict) else None
@@ -465,6 +568,7 @@ class LambdaBackend(Backend):
                 raise BackendError(f"lambda {self.function!r} answered a batch of {len(nodes)} tasks with {str(answer)[:200]}")
             results = got
         again: list[_Node] = []
+        done: list[tuple[int, ChunkResult]] = []
         for node, r in zip(nodes, results, strict=True):
             if isinstance(r, dict) and r.get("statusCode") == 413 and r.get("error_type") == "ResultTooLarge":
                 node.expected = int(r.get("nbytes") or node.expected)
@@ -474,9 +578,13 @@ class LambdaBackend(Backend):
                 else:
                     again.append(node)
                 continue
-            self._complete(run, node, _result(r, node.task.chunk_id))
+            item = self._complete(node, _result(r, node.task.chunk_id))
+            if item is not None:
+                done.append(item)
+        reusable = await self._deliver(run, done, pooled=buf is not None)
         if again:
             await asyncio.gather(*(self._send_inner(client, run, b) for b in self._batches(again, len(again))))
+        return reusable
 
     async def _split_and_send(self, client: InvokeClient, run: _Run, nodes: list[_Node]) -> None:
         run.stats.split += 1
@@ -515,11 +623,14 @@ def _result(d: Any, chunk_id: str) -> ChunkResult:
     status = d.get("statusCode")
     cid = d.get("chunk_id") or chunk_id
     if status == 200:
+        sizes = {k: v for k in ("fetched", "decoded") if isinstance(v := d.get(k), int)}
+        if "data" in d:  # a raw answer: the bytes themselves
+            return ChunkResult(cid, "ok", d["data"], **sizes)
         body = d.get("body")
         if isinstance(body, str):
             return ChunkResult.from_wire(d, chunk_id)
         try:
-            return ChunkResult(cid, "ok", b64decode(body if body is not None else b""))
+            return ChunkResult(cid, "ok", b64decode(body if body is not None else b""), **sizes)
         except (ValueError, TypeError) as exc:
             raise TaskError(f"chunk {cid}: result body is not valid base64: {exc}") from exc
     if status == 404 and not d.get("error_type"):  # a bare 404: the chunk was never written, fill (§6.4)

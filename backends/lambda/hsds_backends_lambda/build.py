@@ -240,7 +240,6 @@ def build_zip(
     cache.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     import hsds_backends
-
     import hsds_backends_lambda
 
     with tempfile.TemporaryDirectory(prefix="chunk_read-") as tmp:

@@ -33,6 +33,8 @@ from hsds_backends.errors import BackendError, BackendTimeoutError
 
 __all__ = [
     "parse_answer",
+    "parse_raw_answer",
+    "RAW_MAGIC",
     "b64decode",
     "InvokeStats",
     "InvokeClient",
@@ -66,14 +68,52 @@ except ImportError:  # pragma: no cover - pybase64 is a dependency; keep working
         return base64.b64decode(bytes(data) if isinstance(data, memoryview) else data, validate=True)
 
 
+#: First bytes of a raw (binary) batch answer (see ``handler.py``, "Raw answers").
+RAW_MAGIC: Final = b"HSDSRAW1"
+
+
+def parse_raw_answer(raw: bytes) -> dict[str, Any]:
+    """Parse a raw batch answer: each 200 result gets ``"data"``, a zero-copy ``memoryview`` of ``raw``.
+
+    Raises
+    ------
+    ValueError
+        The answer is cut short or its header does not match its bodies.
+    """
+    view = memoryview(raw)
+    start = len(RAW_MAGIC) + 4
+    if len(raw) < start:
+        raise ValueError(f"raw answer of {len(raw)} bytes is shorter than its {start}-byte preamble")
+    hlen = int.from_bytes(view[len(RAW_MAGIC) : start], "little")
+    if start + hlen > len(raw):
+        raise ValueError(f"raw answer of {len(raw)} bytes is cut short: its header alone is {hlen} bytes")
+    doc = json.loads(view[start : start + hlen].tobytes())
+    results = doc.get("results") if isinstance(doc, dict) else None
+    if not isinstance(results, list):
+        raise ValueError(f"raw answer header has no results list: {str(doc)[:200]}")
+    pos = start + hlen
+    for r in results:
+        if isinstance(r, dict) and r.get("statusCode") == 200:
+            n = r.get("nbytes")
+            if not isinstance(n, int) or n < 0 or pos + n > len(raw):
+                raise ValueError(f"raw answer: result {r.get('chunk_id')!r} claims {n!r} bytes at offset {pos} of {len(raw)}")
+            r["data"] = view[pos : pos + n]
+            pos += n
+    if pos != len(raw):
+        raise ValueError(f"raw answer: {len(raw) - pos} bytes after the last result")
+    return doc
+
+
 def parse_answer(raw: bytes) -> Any:
-    """Parse a JSON answer, leaving each ``"body"`` string as a zero-copy ``memoryview`` of ``raw``.
+    """Parse an answer: a raw one (:func:`parse_raw_answer`), or JSON, leaving each ``"body"`` string as a zero-copy ``memoryview`` of ``raw``.
 
     Bodies are base64 (no quotes, no backslashes), so they are cut out with ``bytes.find``
     and only the small rest is parsed as JSON: a 5 MB answer is not turned into a 5 MB
     Python string only to be decoded again. Anything unexpected (an escaped body, a count
     mismatch) falls back to :func:`json.loads`, which gives ``str`` bodies.
     """
+    if raw[: len(RAW_MAGIC)] == RAW_MAGIC:
+        return parse_raw_answer(raw)
     spans: list[tuple[int, int]] = []
     pieces: list[bytes] = []
     pos = 0
@@ -298,8 +338,11 @@ class InvokeClient:
             delay = max(delay, retry_after)
         return delay
 
-    async def invoke(self, payload: bytes, stats: InvokeStats, *, what: str = "") -> Any:
-        """Invoke the function with ``payload`` and return its JSON answer.
+    async def invoke(self, payload: bytes, stats: InvokeStats, *, what: str = "", into: bytearray | None = None) -> Any:
+        """Invoke the function with ``payload`` and return its answer (:func:`parse_answer`).
+
+        With ``into``, a successful answer is received into that buffer when it fits (no
+        fresh allocation per answer); the parsed answer then refers to ``into``'s bytes.
 
         Raises
         ------
@@ -321,7 +364,7 @@ class InvokeClient:
                 stats.retried += 1
             retry_after: float | None = None
             resp: Any = None
-            body = b""
+            body: bytes | memoryview = b""
             async with sem:
                 self._in_flight += 1
                 stats.in_flight = self._in_flight
@@ -334,7 +377,7 @@ class InvokeClient:
                     if self.log_tail:
                         kwargs["LogType"] = "Tail"
                     resp = await client.invoke(**kwargs)
-                    body = await resp["Payload"].read()
+                    body = await _read_payload(resp, into if not resp.get("FunctionError") else None)
                 except ClientError as exc:
                     resp = None
                     stats.failed += 1
@@ -369,9 +412,11 @@ class InvokeClient:
             stats.response_bytes += len(body)
             if not resp.get("FunctionError"):
                 try:
+                    if isinstance(body, memoryview) and body[: len(RAW_MAGIC)] != RAW_MAGIC:
+                        body = body.tobytes()  # JSON answers are parsed from bytes
                     return parse_answer(body)
                 except ValueError as exc:
-                    raise BackendError(f"lambda {self.function!r} answered with invalid JSON: {body[:200]!r}") from exc
+                    raise BackendError(f"lambda {self.function!r} answered with an unreadable payload ({exc}): {body[:200]!r}") from exc
             stats.failed += 1
             try:
                 err = json.loads(body)
@@ -405,6 +450,28 @@ class InvokeClient:
         stats.billed_ms += billed
         stats.gb_s += gbs
         stats.dollars += gbs * self.price_gb_s + self.price_request
+
+
+async def _read_payload(resp: Any, into: bytearray | None) -> bytes | memoryview:
+    """Read an Invoke reply's payload, into ``into`` when its declared length fits."""
+    stream = resp["Payload"]
+    try:
+        length = int(resp["ResponseMetadata"]["HTTPHeaders"]["content-length"])
+    except (KeyError, TypeError, ValueError):
+        length = -1
+    if into is None or not 0 <= length <= len(into) or not hasattr(stream, "readinto"):
+        data: bytes = await stream.read()
+        return data
+    view = memoryview(into)[:length]
+    pos = 0
+    while pos < length:
+        n = await stream.readinto(view[pos:])
+        if n == 0:
+            break
+        pos += n
+    if pos != length:
+        raise OSError(f"the Invoke reply ended after {pos} of its {length} bytes")
+    return view
 
 
 def _retry_after(response: dict[str, Any]) -> float | None:
