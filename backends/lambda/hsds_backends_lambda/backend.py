@@ -190,6 +190,27 @@ class _Node:
         self.expected = expected_result_bytes(task)
 
 
+class _Lease:
+    """One answer buffer from ``pool``, taken only when an answer arrives (so at most one per invoke in flight)."""
+
+    __slots__ = ("buf", "pool")
+
+    def __init__(self, pool: list[bytearray]) -> None:
+        self.pool = pool
+        self.buf: bytearray | None = None
+
+    def get(self) -> bytearray:
+        if self.buf is None:
+            self.buf = self.pool.pop() if self.pool else bytearray(MAX_RESPONSE_BYTES + 4096)
+        return self.buf
+
+    def end(self, reusable: bool) -> None:
+        """Give the buffer back when nothing refers to its bytes any more (``reusable``)."""
+        if self.buf is not None and reusable:
+            self.pool.append(self.buf)
+        self.buf = None
+
+
 @dataclass
 class _Run:
     out: asyncio.Queue[tuple[int, ChunkResult] | BaseException]
@@ -541,20 +562,19 @@ class LambdaBackend(Backend):
         if len(payload) > REQUEST_BUDGET and (len(nodes) > 1 or nodes[0].task.kind == "points"):
             await self._split_and_send(client, run, nodes)
             return
-        buf = None
-        if run.sink is not None and self.raw:  # results are placed before they are yielded: reuse the buffer
-            buf = self._buffers.pop() if self._buffers else bytearray(MAX_RESPONSE_BYTES + 4096)
+        # results are placed before they are yielded, so their answer's buffer can be reused
+        lease = _Lease(self._buffers) if run.sink is not None and self.raw else None
         reusable = False
         try:
-            reusable = await self._answer(client, run, nodes, payload, what, buf)
+            reusable = await self._answer(client, run, nodes, payload, what, lease)
         finally:
-            if buf is not None and reusable:
-                self._buffers.append(buf)
+            if lease is not None:
+                lease.end(reusable)
 
-    async def _answer(self, client: InvokeClient, run: _Run, nodes: list[_Node], payload: bytes, what: str, buf: bytearray | None) -> bool:
-        """Invoke once for ``nodes`` and deliver the results; return whether ``buf`` may be reused."""
+    async def _answer(self, client: InvokeClient, run: _Run, nodes: list[_Node], payload: bytes, what: str, lease: _Lease | None) -> bool:
+        """Invoke once for ``nodes`` and deliver the results; return whether the leased buffer may be reused."""
         try:
-            answer = await client.invoke(payload, run.stats, what=what, into=buf)
+            answer = await client.invoke(payload, run.stats, what=what, into=lease.get if lease is not None else None)
         except (InvokeRequestTooLarge, InvokeResponseTooLarge):
             await self._split_and_send(client, run, nodes)
             return True
@@ -581,7 +601,7 @@ class LambdaBackend(Backend):
             item = self._complete(node, _result(r, node.task.chunk_id))
             if item is not None:
                 done.append(item)
-        reusable = await self._deliver(run, done, pooled=buf is not None)
+        reusable = await self._deliver(run, done, pooled=lease is not None)
         if again:
             await asyncio.gather(*(self._send_inner(client, run, b) for b in self._batches(again, len(again))))
         return reusable

@@ -26,6 +26,7 @@ import logging
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
@@ -338,11 +339,14 @@ class InvokeClient:
             delay = max(delay, retry_after)
         return delay
 
-    async def invoke(self, payload: bytes, stats: InvokeStats, *, what: str = "", into: bytearray | None = None) -> Any:
+    async def invoke(
+        self, payload: bytes, stats: InvokeStats, *, what: str = "", into: Callable[[], bytearray] | None = None
+    ) -> Any:
         """Invoke the function with ``payload`` and return its answer (:func:`parse_answer`).
 
-        With ``into``, a successful answer is received into that buffer when it fits (no
-        fresh allocation per answer); the parsed answer then refers to ``into``'s bytes.
+        With ``into``, a successful answer is received into the buffer ``into()`` returns
+        (called once the answer is on its way) when it fits: no fresh allocation per answer.
+        The parsed answer then refers to that buffer's bytes.
 
         Raises
         ------
@@ -452,17 +456,18 @@ class InvokeClient:
         stats.dollars += gbs * self.price_gb_s + self.price_request
 
 
-async def _read_payload(resp: Any, into: bytearray | None) -> bytes | memoryview:
-    """Read an Invoke reply's payload, into ``into`` when its declared length fits."""
+async def _read_payload(resp: Any, into: Callable[[], bytearray] | None) -> bytes | memoryview:
+    """Read an Invoke reply's payload, into the buffer ``into()`` gives when its declared length fits."""
     stream = resp["Payload"]
     try:
         length = int(resp["ResponseMetadata"]["HTTPHeaders"]["content-length"])
     except (KeyError, TypeError, ValueError):
         length = -1
-    if into is None or not 0 <= length <= len(into) or not hasattr(stream, "readinto"):
+    buf = into() if into is not None and 0 <= length and hasattr(stream, "readinto") else None
+    if buf is None or length > len(buf):
         data: bytes = await stream.read()
         return data
-    view = memoryview(into)[:length]
+    view = memoryview(buf)[:length]
     pos = 0
     while pos < length:
         n = await stream.readinto(view[pos:])
