@@ -230,7 +230,11 @@ class Assembler:
 
     # ----------------------------------------------------------------- API
     def add(self, i: int, res: ChunkResult) -> None:
-        """Place the result of ``plan.tasks[i]``."""
+        """Place the result of ``plan.tasks[i]``.
+
+        Nothing refers to ``res.data`` after this returns (its bytes are copied), so a
+        backend may reuse the buffer behind it.
+        """
         plan = self.plan
         place = plan.placements[i]
         self._count(len(res.data), 1 if res.status == "missing" and plan.kind != "query" else 0)
@@ -247,7 +251,9 @@ class Assembler:
                 else:
                     if len(res.data) % qdt.itemsize:
                         raise TaskError(f"chunk {res.chunk_id}: query result of {len(res.data)} bytes is not whole rows of {qdt.itemsize}")
-                    self._rows[i] = np.frombuffer(res.data, dtype=qdt)
+                    # kept past this call: copy unless the bytes are immutable (a backend may reuse its buffer)
+                    data = res.data if isinstance(res.data, bytes) else bytes(res.data)
+                    self._rows[i] = np.frombuffer(data, dtype=qdt)
             return
         out = self._out
         assert out is not None

@@ -525,10 +525,11 @@ class LambdaBackend(Backend):
     async def _deliver(self, run: _Run, items: list[tuple[int, ChunkResult]], *, pooled: bool = False) -> bool:
         """Place ``items`` through the sink (on a worker thread), then hand them to the consumer.
 
-        ``pooled``: the results' bytes live in a reused answer buffer, so once placed their
-        views are released: a late reader fails loudly instead of seeing the next answer's bytes.
-        Returns ``False`` if a view could not be released (something still holds it): then the
-        buffer must not be reused.
+        ``pooled``: the results' bytes live in a reused answer buffer. The sink copies what it
+        keeps (:meth:`hsds_backends.plan.Assembler.add` does), and the views are then released
+        so that a late reader through them fails loudly instead of seeing the next answer's
+        bytes. Returns ``False`` if a view could not be released (something still holds it):
+        then the buffer must not be reused.
         """
         released = True
         if run.sink is not None and items:
