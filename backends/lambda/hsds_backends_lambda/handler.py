@@ -99,8 +99,8 @@ class _State:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = dict(env)
         self.loop = asyncio.new_event_loop()
-        threads = int(env.get("HSDS_LAMBDA_THREADS") or 0) or (os.cpu_count() or 1)
-        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="chunk-read")
+        self.threads = max(1, int(env.get("HSDS_LAMBDA_THREADS") or 0) or (os.cpu_count() or 1))
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="chunk-read")
         self.storage: Storage = storage_from_config(_storage_config(env))
         allow = [b.strip() for b in (env.get("BUCKET_ALLOWLIST") or "").split(",") if b.strip()]
         self.allowlist: frozenset[str] | None = None if not allow or "*" in allow else frozenset(allow)
@@ -277,6 +277,8 @@ async def _run_one(task: ChunkTask, state: _State) -> ChunkResult:
     if data is None and task.kind != "query":
         return process(task, None)
     # no copy of whole-chunk results: the answer is assembled (copied) once from the decoded chunks
+    if state.threads == 1:  # one decode thread: decoding right here saves a thread hop per chunk
+        return process(task, data, copy=False)
     return await asyncio.get_running_loop().run_in_executor(state.pool, functools.partial(process, task, data, copy=False))
 
 
