@@ -180,7 +180,7 @@ class Assembler:
         elif self._vlen:
             self._out = np.empty(plan.block_shape, dtype=dt)
         else:
-            self._out = np.empty(plan.block_shape, dtype=f"V{dt.itemsize}")
+            self._out = np.empty(plan.block_shape, dtype=_raw_dtype(dt.itemsize))
         self._fill_value: np.ndarray[Any, Any] | None = None
         self._lock = threading.Lock()
         self.filled = 0
@@ -213,7 +213,7 @@ class Assembler:
                     raw = proj.tobytes()
                 else:
                     raw = meta.fill_raw
-                self._fill_value = np.frombuffer(raw, dtype=f"V{len(raw)}").reshape(())
+                self._fill_value = np.frombuffer(raw, dtype=_raw_dtype(len(raw))).reshape(())
         return self._fill_value
 
     def _values(self, data: bytes | bytearray | memoryview, shape: tuple[int, ...], cid: str) -> np.ndarray[Any, Any]:
@@ -226,7 +226,7 @@ class Assembler:
                 raise TaskError(f"chunk {cid}: result holds malformed variable-length data: {exc}") from exc
         if len(data) != n * dt.itemsize:
             raise TaskError(f"chunk {cid}: result has {len(data)} bytes, expected {n * dt.itemsize} ({n} × {dt.itemsize})")
-        return np.frombuffer(data, dtype=f"V{dt.itemsize}").reshape(shape)
+        return np.frombuffer(data, dtype=_raw_dtype(dt.itemsize)).reshape(shape)
 
     # ----------------------------------------------------------------- API
     def add(self, i: int, res: ChunkResult) -> None:
@@ -293,6 +293,14 @@ class Assembler:
         if not self._vlen:
             out = out.view(plan.out_dtype) if plan.out_dtype.subdtype is None else _view_subarray(out, plan.out_dtype)
         return out.reshape(plan.result_shape + out.shape[len(plan.block_shape) :])
+
+
+def _raw_dtype(itemsize: int) -> np.dtype[Any]:
+    """The dtype results are placed as: raw bytes per element (unsigned ints copy faster than ``V``)."""
+    return np.dtype(_UINT.get(itemsize, f"V{itemsize}"))
+
+
+_UINT = {1: "u1", 2: "<u2", 4: "<u4", 8: "<u8"}
 
 
 def _view_subarray(out: np.ndarray[Any, Any], dt: np.dtype[Any]) -> np.ndarray[Any, Any]:
