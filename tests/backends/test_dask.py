@@ -130,6 +130,29 @@ class TestDaskBackend(BackendTests[DaskBackend]):
         out = self._read(reader_and_backend, runner, "be_i4")
         assert out.tobytes() == conformance.arrays["be_i4"].tobytes()
 
+    @pytest.mark.timeout(240)
+    def test_reads_after_reads_cut_short_by_chunk_errors(self, reader_and_backend: Any, runner: asyncio.Runner, conformance: Any) -> None:
+        # A chunk error ends a read while other batches' results are being gathered. Cancelling
+        # those gathers poisoned the client's shared gather: a later read hung forever (2 CI runs
+        # in 5; reproduced here within ~60 reads). Every read must end with the right error.
+        reader, backend = reader_and_backend
+
+        async def go() -> list[str]:
+            seen = []
+            dom = await reader.open(CONFORMANCE_DOMAIN)
+            for _ in range(40):
+                for name in conformance.bad_keys:
+                    dset = await dom.get(f"/{name}")
+                    try:
+                        await asyncio.wait_for(dset.read(None, backend=backend), 60)
+                    except ChunkDecodeError as exc:
+                        seen.append(type(exc).__name__)
+            return seen
+
+        assert runner.run(go()) == ["ChunkDecodeError"] * 120
+        out = self._read(reader_and_backend, runner, "be_i4")
+        assert out.tobytes() == conformance.arrays["be_i4"].tobytes()
+
     def test_read_stats_name_the_backend(
         self, reader_and_backend: Any, runner: asyncio.Runner, conformance: Any
     ) -> None:

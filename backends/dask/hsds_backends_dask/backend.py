@@ -87,6 +87,16 @@ def _number(config: Mapping[str, Any], key: str, *, integer: bool, minimum: floa
 _CANCEL_TIMEOUT_S: Final = 5.0
 
 
+async def _result_of(fut: Any) -> Any:
+    return await fut
+
+
+def _quiet(task: asyncio.Future[Any]) -> None:
+    """Collect a clean-up task's outcome so it is never reported as unretrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
 class DaskBackend(Backend):
     """Run chunk tasks on a dask.distributed cluster.
 
@@ -417,13 +427,22 @@ class DaskBackend(Backend):
         done: asyncio.Queue[tuple[int, Any, BaseException | None]] = asyncio.Queue()
 
         async def fetch(j: int, fut: Any) -> None:
+            # The result is gathered in a task of its own that is never cancelled: distributed
+            # shares one gather among concurrent requests, and cancelling a request that owns it
+            # poisons every later gather of the client (they all raise CancelledError; seen as
+            # reads that hung after a chunk error had cut an earlier read short).
+            gather = asyncio.ensure_future(_result_of(fut))
+            gather.add_done_callback(lambda t, f=fut: (_quiet(t), f.release()))  # the worker may drop it now
             try:
-                value, error = await fut, None
-            except asyncio.CancelledError:
-                raise
+                value, error = await asyncio.shield(gather), None
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # our own clean-up
+                # cancelled on the cluster, not by this read: say so instead of waiting forever
+                value, error = None, BackendError(f"dask cancelled task {fut.key} on the cluster: {exc or 'no reason given'}")
             except Exception as exc:  # noqa: BLE001 - handed to the consumer with its batch
                 value, error = None, exc
-            fut.release()  # the worker may drop the result now
             done.put_nowait((j, value, error))
 
         fetchers = [asyncio.ensure_future(fetch(j, f)) for j, f in enumerate(futures)]
@@ -453,13 +472,17 @@ class DaskBackend(Backend):
         finally:
             for f in fetchers:
                 f.cancel()
-            await asyncio.gather(*fetchers, return_exceptions=True)
             left = [f for f in futures if not f.done()]
+            cleanup = [*fetchers]
             if left:
-                # Bounded: a cancel whose acknowledgement never comes (seen once a batch had failed
-                # with a chunk error) must not hang the read; dropped futures are released anyway.
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(client.cancel(left), timeout=_CANCEL_TIMEOUT_S)
+                cleanup.append(asyncio.ensure_future(client.cancel(left)))
+            # Bounded, and without waiting for the clean-up to acknowledge its own cancellation
+            # (asyncio.wait_for would): a cancel whose answer never comes (seen after a batch had
+            # failed with a chunk error) must not hang the read; dropped futures are released anyway.
+            _, pending = await asyncio.wait(cleanup, timeout=_CANCEL_TIMEOUT_S)
+            for t in pending:
+                t.cancel()
+                t.add_done_callback(_quiet)
 
     def _batch_failure(self, exc: BaseException, batch: list[ChunkTask]) -> HsdsBackendsError:
         """Turn a failed dask task (after retries) into our error, naming its chunks."""
