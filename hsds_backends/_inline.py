@@ -121,7 +121,10 @@ class InlineBackend(Backend):
                     yield f.result()
         finally:
             for f in pending:
-                f.cancel()
+                if not f.done():
+                    f.cancel()
+                elif not f.cancelled():
+                    f.exception()  # retrieved: one error is raised, the others are not news
 
     async def aclose(self) -> None:
         if self._pool is not None:

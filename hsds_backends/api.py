@@ -38,7 +38,7 @@ from .model import Backend, Choice, ReadRequest, RequestStats, current_stats
 from .plan import Assembler, ReadPlan, plan_hyperslab, plan_points, plan_query
 from .plugins import backend_names, get_plugin_manager, make_backend
 from .selection import Hyperslab, from_index, parse_select
-from .selector import candidates_for, estimate, rank, select_backend
+from .selector import candidates_for, estimate, only_core_implements, rank, select_backend
 from .storage import Storage, check_bucket, storage_from_config
 
 if TYPE_CHECKING:
@@ -99,6 +99,7 @@ class Reader:
         self._own_storage = storage is None
         self.pm = pm or get_plugin_manager()
         self._backends: dict[str, Backend] = {}
+        self._names: tuple[tuple[object, ...], list[str]] = ((), [])
 
     def __repr__(self) -> str:
         return f"Reader(storage={self.storage!r}, backends={sorted(self._backends)})"
@@ -117,8 +118,21 @@ class Reader:
             self._backends[name] = b
         return b
 
+    def backend_names(self) -> list[str]:
+        """Return the installed backends' names, sorted (recomputed only when the plugins change)."""
+        impls = tuple(self.pm.hook.hsds_backends_backend_classes.get_hookimpls())
+        if impls != self._names[0]:
+            self._names = (impls, backend_names(self.pm))
+        return self._names[1]
+
     def request(self, plan: ReadPlan, *, nonstrict: bool = False, budget_dollars: float | None = None) -> ReadRequest:
-        """Wrap ``plan`` as a :class:`ReadRequest` whose estimates go through the ``estimate_cost`` hook."""
+        """Wrap ``plan`` as a :class:`ReadRequest` whose estimates go through the ``estimate_cost`` hook.
+
+        When no plugin implements that hook, the request asks each backend's
+        :meth:`Backend.estimate` directly, as the core's implementation would.
+        """
+        if only_core_implements(self.pm, "hsds_backends_estimate_cost"):
+            return ReadRequest(plan, nonstrict, budget_dollars)
         holder: list[ReadRequest] = []
         req = ReadRequest(plan, nonstrict, budget_dollars, estimator=lambda b: estimate(self.pm, b, holder[0]))
         holder.append(req)
@@ -133,12 +147,12 @@ class Reader:
 
     def _choose(self, request: ReadRequest, backend: str | Backend | None) -> Choice:
         return select_backend(
-            request, explicit=backend, config=self.config, pm=self.pm, get_backend=self.backend, names=backend_names(self.pm)
+            request, explicit=backend, config=self.config, pm=self.pm, get_backend=self.backend, names=self.backend_names()
         )
 
     def _others(self, request: ReadRequest, chosen: Backend) -> list[Backend]:
         """Other backends that can serve ``request``, fastest estimate first."""
-        cands, _ = candidates_for(request, backend_names(self.pm), self.backend)
+        cands, _ = candidates_for(request, self.backend_names(), self.backend)
         return rank(request, [b for b in cands if b is not chosen])
 
     async def run(
@@ -156,16 +170,23 @@ class Reader:
         chose, ``always``, ``never``) re-runs tasks of a failed backend on the
         next-best one; hedging (config ``hedge_multiple`` > 0) duplicates
         stragglers on the next-best backend. See :mod:`hsds_backends.execute`.
+
+        The wall time of a request that ran entirely on its backend, which
+        was already started, is recorded in the backend's measured latency
+        (:meth:`Backend.observe`) for the selector's next estimates; a read
+        that cold-started the backend is not (cold start is modelled by
+        ``cold_start_s``), nor one that failed over or whose hedge won.
         """
         t0 = time.perf_counter()
         request = self.request(plan, nonstrict=nonstrict, budget_dollars=budget_dollars)
         choice = self._choose(request, backend)
         b = choice.backend
-        est = request.estimate(b)
-        stats = RequestStats(b.name, choice.reason, plan.kind, plan.num_chunks, estimate_seconds=est.seconds, estimate_dollars=est.dollars)
+        est = choice.estimate if choice.estimate is not None else request.estimate(b)
+        started = b.started
+        # the reason is built only if someone reads it (issue #6: selection overhead)
+        stats = RequestStats(b.name, lambda: choice.reason, plan.kind, plan.num_chunks, estimate_seconds=est.seconds, estimate_dollars=est.dollars)
         mode = str(self.config.get("failover") or "auto").lower()
-        auto_chosen = choice.reason.startswith(("auto", "hsds2021", "policy"))
-        allow_failover = mode == "always" or (mode == "auto" and auto_chosen)
+        allow_failover = mode == "always" or (mode == "auto" and not choice.named)
         asm = Assembler(plan)
         ex = Execution(
             plan,
@@ -180,6 +201,7 @@ class Reader:
         token = current_stats.set(stats)
         try:
             if plan.tasks:
+                b.latency.note_attempt(request.shape)
                 await ex.run(b)
         finally:
             current_stats.reset(token)
@@ -187,9 +209,10 @@ class Reader:
         stats.missing = asm.filled
         stats.bytes_returned = asm.bytes_returned
         stats.seconds = time.perf_counter() - t0
-        if not stats.failovers:
+        if plan.tasks and started and not stats.failovers and not stats.hedges_won:
             b.observe(request, stats.seconds)
-        log.info("read %s: %s", plan.meta.id, stats.to_json())
+        if log.isEnabledFor(logging.INFO):  # to_json copies every field: not for nothing on each request
+            log.info("read %s: %s", plan.meta.id, stats.to_json())
         return ReadResult(data, stats)
 
     # --------------------------------------------------------------- domains

@@ -72,6 +72,9 @@ DEFAULTS: Final[dict[str, Any]] = {
     "failover": "auto",  # auto (only for backends the selector chose) | always | never
     "hedge_multiple": 0.0,  # 0 = no hedging
     "hedge_min_seconds": 0.05,
+    # auto policy: run an unmeasured free candidate to measure it, if started or its estimate
+    # (with cold start) is within this many times the best estimate; 0 = never explore
+    "auto_explore": 3.0,
 }
 
 #: Keys holding byte sizes: ``"128m"`` → 134217728 (§6.5 step 3: k/m/g are ×1024, 1024², 1024³).
@@ -257,6 +260,7 @@ _CASTERS: Final[dict[str, _Caster]] = {
     "failover": _cast_lower,
     "hedge_multiple": _with_minimum(_cast_float, 0),
     "hedge_min_seconds": _with_minimum(_cast_float, 0),
+    "auto_explore": _with_minimum(_cast_float, 0),
 }
 assert _CASTERS.keys() == DEFAULTS.keys()
 

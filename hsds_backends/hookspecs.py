@@ -97,8 +97,12 @@ def hsds_backends_estimate_cost(backend: Backend, request: ReadRequest) -> CostE
 
     Called by the default selection policy for every backend that can serve
     the request. The core's built-in implementation (``trylast``) returns
-    ``backend.estimate_cost(request)``; a site plugin may return its own
-    figure (say, from measured latencies) for some backends.
+    ``backend.estimate(request)``: the backend's declared
+    ``estimate_cost(request)`` with its time replaced by the backend's
+    measured latency for requests of the same shape once there is some. A
+    site plugin may return its own figure for some backends; it is used as
+    is. While no plugin implements this hook, the reader calls
+    ``backend.estimate`` directly (no per-request hook dispatch).
 
     Stops at the first non-None result.
 
@@ -128,7 +132,8 @@ def hsds_backends_select_backend(
     Called by :func:`hsds_backends.selector.select_backend` when neither the
     caller nor the config names a backend (config ``backend: auto``). The
     core's default policy is a built-in implementation marked ``trylast``, so
-    a site plugin's implementation runs first and may override it.
+    a site plugin's implementation runs first and may override it (while no
+    plugin implements this hook, the core calls its policy directly).
 
     Stops at the first non-None result.
 

@@ -16,7 +16,10 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from ._latency import DEFAULT_WINDOW, LatencyTable, ShapeKey, shape_key
 
 if TYPE_CHECKING:
     from .plan import ReadPlan
@@ -30,6 +33,8 @@ __all__ = [
     "ReadRequest",
     "RequestStats",
     "Choice",
+    "LatencyTable",
+    "ShapeKey",
     "current_stats",
     "default_workers",
 ]
@@ -74,7 +79,37 @@ class Capabilities:
     direct_placement: bool = False
     """``read_chunks(tasks, sink=...)`` accepts a thread-safe ``sink(j, result)`` and calls it from
     its worker threads, so results are copied into the output there (in parallel) rather than on
-    the event loop. The backend still yields ``(j, result)`` for every task."""
+    the event loop. The backend still yields ``(j, result)`` for every task, but once ``sink``
+    has taken a result its ``data`` may be empty or released (the sink copies what it keeps, so a
+    backend may reuse the buffer behind it)."""
+
+
+class LazyText:
+    """A ``str`` attribute that may be given as a function and is built on first read.
+
+    A data descriptor, so as a dataclass field's default it makes the field
+    accept ``str | Callable[[], str]`` and always read as ``str`` (``asdict``
+    and ``repr`` included).
+    """
+
+    __slots__ = ("_attr",)
+
+    def __init__(self) -> None:
+        self._attr = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._attr = "_lazy_" + name
+
+    def __get__(self, obj: object | None, objtype: type | None = None) -> str:
+        if obj is None:
+            return ""  # the class-level default, as dataclasses asks for it
+        value = obj.__dict__.get(self._attr, "")
+        if not isinstance(value, str):
+            value = obj.__dict__[self._attr] = str(value())
+        return str(value)
+
+    def __set__(self, obj: object, value: str | Callable[[], str]) -> None:
+        obj.__dict__[self._attr] = value
 
 
 @dataclass
@@ -87,8 +122,9 @@ class RequestStats:
 
     backend: str = ""
     """Backend that ran the request (the first one, if tasks failed over)."""
-    reason: str = ""
-    """Why the selector chose it (one line)."""
+    reason: LazyText = LazyText()
+    """Why the selector chose it (one line). Reads as a ``str``; may be set to a function
+    returning it, which is called on first read (most requests never read it)."""
     kind: str = ""
     """``hyperslab``, ``points`` or ``query``."""
     chunks: int = 0
@@ -147,7 +183,7 @@ class BackendCounters:
     retried: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class CostEstimate:
     """A backend's estimate for running a plan."""
 
@@ -155,8 +191,10 @@ class CostEstimate:
     """Expected wall time."""
     dollars: float = 0.0
     """Expected charge (0 for local backends)."""
-    detail: str = ""
-    """One line saying how the figure was reached."""
+    detail: LazyText = LazyText()
+    """One line saying how the figure was reached. Reads as a ``str``; may be given as a
+    function returning it, called on first read (the selector estimates every candidate on
+    every request, and the details are only read for the reason)."""
 
 
 @dataclass(frozen=True)
@@ -174,7 +212,7 @@ class ReadRequest:
 
     def estimate(self, backend: Backend) -> CostEstimate:
         """Return ``backend``'s cost estimate for this request (through the hook when available)."""
-        return self.estimator(backend) if self.estimator is not None else backend.estimate_cost(self)
+        return self.estimator(backend) if self.estimator is not None else backend.estimate(self)
 
     @property
     def kind(self) -> str:
@@ -184,13 +222,53 @@ class ReadRequest:
     def num_chunks(self) -> int:
         return self.plan.num_chunks
 
+    @cached_property
+    def shape(self) -> ShapeKey:
+        """The key measured latency is kept under: ``(kind, size bucket of num_chunks)`` (:func:`shape_key`)."""
+        return shape_key(self.plan.kind, self.plan.num_chunks)
 
-@dataclass(frozen=True, slots=True)
+
 class Choice:
-    """The selector's answer: which backend and why (one line)."""
+    """The selector's answer: which backend, why (one line) and, if known, its estimate.
 
-    backend: Backend
-    reason: str
+    Parameters
+    ----------
+    backend
+        The backend that runs the request.
+    reason
+        The one-line reason, or a function returning it: the text is built
+        on first access of :attr:`reason` only (most requests never read it).
+    estimate
+        The chosen backend's estimate, when the policy computed it (saves
+        estimating twice).
+    named
+        Whether the backend was named by the caller or the config rather than
+        chosen by a policy (then there is no failover under ``failover: auto``).
+    """
+
+    __slots__ = ("backend", "_reason", "estimate", "named")
+
+    def __init__(
+        self, backend: Backend, reason: str | Callable[[], str], estimate: CostEstimate | None = None, *, named: bool = False
+    ) -> None:
+        self.backend = backend
+        self._reason = reason
+        self.estimate = estimate
+        self.named = named
+
+    @property
+    def reason(self) -> str:
+        """The one-line reason (built now if it was given as a function)."""
+        r = self._reason
+        if not isinstance(r, str):
+            r = self._reason = r()
+        return r
+
+    def __str__(self) -> str:
+        return f"{self.backend.name}: {self.reason}"
+
+    def __repr__(self) -> str:
+        return f"Choice({self.backend!r}, {self.reason!r})"
 
 
 class Backend(ABC):
@@ -199,9 +277,11 @@ class Backend(ABC):
     Subclasses set ``name`` (= entry-point name = registered plugin name),
     ``description`` and ``url``, implement :attr:`capabilities` and
     :meth:`read_chunk`, and may override :meth:`read_chunks` to batch,
-    :meth:`estimate_cost` to model their costs and :meth:`aclose` to stop
-    what they started. Construction must be cheap and do no I/O: start
-    clusters, processes and clients lazily on first use.
+    :meth:`estimate_cost` to model their costs (the *declared* estimate;
+    :meth:`estimate` replaces its time by measured latency once there is
+    some), :attr:`started` when they start something on first use, and
+    :meth:`aclose` to stop what they started. Construction must be cheap and
+    do no I/O: start clusters, processes and clients lazily on first use.
 
     See Also
     --------
@@ -213,21 +293,21 @@ class Backend(ABC):
     url: ClassVar[str] = ""
     #: Capabilities known without configuration (used by ``hsds-backends backends``).
     static_capabilities: ClassVar[Capabilities] = Capabilities()
-    #: Fixed per-request overhead and per-chunk time used by the default cost model.
+    #: Fixed per-request overhead and per-wave time of the declared cost model (:meth:`estimate_cost`).
     overhead_s: ClassVar[float] = 0.001
     per_chunk_s: ClassVar[float] = 0.004
 
     #: Extra seconds for the first request (process/cluster start, cold functions).
     cold_start_s: ClassVar[float] = 0.0
-    #: Weight of the newest observation in the moving average of measured wave times.
-    ewma_alpha: ClassVar[float] = 0.3
+    #: Readings of measured latency kept per plan shape (their median is used; see :class:`LatencyTable`).
+    latency_window: ClassVar[int] = DEFAULT_WINDOW
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         self.config: Mapping[str, Any] = dict(config or {})
         self._closed = False
         self.counters = BackendCounters()
-        self.measured_wave_s: float | None = None
-        """Moving average of measured seconds per wave of tasks (``None`` until a request ran)."""
+        self.latency = LatencyTable(self.latency_window)
+        """Measured seconds per wave of tasks, per plan shape (filled by :meth:`observe`)."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
@@ -264,41 +344,82 @@ class Backend(ABC):
 
     @property
     def started(self) -> bool:
-        """Whether the backend's resources are up (no cold start ahead). Remote backends override."""
-        return True
+        """Whether the backend's resources are up (no cold start ahead).
 
-    def wave_s(self) -> float:
-        """Seconds per wave of ``max_concurrency`` tasks: measured average, else the declared ``per_chunk_s``."""
-        return self.measured_wave_s if self.measured_wave_s is not None else self.per_chunk_s
+        By default an in-process backend is always started and a remote one
+        once it has served a request in this process (its first request may
+        have started a runtime, a cluster, connections). Backends that know
+        better override it (``containers``: its DNs are up; ``dask``: the
+        client is connected). The selector adds ``cold_start_s`` while not
+        started, and the reader does not record the latency of a read that
+        began unstarted.
+        """
+        return self.counters.requests > 0 or not self.capabilities.remote
+
+    def _waves(self, num_chunks: int) -> int:
+        return math.ceil(num_chunks / max(1, self.capabilities.max_concurrency))
 
     def observe(self, request: ReadRequest, seconds: float) -> None:
-        """Fold a finished request's wall time into the moving average (called by the reader)."""
+        """Record a finished request's wall time under its plan shape.
+
+        Called by the reader after a request ran entirely on this backend
+        from an already started state (no cold start, no failover, no hedge
+        won elsewhere), so the figure is what this backend costs for that
+        shape. Stored per wave of ``max_concurrency`` tasks — the whole wall
+        time, fixed overhead included, so that the estimate for the same plan
+        is the time measured — which makes requests of different sizes within
+        one size bucket comparable.
+        """
         n = request.num_chunks
         if n == 0:
             return
-        waves = math.ceil(n / max(1, self.capabilities.max_concurrency))
-        sample = max(0.0, seconds - self.overhead_s) / waves
-        prev = self.measured_wave_s
-        self.measured_wave_s = sample if prev is None else (1 - self.ewma_alpha) * prev + self.ewma_alpha * sample
+        self.latency.record(request.shape, seconds / self._waves(n), n)
 
     def estimate_cost(self, request: ReadRequest) -> CostEstimate:
-        """Estimate wall time (and dollars) for ``request``.
+        """Return the *declared* estimate of wall time (and dollars) for ``request``.
 
-        overhead + (cold start if not started) + waves × per-wave time, where a
-        wave is ``max_concurrency`` tasks and the per-wave time is the moving
-        average of measured requests once there are any.
+        overhead + (cold start if not started) + waves × ``per_chunk_s``,
+        where a wave is ``max_concurrency`` tasks. Override to model a
+        backend's costs (dollars, payload batching, transfer); return an
+        infinite time to refuse a request. Measured latency is applied on
+        top of this by :meth:`estimate`.
         """
-        n = request.num_chunks
-        conc = max(1, self.capabilities.max_concurrency)
-        waves = math.ceil(n / conc)
+        waves = self._waves(request.num_chunks)
         cold = 0.0 if self.started else self.cold_start_s
-        w = self.wave_s()
-        secs = self.overhead_s + cold + waves * w
-        src = "measured" if self.measured_wave_s is not None else "declared"
-        detail = f"{self.overhead_s * 1e3:.1f} ms + {waves} wave(s) × {w * 1e3:.1f} ms ({src})"
-        if cold:
-            detail += f" + cold start {cold:.1f} s"
+        secs = self.overhead_s + cold + waves * self.per_chunk_s
+
+        def detail() -> str:
+            text = f"{self.overhead_s * 1e3:.1f} ms + {waves} wave(s) × {self.per_chunk_s * 1e3:.1f} ms (declared)"
+            return text + (f" + cold start {cold:.1f} s" if cold else "")
+
         return CostEstimate(secs, 0.0, detail)
+
+    def estimate(self, request: ReadRequest) -> CostEstimate:
+        """Return the estimate the selector uses: measured latency where there is some, else declared.
+
+        Starts from :meth:`estimate_cost` (which keeps its dollars, and its
+        refusal when infinite). When this backend has served requests of
+        the same shape (:attr:`ReadRequest.shape`), the time is waves × the
+        median measured seconds per wave ("measured"); else, when it has
+        served the same kind at another size, that bucket's figure scaled by
+        waves ("measured at ~N chunks"); else the declared figure stands.
+        Cold start (``cold_start_s``) is added while not :attr:`started`.
+        Called by the core's ``hsds_backends_estimate_cost`` implementation.
+        """
+        declared = self.estimate_cost(request)
+        m = self.latency.lookup(request.shape)
+        n = request.num_chunks
+        if m is None or n == 0 or not math.isfinite(declared.seconds):
+            return declared
+        waves = self._waves(n)
+        cold = 0.0 if self.started else self.cold_start_s
+
+        def detail() -> str:
+            src = "measured" if m.exact else f"measured at ~{m.chunks} chunk{'s' if m.chunks != 1 else ''}"
+            text = f"{waves} wave(s) × {m.wave_s * 1e3:.1f} ms ({src})"
+            return text + (f" + cold start {cold:.1f} s" if cold else "")
+
+        return CostEstimate(cold + waves * m.wave_s, declared.dollars, detail)
 
     # ------------------------------------------------------------- execution
     @abstractmethod

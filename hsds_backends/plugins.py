@@ -45,6 +45,7 @@ __all__ = [
     "make_backend",
     "ENTRY_POINT_GROUP",
     "build_plugin_manager",
+    "is_traced",
 ]
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class _State:
     pm: pluggy.PluginManager
     broken: dict[str, BaseException] = field(default_factory=dict)
     dists: dict[str, tuple[str, str]] = field(default_factory=dict)
+    traced: bool = False
 
 
 _lock = threading.Lock()
@@ -157,12 +159,19 @@ def _build(blocked: Iterable[str] = (), eps: Iterable[EntryPoint] | None = None)
             "hook names start with 'hsds_backends_' (see hsds_backends.hookspecs)"
         ) from exc
     if os.environ.get("HSDS_BACKENDS_TRACE", "").lower() not in ("", "0", "false", "no"):
+        state.traced = True
         pm.add_hookcall_monitoring(
             lambda name, impls, kw: log.warning("hook %s(%s) -> %s", name, sorted(kw), [i.plugin_name for i in impls]),
             lambda outcome, name, impls, kw: None,
         )
     _STATES[pm] = state
     return state
+
+
+def is_traced(pm: pluggy.PluginManager) -> bool:
+    """Return whether ``pm`` was built with ``HSDS_BACKENDS_TRACE`` set (its hook calls are logged)."""
+    state = _STATES.get(pm)
+    return state is not None and state.traced
 
 
 def _check_hooks(pm: pluggy.PluginManager, plugin: object, name: str) -> None:

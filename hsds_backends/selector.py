@@ -6,7 +6,12 @@ plugin's ``hsds_backends_select_backend`` runs first and may override it.
 Policies (config ``backend_policy``):
 
 - ``auto`` (default): the fastest estimate among the backends that can serve
-  the request, within an optional dollar budget.
+  the request, within an optional dollar budget. Estimates come from each
+  backend's measured latency for requests of the same shape (kind and size
+  bucket, :mod:`hsds_backends._latency`) once there is some, else from its
+  declared cost model. Bounded exploration (config ``auto_explore``) runs a
+  free candidate that has no measurement for the request's shape yet, so a
+  backend that is faster than declared gets found.
 - ``hsds2021``: HSDS's 2021 rule (hsds-format.md §6.2): Lambda iff the request
   is ``nonstrict``, a function is configured and chunks (or points) ≥
   ``aws_lambda_threshold`` × DN count; else containers.
@@ -15,26 +20,58 @@ Policies (config ``backend_policy``):
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+import math
+import sys
+from typing import TYPE_CHECKING, Any, Final
 
+from ._latency import bucket_label
+from .config import DEFAULTS
 from .errors import ConfigError, NoBackendError
 from .hookspecs import hookimpl
 from .model import Backend, Choice, CostEstimate, ReadRequest
+from .plugins import is_traced
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
     import pluggy
 
-__all__ = ["select_backend", "default_policy", "hsds2021_policy", "estimate", "candidates_for", "rank", "POLICIES"]
+__all__ = [
+    "select_backend",
+    "default_policy",
+    "hsds2021_policy",
+    "estimate",
+    "only_core_implements",
+    "explore_factor",
+    "candidates_for",
+    "rank",
+    "POLICIES",
+    "EXPLORE_ATTEMPTS",
+]
 
 log = logging.getLogger(__name__)
+
+#: Requests of one shape a backend may be explored with before it is given up on for that
+#: shape: a first exploration that cold-started it is not measured, so it gets one more.
+EXPLORE_ATTEMPTS: Final = 2
+
+
+def only_core_implements(pm: pluggy.PluginManager, hook: str) -> bool:
+    """Return whether the core's built-in policy module is the only implementation of ``hook``.
+
+    Then the reader calls that implementation directly, skipping pluggy's
+    dispatch on every request (issue #6: auto's selection overhead). A plugin
+    registered later is seen on the next request. Never true for a manager
+    built with ``HSDS_BACKENDS_TRACE`` set, so traced runs log every hook call.
+    """
+    impls = getattr(pm.hook, hook).get_hookimpls()
+    return len(impls) == 1 and impls[0].plugin is _THIS_MODULE and not is_traced(pm)
 
 
 def estimate(pm: pluggy.PluginManager, backend: Backend, request: ReadRequest) -> CostEstimate:
     """Return the cost estimate for ``backend`` through the ``hsds_backends_estimate_cost`` hook."""
     est: CostEstimate | None = pm.hook.hsds_backends_estimate_cost(backend=backend, request=request)
-    return est if est is not None else backend.estimate_cost(request)
+    return est if est is not None else backend.estimate(request)
 
 
 def candidates_for(
@@ -86,6 +123,10 @@ def select_backend(
     default even when not configured for automatic use). For 3 and 4 the
     candidates are the installed backends that are configured and can serve
     the request.
+
+    The ``auto`` policy (:func:`default_policy`) picks the lowest estimate —
+    measured latency for the request's shape once there is some — and
+    explores an unmeasured free candidate when config ``auto_explore`` allows.
     """
     if isinstance(explicit, Backend):
         return _named(explicit, request, "asked for by the caller")
@@ -99,10 +140,14 @@ def select_backend(
         raise NoBackendError(
             f"no backend can serve {request.plan.meta.id} ({request.num_chunks} chunks): " + "; ".join(declined)
         )
-    choice: Choice | None = pm.hook.hsds_backends_select_backend(request=request, candidates=candidates, config=config)
+    choice: Choice | None
+    if only_core_implements(pm, "hsds_backends_select_backend"):
+        choice = hsds_backends_select_backend(request, candidates, config)
+    else:
+        choice = pm.hook.hsds_backends_select_backend(request=request, candidates=candidates, config=config)
     if choice is None:  # pragma: no cover - the default policy always answers
         choice = default_policy(request, candidates, config)
-    log.info("backend %s: %s", choice.backend.name, choice.reason)
+    log.info("backend %s", choice)  # Choice.__str__: the reason is only built if this is logged
     return choice
 
 
@@ -112,33 +157,115 @@ def _named(backend: Backend, request: ReadRequest, why: str) -> Choice:
         raise NoBackendError(
             f"backend {backend.name!r} ({why}) cannot serve {request.plan.meta.id} ({request.num_chunks} chunks): {declined}"
         )
-    return Choice(backend, why)
+    return Choice(backend, why, named=True)
 
 
 def _fmt_s(s: float) -> str:
     return f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
 
 
+def explore_factor(config: Mapping[str, Any]) -> float:
+    """Return config ``auto_explore`` as a number >= 0 (0 = no exploration).
+
+    Raises
+    ------
+    ConfigError
+        The value is not a number or is negative.
+    """
+    value = config.get("auto_explore")
+    if value is None:
+        return float(DEFAULTS["auto_explore"])
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    try:
+        factor = float(str(value).strip())
+    except ValueError:
+        factor = -1.0
+    if not factor >= 0:  # also rejects nan
+        raise ConfigError(
+            f"config key 'auto_explore': {value!r} is not a number >= 0; "
+            "use e.g. 3 (explore candidates up to 3x the best estimate) or 0 (never explore)"
+        )
+    return factor
+
+
+def _explorable(
+    request: ReadRequest, est: CostEstimate, b: Backend, best: CostEstimate, factor: float
+) -> bool:
+    """Whether ``b`` may be run to measure it: unmeasured for this shape, free, finite, and started or cheap enough to start."""
+    key = request.shape
+    return (
+        math.isfinite(est.seconds)
+        and not b.latency.measured(key)
+        and b.latency.attempts(key) < EXPLORE_ATTEMPTS
+        and (est.seconds <= factor * best.seconds or b.started)
+        and not b.capabilities.costs_money
+    )
+
+
 def default_policy(request: ReadRequest, candidates: Sequence[Backend], config: Mapping[str, Any]) -> Choice:
-    """Choose the candidate with the lowest estimated time within the dollar budget."""
+    """Choose the candidate with the lowest estimated time within the dollar budget, or explore one.
+
+    Estimates come from :meth:`ReadRequest.estimate`: a backend's measured
+    latency for requests of this shape (kind and size bucket of the chunk
+    count) once it has served some, else the nearest measured size of the same
+    kind, else its declared cost model.
+
+    Exploration: only the chosen backend gets measured, so a candidate whose
+    declared estimate is pessimistic would never be tried. When config
+    ``auto_explore`` (default 3.0) is > 0 and the best candidate's estimate
+    is measured for this request's shape (so a fresh reader's first choice is
+    always the lowest estimate), another candidate is run instead if it
+    has no measurement for the shape yet (and has not been tried
+    :data:`EXPLORE_ATTEMPTS` times for it), its estimate is finite and within
+    the budget, it does not cost money, and it is already started or its
+    estimate including cold start is within ``auto_explore`` × the best
+    estimate. Of several, the lowest estimate goes first. The reason then
+    starts with ``auto: exploring NAME``.
+    """
     scored = [(request.estimate(b), b) for b in candidates]
-    within = [(e, b) for e, b in scored if request.budget_dollars is None or e.dollars <= request.budget_dollars]
+    budget = request.budget_dollars
+    within = scored if budget is None else [(e, b) for e, b in scored if e.dollars <= budget]
     if not within:
         cheapest = min(scored, key=lambda eb: eb[0].dollars)
         raise NoBackendError(
-            f"no backend fits the budget of ${request.budget_dollars:.6f} for {request.num_chunks} chunks; "
+            f"no backend fits the budget of ${budget:.6f} for {request.num_chunks} chunks; "
             f"the cheapest is {cheapest[1].name!r} at ${cheapest[0].dollars:.6f}: raise the budget"
         )
-    est, best = min(within, key=lambda eb: eb[0].seconds)
-    others = ", ".join(f"{b.name} {_fmt_s(e.seconds)}" for e, b in sorted(scored, key=lambda eb: eb[0].seconds) if b is not best)
-    money = f", ${est.dollars:.6f}" if est.dollars else ""
-    reason = f"auto: {best.name} fastest at {_fmt_s(est.seconds)}{money} for {request.num_chunks} {_unit(request)}"
-    reason += f" ({est.detail})" + (f"; others: {others}" if others else "; only candidate")
-    if request.budget_dollars is not None:
-        over = [b.name for e, b in scored if e.dollars > request.budget_dollars]
-        if over:
-            reason += f"; over budget ${request.budget_dollars}: {', '.join(over)}"
-    return Choice(best, reason)
+    best_est, best = min(within, key=lambda eb: eb[0].seconds)
+    est, chosen, exploring = best_est, best, False
+    if len(within) > 1:
+        factor = explore_factor(config)
+        key = request.shape
+        # explore only against a measured best: an unmeasured best gets measured by running it
+        if factor > 0 and best.latency.measured(key):
+            trial = [(e, b) for e, b in within if b is not best and _explorable(request, e, b, best_est, factor)]
+            if trial:
+                est, chosen = min(trial, key=lambda eb: eb[0].seconds)
+                exploring = True
+
+    def reason() -> str:
+        others = ", ".join(
+            f"{b.name} {_fmt_s(e.seconds)}" for e, b in sorted(scored, key=lambda eb: eb[0].seconds) if b is not chosen
+        )
+        money = f", ${est.dollars:.6f}" if est.dollars else ""
+        n = f"{request.num_chunks} {_unit(request)}"
+        if exploring:
+            kind, bucket = request.shape
+            text = (
+                f"auto: exploring {chosen.name}: no measurement yet for {kind} reads of {bucket_label(bucket)}; "
+                f"{_fmt_s(est.seconds)}{money} for {n} ({est.detail}) vs {best.name} {_fmt_s(best_est.seconds)}"
+            )
+        else:
+            text = f"auto: {chosen.name} fastest at {_fmt_s(est.seconds)}{money} for {n} ({est.detail})"
+        text += f"; others: {others}" if others else "; only candidate"
+        if budget is not None:
+            over = [b.name for e, b in scored if e.dollars > budget]
+            if over:
+                text += f"; over budget ${budget}: {', '.join(over)}"
+        return text
+
+    return Choice(chosen, reason, est)
 
 
 def _unit(request: ReadRequest) -> str:
@@ -171,7 +298,7 @@ def hsds2021_policy(request: ReadRequest, candidates: Sequence[Backend], config:
         return Choice(by_name["containers"], f"hsds2021: containers ({cond})")
     # the rule said "not Lambda": choose among the others
     fallback = default_policy(request, [b for b in candidates if b.name != "lambda"] or candidates, config)
-    return Choice(fallback.backend, f"hsds2021: containers not available ({cond}); {fallback.reason}")
+    return Choice(fallback.backend, lambda: f"hsds2021: containers not available ({cond}); {fallback.reason}", fallback.estimate)
 
 
 #: Named policies for config ``backend_policy``.
@@ -192,4 +319,7 @@ def hsds_backends_select_backend(request: ReadRequest, candidates: Sequence[Back
 
 @hookimpl(trylast=True)
 def hsds_backends_estimate_cost(backend: Backend, request: ReadRequest) -> CostEstimate:
-    return backend.estimate_cost(request)
+    return backend.estimate(request)
+
+
+_THIS_MODULE: Final = sys.modules[__name__]

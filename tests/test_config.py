@@ -181,6 +181,14 @@ def test_numbers_and_floats() -> None:
         load_config(env={"DN_RETRY_BACKOFF_EXP": "fast"})
 
 
+def test_auto_explore() -> None:
+    assert load_config(env={})["auto_explore"] == 3.0
+    assert load_config(env={"HSDS_BACKENDS_AUTO_EXPLORE": "0"})["auto_explore"] == 0.0
+    assert load_config(env={"AUTO_EXPLORE": "1.5"})["auto_explore"] == 1.5
+    with pytest.raises(ConfigError, match=r"'auto_explore': '-1' from env AUTO_EXPLORE is not >= 0"):
+        load_config(env={"AUTO_EXPLORE": "-1"})
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

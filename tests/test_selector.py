@@ -15,6 +15,7 @@ from hsds_backends import plugins
 from hsds_backends.errors import BackendError, ChunkDecodeError, ConfigError, NoBackendError
 from hsds_backends.kernel import run_task
 from hsds_backends.model import Backend, Capabilities, CostEstimate, ReadRequest, current_stats
+from hsds_backends.plan import plan_points
 from hsds_backends.storage import PosixStorage, storage_from_config
 from hsds_backends.tasks import ChunkResult, ChunkTask
 from hsds_backends.writer import Writer
@@ -35,6 +36,10 @@ class _KernelBackend(Backend):
         super().__init__(config)
         self.storage = storage_from_config(self.config)
         self.seen: list[str] = []
+
+    @property
+    def started(self) -> bool:
+        return True  # in-process fakes have nothing to start, remote=True or not
 
     async def read_chunk(self, task: ChunkTask) -> ChunkResult:
         self.seen.append(task.chunk_id)
@@ -270,24 +275,275 @@ def test_unknown_policy_is_a_config_error(root: Path) -> None:
         _decide(root, _pm(Local), "/grid", config={"backend_policy": "fastest"})
 
 
-def test_measured_latency_moving_average_changes_the_choice(root: Path) -> None:
-    pm = _pm(Local, Cluster)
+# ------------------------------------------------------------------ measured latency and exploration
 
-    async def go() -> tuple[str, str, float | None]:
-        async with hb.Reader({"root_dir": str(root)}, pm=pm) as reader:
-            d = await (await reader.open(DOMAIN)).get("/grid")
-            plan = d.plan(np.s_[0:8, 0:8])
-            first = reader.choose(plan)[0].name
-            local = reader.backend("local")
-            local.measured_wave_s = 0.5  # as if local had been measured slow
-            b, reason = reader.choose(plan)
-            res = await d.read_result(np.s_[0:8, 0:8])  # runs on cluster, feeding its average
-            return first, b.name + "|" + reason, reader.backend("cluster").measured_wave_s
 
-    first, second, measured = asyncio.run(go())
-    assert first == "local"
-    assert second.startswith("cluster|auto: cluster fastest") and "others: local 500.2 ms" in second
-    assert measured is not None and 0 <= measured < 1.0
+class Slowpoke(_KernelBackend):
+    """Declared slow: explored after cheaper candidates."""
+
+    name: ClassVar[str] = "slowpoke"
+    overhead_s: ClassVar[float] = 0.0
+    per_chunk_s: ClassVar[float] = 0.1
+
+
+class ColdStart(_KernelBackend):
+    """Starts on its first read (like embedded DNs): that read is not measured."""
+
+    name: ClassVar[str] = "coldstart"
+    static_capabilities: ClassVar[Capabilities] = Capabilities(max_concurrency=8, remote=True)
+    overhead_s: ClassVar[float] = 0.001
+    per_chunk_s: ClassVar[float] = 0.001
+    cold_start_s: ClassVar[float] = 1.0
+
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(config)
+        self.up = False
+
+    @property
+    def started(self) -> bool:
+        return self.up
+
+    async def read_chunk(self, task: ChunkTask) -> ChunkResult:
+        self.up = True
+        return await super().read_chunk(task)
+
+
+async def _open(reader: hb.Reader, dset: str = "/grid") -> Any:
+    return await (await reader.open(DOMAIN)).get(dset)
+
+
+def _run(root: Path, pm: Any, body: Any, **config: Any) -> Any:
+    """Run ``await body(reader, dataset)`` in a fresh reader on /grid."""
+
+    async def go() -> Any:
+        async with hb.Reader({"root_dir": str(root), **config}, pm=pm) as reader:
+            return await body(reader, await _open(reader))
+
+    return asyncio.run(go())
+
+
+ONE = np.s_[0:8, 0:8]  # 1 chunk of /grid
+SIXTEEN = np.s_[0:32, 0:32]  # 16 chunks: bucket 5–16
+
+
+def test_measurement_is_kept_per_plan_shape(root: Path) -> None:
+    async def body(reader: hb.Reader, d: Any) -> None:
+        local = reader.backend("local")  # max_concurrency 2
+        one, sixteen = reader.request(d.plan(ONE)), reader.request(d.plan(SIXTEEN))
+        points = reader.request(plan_points(d.meta, [[0, 0], [9, 9]]))
+        assert (one.shape, sixteen.shape, points.shape) == (("hyperslab", 0), ("hyperslab", 2), ("points", 1))
+        local.observe(one, 0.5)
+        e1, e16, ep = one.estimate(local), sixteen.estimate(local), points.estimate(local)
+        assert (e1.seconds, e1.detail) == (0.5, "1 wave(s) × 500.0 ms (measured)")
+        # nothing measured at 16 chunks: the nearest measured size of the kind, scaled by waves
+        assert (e16.seconds, e16.detail) == (4.0, "8 wave(s) × 500.0 ms (measured at ~1 chunk)")
+        assert ep.detail.endswith("(declared)")  # another kind never borrows a hyperslab figure
+        local.observe(sixteen, 0.08)
+        assert sixteen.estimate(local).seconds == pytest.approx(0.08)
+        assert sixteen.estimate(local).detail == "8 wave(s) × 10.0 ms (measured)"
+        assert one.estimate(local).seconds == 0.5  # a big read does not pollute the one-chunk figure
+
+    _run(root, _pm(Local), body)
+
+
+def test_nearest_bucket_and_median_of_recent_readings() -> None:
+    from hsds_backends.model import LatencyTable
+
+    t = LatencyTable(window=5)
+    t.record(("query", 0), 0.010, 1)
+    t.record(("query", 2), 0.002, 12)
+    t.record(("hyperslab", 1), 9.0, 3)
+    m = t.lookup(("query", 1))  # 2–4 chunks: buckets 0 and 2 are equally near; the larger wins
+    assert m is not None and (m.key, m.wave_s, m.chunks, m.exact) == (("query", 2), 0.002, 12, False)
+    m = t.lookup(("query", 5))
+    assert m is not None and m.key == ("query", 2)
+    assert t.lookup(("points", 1)) is None
+    # a change of regime (a warmed cache) wins after three readings; one outlier is ignored
+    key = ("hyperslab", 4)
+    for s in (0.9, 0.9, 0.9, 0.3, 0.3):
+        t.record(key, s, 200)
+    assert t.lookup(key).wave_s == 0.9  # type: ignore[union-attr]
+    t.record(key, 0.3, 200)
+    assert t.lookup(key).wave_s == 0.3  # type: ignore[union-attr]
+    t.record(key, 50.0, 200)  # a pause
+    assert t.lookup(key).wave_s == 0.3  # type: ignore[union-attr]
+
+
+def test_shape_buckets() -> None:
+    from hsds_backends._latency import bucket_label, shape_key
+
+    got = {n: shape_key("points", n)[1] for n in (0, 1, 2, 4, 5, 16, 17, 64, 65, 256, 257, 1024, 1025)}
+    assert got == {0: 0, 1: 0, 2: 1, 4: 1, 5: 2, 16: 2, 17: 3, 64: 3, 65: 4, 256: 4, 257: 5, 1024: 5, 1025: 6}
+    assert [bucket_label(b) for b in range(6)] == ["1 chunk", "2–4 chunks", "5–16 chunks", "17–64 chunks", "65–256 chunks", "257–1024 chunks"]
+
+
+def test_cold_start_read_is_not_measured(root: Path) -> None:
+    async def body(reader: hb.Reader, d: Any) -> tuple[Any, ...]:
+        cold = reader.backend("coldstart")
+        key = reader.request(d.plan(ONE)).shape
+        first = reader.request(d.plan(ONE)).estimate(cold)
+        await d.read(ONE, backend="coldstart")  # starts it: not a measurement
+        after_start = (cold.latency.measured(key), cold.latency.attempts(key), reader.request(d.plan(ONE)).estimate(cold))
+        await d.read(ONE, backend="coldstart")
+        return first, after_start, cold.latency.measured(key), cold.latency.attempts(key)
+
+    first, (measured1, attempts1, est1), measured2, attempts2 = _run(root, _pm(ColdStart), body)
+    assert first.detail.endswith("+ cold start 1.0 s") and first.seconds > 1.0
+    assert (measured1, attempts1) == (False, 1)
+    assert est1.seconds == pytest.approx(0.002) and "cold start" not in est1.detail  # declared, now started
+    assert (measured2, attempts2) == (True, 2)
+
+
+def test_auto_picks_the_measured_fastest(root: Path) -> None:
+    async def body(reader: hb.Reader, d: Any) -> list[str]:
+        plan = d.plan(ONE)
+        req = reader.request(plan)
+        local, cluster = reader.backend("local"), reader.backend("cluster")
+        out = [reader.choose(plan)[1]]  # fresh: declared figures, local wins
+        local.observe(req, 0.003)  # local measured; cluster unmeasured but started: explored
+        out.append(reader.choose(plan)[1])
+        cluster.observe(req, 0.002)  # cluster measured faster than declared
+        out.append(reader.choose(plan)[1])
+        for _ in range(3):  # local got fast (a warm cache): the median follows after three readings
+            local.observe(req, 0.001)
+        out.append(reader.choose(plan)[1])
+        return out
+
+    fresh, explore, measured, switched = _run(root, _pm(Local, Cluster), body)
+    assert fresh.startswith("auto: local fastest at 4.2 ms for 1 chunk (0.2 ms + 1 wave(s) × 4.0 ms (declared))")
+    assert explore.startswith("auto: exploring cluster: no measurement yet for hyperslab reads of 1 chunk; 56.0 ms for 1 chunk")
+    assert "(50.0 ms + 1 wave(s) × 6.0 ms (declared)) vs local 3.0 ms; others: local 3.0 ms" in explore
+    assert measured == "auto: cluster fastest at 2.0 ms for 1 chunk (1 wave(s) × 2.0 ms (measured)); others: local 3.0 ms"
+    assert switched.startswith("auto: local fastest at 1.0 ms for 1 chunk (1 wave(s) × 1.0 ms (measured))")
+
+
+def test_exploration_runs_unmeasured_candidates_cheapest_first(root: Path) -> None:
+    async def body(reader: hb.Reader, d: Any) -> list[tuple[str, str]]:
+        out = []
+        for _ in range(4):
+            res = await d.read_result(SIXTEEN)
+            out.append((res.stats.backend, res.stats.reason))
+            assert res.data.tobytes() == GRID[SIXTEEN].tobytes()
+        return out
+
+    runs = _run(root, _pm(Local, Cluster, Slowpoke), body)
+    # a fresh reader's first choice is the lowest estimate; then each unmeasured candidate once, cheapest first
+    assert [b for b, _ in runs[:3]] == ["local", "cluster", "slowpoke"]
+    assert runs[0][1].startswith("auto: local fastest at 32.2 ms for 16 chunks")
+    assert runs[1][1].startswith("auto: exploring cluster: no measurement yet for hyperslab reads of 5–16 chunks; 56.0 ms for 16 chunks (")
+    assert runs[2][1].startswith("auto: exploring slowpoke: no measurement yet for hyperslab reads of 5–16 chunks; 1.60 s for 16 chunks (")
+    assert runs[3][1].startswith(f"auto: {runs[3][0]} fastest at ") and "(measured)" in runs[3][1]
+
+
+def test_an_unmeasured_best_is_run_rather_than_explored_around(root: Path) -> None:
+    async def body(reader: hb.Reader, d: Any) -> list[str]:
+        plan = d.plan(ONE)
+        reader.backend("local").observe(reader.request(plan), 0.5)  # local measured slow
+        first = reader.choose(plan)[1]  # cluster's declared 56 ms is best: run it, no exploring
+        reader.backend("cluster").observe(reader.request(plan), 0.05)
+        return [first, reader.choose(plan)[1]]
+
+    first, second = _run(root, _pm(Local, Cluster, Slowpoke), body)
+    assert first.startswith("auto: cluster fastest at 56.0 ms for 1 chunk"), first
+    assert second.startswith("auto: exploring slowpoke: no measurement yet for hyperslab reads of 1 chunk; 100.0 ms"), second
+
+
+def test_exploration_disabled_by_auto_explore_0(root: Path) -> None:
+    async def body(reader: hb.Reader, d: Any) -> list[str]:
+        return [(await d.read_result(SIXTEEN)).stats.reason for _ in range(3)]
+
+    reasons = _run(root, _pm(Local, Cluster), body, auto_explore=0)
+    assert all(r.startswith("auto: local fastest at ") for r in reasons), reasons
+    assert "(measured)" in reasons[-1]
+
+
+def test_no_exploration_of_backends_that_cost_money(root: Path) -> None:
+    async def body(reader: hb.Reader, d: Any) -> tuple[str, str]:
+        plan = d.plan(SIXTEEN)
+        reader.backend("local").observe(reader.request(plan), 0.0001)
+        solo = reader.choose(plan)[1]
+        return solo, ""
+
+    solo, _ = _run(root, _pm(Local, Serverless), body, aws_lambda_chunkread_function="f")
+    assert solo.startswith("auto: local fastest at") and "others: lambda" in solo
+
+    async def body2(reader: hb.Reader, d: Any) -> str:
+        plan = d.plan(SIXTEEN)
+        reader.backend("local").observe(reader.request(plan), 0.0001)
+        return reader.choose(plan)[1]
+
+    # lambda's estimate is below cluster's, but only the free one is explored
+    reason = _run(root, _pm(Local, Cluster, Serverless), body2, aws_lambda_chunkread_function="f")
+    assert reason.startswith("auto: exploring cluster:"), reason
+
+
+def test_exploration_of_an_unstarted_backend_is_bounded_by_auto_explore(root: Path) -> None:
+    async def body(reader: hb.Reader, d: Any) -> str:
+        plan = d.plan(ONE)
+        reader.backend("local").observe(reader.request(plan), 0.004)
+        return reader.choose(plan)[1]
+
+    # coldstart would need 1 s to start against local's 4 ms: not within 3x
+    assert _run(root, _pm(Local, ColdStart), body).startswith("auto: local fastest at 4.0 ms")
+    assert _run(root, _pm(Local, ColdStart), body, auto_explore=1000).startswith("auto: exploring coldstart:")
+
+
+def test_exploration_gives_up_after_unmeasured_attempts(root: Path) -> None:
+    from hsds_backends.selector import EXPLORE_ATTEMPTS
+
+    async def body(reader: hb.Reader, d: Any) -> str:
+        plan = d.plan(ONE)
+        req = reader.request(plan)
+        reader.backend("local").observe(req, 0.5)
+        for _ in range(EXPLORE_ATTEMPTS):  # e.g. reads that failed over: ran, never measured
+            reader.backend("cluster").latency.note_attempt(req.shape)
+        return reader.choose(plan)[1]
+
+    assert _run(root, _pm(Local, Cluster), body).startswith("auto: cluster fastest at 56.0 ms")
+
+
+def test_reason_is_built_only_when_read(root: Path) -> None:
+    from hsds_backends.model import Choice, RequestStats
+
+    calls: list[int] = []
+
+    def reason() -> str:
+        calls.append(1)
+        return "built"
+
+    stats = RequestStats("local", reason)
+    assert calls == []
+    assert (stats.reason, stats.to_json()["reason"], stats.reason, calls) == ("built", "built", "built", [1])
+    assert RequestStats().reason == "" and RequestStats("x", "text").reason == "text"
+    choice = Choice(Local({}), lambda: "why")
+    assert choice.reason == "why" and str(choice) == "local: why"
+    est = CostEstimate(1.0, 0.0, lambda: "lazy detail")
+    assert est.detail == "lazy detail" and CostEstimate(1.0).detail == ""
+
+    async def body(reader: hb.Reader, d: Any) -> tuple[str, str]:
+        res = await d.read_result(ONE)
+        return res.stats.reason, reader.choose(d.plan(ONE))[1]
+
+    got, explained = _run(root, _pm(Local), body)
+    assert got.startswith("auto: local fastest at 4.2 ms for 1 chunk") and got.endswith("; only candidate")
+    assert explained.startswith("auto: local fastest at") and "(measured)" in explained
+
+
+def test_reader_sees_plugins_registered_later(root: Path) -> None:
+    pm = _pm(Local)
+
+    async def body(reader: hb.Reader, d: Any) -> tuple[list[str], list[str], str]:
+        before = list(reader.backend_names())
+        pm.register(_Plugin([Cluster]), name="late")
+        return before, reader.backend_names(), reader.choose(d.plan(None))[0].name
+
+    before, after, chosen = _run(root, pm, body)
+    assert (before, after, chosen) == (["local"], ["cluster", "local"], "cluster")
+
+
+def test_bad_auto_explore_is_a_config_error(root: Path) -> None:
+    with pytest.raises(ConfigError, match=r"config key 'auto_explore': 'lots' is not a number >= 0; use e\.g\. 3"):
+        _decide(root, _pm(Local, Cluster), "/grid", config={"auto_explore": "lots"})
 
 
 # ------------------------------------------------------------------ failover

@@ -209,6 +209,7 @@ class ContainersBackend(Backend):
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
         self._place_pool: ThreadPoolExecutor | None = None
+        self._capabilities: Capabilities | None = None
 
     def __repr__(self) -> str:
         if self.embedded:
@@ -223,14 +224,18 @@ class ContainersBackend(Backend):
 
     @property
     def capabilities(self) -> Capabilities:
-        per_node = self.dn_workers * 2 if self.embedded else self.max_tasks_per_node
-        return Capabilities(
-            query=self.protocol != "hsds",  # HSDS 1.0.2 DNs return query rows without their index (§5.3)
-            remote=True,
-            max_concurrency=self._count * per_node,
-            configured=bool(self.dn_urls) or self.config.get("dn_count") is not None,
-            direct_placement=True,
-        )
+        # built once: it depends on the config only, and the selector asks several times per request
+        caps = self._capabilities
+        if caps is None:
+            per_node = self.dn_workers * 2 if self.embedded else self.max_tasks_per_node
+            caps = self._capabilities = Capabilities(
+                query=self.protocol != "hsds",  # HSDS 1.0.2 DNs return query rows without their index (§5.3)
+                remote=True,
+                max_concurrency=self._count * per_node,
+                configured=bool(self.dn_urls) or self.config.get("dn_count") is not None,
+                direct_placement=True,
+            )
+        return caps
 
     @property
     def started(self) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -89,6 +90,12 @@ _CANCEL_TIMEOUT_S: Final = 5.0
 
 async def _result_of(fut: Any) -> Any:
     return await fut
+
+
+def _release_after(fut: Any, task: asyncio.Future[Any]) -> None:
+    """Release a batch's future once its gather task ended (the worker may drop the result)."""
+    _quiet(task)
+    fut.release()
 
 
 def _quiet(task: asyncio.Future[Any]) -> None:
@@ -164,6 +171,8 @@ class DaskBackend(Backend):
     per_chunk_s: ClassVar[float] = 0.004
     #: first use: start a LocalCluster (process workers) or connect to a scheduler
     start_s: ClassVar[float] = 2.0
+    #: the same start-up, for estimates from measured latency (:meth:`Backend.estimate`)
+    cold_start_s: ClassVar[float] = start_s
     #: worker → client transfer and assembly, bytes per second
     transfer_bps: ClassVar[float] = 1.0e9
 
@@ -220,6 +229,11 @@ class DaskBackend(Backend):
         """
         return Capabilities(max_concurrency=self._threads() or self.n_workers, remote=True)
 
+    @property
+    def started(self) -> bool:
+        """Whether the client is connected (else the next read starts the cluster or connects: ``start_s``)."""
+        return self._client is not None
+
     def _threads(self) -> int:
         client = self._client
         if client is None:
@@ -246,8 +260,10 @@ class DaskBackend(Backend):
         return CostEstimate(
             secs,
             0.0,
-            f"{start:.1f} s start + {self.overhead_s * 1e3:.0f} ms + ceil({n}/{conc}) × {self.per_chunk_s * 1e3:.1f} ms"
-            f" + {transfer * 1e3:.0f} ms transfer",
+            lambda: (  # built only if read: the selector estimates every candidate on every request
+                f"{start:.1f} s start + {self.overhead_s * 1e3:.0f} ms + ceil({n}/{conc}) × {self.per_chunk_s * 1e3:.1f} ms"
+                f" + {transfer * 1e3:.0f} ms transfer (declared)"
+            ),
         )
 
     # --------------------------------------------------------------- cluster
@@ -432,17 +448,19 @@ class DaskBackend(Backend):
             # poisons every later gather of the client (they all raise CancelledError; seen as
             # reads that hung after a chunk error had cut an earlier read short).
             gather = asyncio.ensure_future(_result_of(fut))
-            gather.add_done_callback(lambda t, f=fut: (_quiet(t), f.release()))  # the worker may drop it now
+            gather.add_done_callback(functools.partial(_release_after, fut))  # the worker may drop it now
+            value: Any = None
+            error: BaseException | None = None
             try:
-                value, error = await asyncio.shield(gather), None
+                value = await asyncio.shield(gather)
             except asyncio.CancelledError as exc:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise  # our own clean-up
                 # cancelled on the cluster, not by this read: say so instead of waiting forever
-                value, error = None, BackendError(f"dask cancelled task {fut.key} on the cluster: {exc or 'no reason given'}")
+                error = BackendError(f"dask cancelled task {fut.key} on the cluster: {exc or 'no reason given'}")
             except Exception as exc:  # noqa: BLE001 - handed to the consumer with its batch
-                value, error = None, exc
+                error = exc
             done.put_nowait((j, value, error))
 
         fetchers = [asyncio.ensure_future(fetch(j, f)) for j, f in enumerate(futures)]
