@@ -21,6 +21,7 @@ import functools
 import json
 import logging
 import math
+import time
 import uuid
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -86,6 +87,8 @@ def _number(config: Mapping[str, Any], key: str, *, integer: bool, minimum: floa
 
 #: Seconds to wait for the scheduler to acknowledge cancelling leftover batches.
 _CANCEL_TIMEOUT_S: Final = 5.0
+#: How long a read of the cluster's worker-thread count is reused.
+_THREADS_TTL_S: Final = 1.0
 
 
 async def _result_of(fut: Any) -> Any:
@@ -199,6 +202,8 @@ class DaskBackend(Backend):
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
         self._threads_seen = 0
+        self._threads_checked = -math.inf
+        self._caps: Capabilities | None = None
 
     @staticmethod
     def _dashboard(value: Any) -> str | None:
@@ -227,7 +232,11 @@ class DaskBackend(Backend):
 
         Before the first read it is ``dask_n_workers`` (default: this machine's cores).
         """
-        return Capabilities(max_concurrency=self._threads() or self.n_workers, remote=True)
+        conc = self._threads() or self.n_workers
+        caps = self._caps
+        if caps is None or caps.max_concurrency != conc:  # built once per worker-thread count
+            caps = self._caps = Capabilities(max_concurrency=conc, remote=True)
+        return caps
 
     @property
     def started(self) -> bool:
@@ -238,6 +247,10 @@ class DaskBackend(Backend):
         client = self._client
         if client is None:
             return 0
+        now = time.monotonic()
+        if now < self._threads_checked + _THREADS_TTL_S:  # the selector asks several times per request
+            return self._threads_seen
+        self._threads_checked = now
         with contextlib.suppress(Exception):
             info = client.scheduler_info()  # cached by the client, refreshed every few seconds: no I/O
             threads = int(info.get("total_threads") or 0)
@@ -397,6 +410,7 @@ class DaskBackend(Backend):
         await client.register_plugin(WorkerState(self._plugin_name, creds), name=self._plugin_name)
         info = await client.scheduler.identity(n_workers=0)
         self._threads_seen = int(info.get("total_threads") or 0)
+        self._threads_checked = time.monotonic()
 
     # ------------------------------------------------------------- execution
     def _batches(self, n: int) -> list[range]:
@@ -519,6 +533,7 @@ class DaskBackend(Backend):
         client, cluster, loop = self._client, self._cluster, self._loop
         self._client = self._cluster = self._loop = None
         self._threads_seen = 0
+        self._threads_checked = -math.inf
         if client is not None:
             current = asyncio.get_running_loop()
             if loop is None or loop is current:
