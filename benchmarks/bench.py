@@ -745,11 +745,48 @@ async def _bench_backends_async(
             systems.append((auto, _ops(grid, table, sel, None)))
         echo(f"timing {', '.join(r.name for r, _ in systems)}, workload by workload ...")
         seen = await _time_workload_major(systems, expected, repeat)
+        if auto is not None:
+            auto.notes.append(await _paired_regret(systems, repeat))
         for run in runs:
             run.notes.extend(await _extras(run.name, reader, grid, table, sel, expected, data, repeat))
         if auto is not None:
             auto.notes.extend(_auto_notes(seen[AUTO]))  # after the timed runs: no formatting inside them
     return [*runs, *([auto] if auto is not None else [])]
+
+
+#: Rounds of the paired regret measurement (at least; short reads go on until 0.5 s each side).
+PAIRED_ROUNDS = 10
+
+
+async def _paired_regret(systems: Sequence[tuple[SystemRun, dict[str, Callable[[], Awaitable[Any]]]]], repeat: int) -> str:
+    """Return the selector regret measured in pairs: ``auto`` and the fastest backend alternating.
+
+    The table's cells are each system's best over its own run of calls; two such runs of the
+    *same* backend seconds apart differ by up to ~20% on this machine for reads of a few to a few
+    tens of ms, which swamps a 10% target. Here, per workload, ``auto`` and the backend with the
+    fastest cell read alternately (which one goes first alternates too), at least
+    :data:`PAIRED_ROUNDS` rounds and until each side has 0.5 s of calls; the regret is the ratio
+    of their best calls. Both sides then see the same moments of the machine.
+    """
+    ops = {run.name: o for run, o in systems}
+    cells = {run.name: run.cells for run, _ in systems}
+    parts = []
+    for key in WORKLOADS_TIMED:
+        timed = [(c[key].seconds, name) for name, c in cells.items() if name != AUTO and key in c and c[key].seconds and c[key].ok]
+        if not timed or AUTO not in ops:
+            continue
+        best_name = min(timed)[1]
+        sides: dict[str, list[float]] = {AUTO: [], best_name: []}
+        rnd = 0
+        while rnd < PAIRED_ROUNDS or any(more_runs(len(t), sum(t), repeat) for t in sides.values()):
+            order = (AUTO, best_name) if rnd % 2 else (best_name, AUTO)
+            for name in order:
+                t0 = time.perf_counter()
+                await ops[name][key]()
+                sides[name].append(time.perf_counter() - t0)
+            rnd += 1
+        parts.append(f"{key} {min(sides[AUTO]) / min(sides[best_name]):.2f} (vs {best_name}, {rnd} rounds)")
+    return "selector regret, paired (auto and the fastest backend alternating; target <= 1.1): " + ", ".join(parts)
 
 
 async def _auto_cold(data: BenchData, expected: dict[str, np.ndarray]) -> tuple[Measurement, str]:

@@ -20,17 +20,18 @@ import pytest
 pytest.importorskip("hsds_backends_lambda")
 pytest.importorskip("awslambdaric")
 
+from hsds_backends_lambda._process import MALLOC_ENV, RuntimeProcess  # noqa: E402
+from hsds_backends_lambda.backend import LambdaBackend  # noqa: E402
+from hsds_backends_lambda.client import InvokeClient, InvokeStats, parse_answer, parse_raw_answer  # noqa: E402
+from hsds_backends_lambda.handler import RAW_MAGIC, _State, dumps_answer, handle_event  # noqa: E402
+from hsds_backends_lambda.runtime import FunctionSpec, LocalLambdaRuntime  # noqa: E402
+
 from hsds_backends.api import Reader  # noqa: E402
 from hsds_backends.errors import BackendError, ConfigError  # noqa: E402
 from hsds_backends.kernel import fetch, process  # noqa: E402
 from hsds_backends.storage import PosixStorage  # noqa: E402
 from hsds_backends.tasks import ChunkTask  # noqa: E402
 from hsds_backends.testing.data import CONFORMANCE_DOMAIN, ConformanceData, write_conformance_domain  # noqa: E402
-from hsds_backends_lambda._process import MALLOC_ENV, RuntimeProcess  # noqa: E402
-from hsds_backends_lambda.backend import LambdaBackend  # noqa: E402
-from hsds_backends_lambda.client import InvokeClient, InvokeStats, parse_answer, parse_raw_answer  # noqa: E402
-from hsds_backends_lambda.handler import RAW_MAGIC, _State, dumps_answer, handle_event  # noqa: E402
-from hsds_backends_lambda.runtime import FunctionSpec, LocalLambdaRuntime  # noqa: E402
 
 BUCKET = "hsdstest"
 
@@ -240,3 +241,47 @@ def test_runtime_process_start_failure_is_explained(runner: asyncio.Runner) -> N
 
     with pytest.raises(BackendError, match="local Lambda runtime process did not start: ConfigError: function 'chunk_read': concurrency must be >= 1"):
         runner.run(RuntimeProcess(spec).start())
+
+
+class _Content:
+    def __init__(self, chunks: list[Any]) -> None:
+        self.chunks = list(chunks)
+
+    async def readany(self) -> bytes:
+        item = self.chunks.pop(0) if self.chunks else b""
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+class _Body:
+    def __init__(self, chunks: list[Any]) -> None:
+        self.raw_stream = type("Resp", (), {"content": _Content(chunks)})()
+
+    async def readinto(self, b: Any) -> int:  # pragma: no cover - the raw_stream path is taken
+        raise AssertionError("not used")
+
+
+@pytest.mark.parametrize(
+    ("declared", "chunks", "match"),
+    [
+        (6, [b"abc", b"def"], None),
+        (6, [b"abc"], "ended after 3 of its 6 bytes"),
+        (4, [b"abc", b"def"], "longer than its declared 4 bytes"),
+        (6, [b"abc", "payload"], r"broke off after 3 of its 6 bytes: ClientPayloadError"),
+    ],
+    ids=["whole", "short", "long", "broken"],
+)
+def test_answers_are_received_into_the_buffer_or_fail_as_transport_errors(declared: int, chunks: list[Any], match: str | None) -> None:
+    import aiohttp
+    from hsds_backends_lambda.client import _read_payload
+
+    chunks = [aiohttp.ClientPayloadError("connection lost") if c == "payload" else c for c in chunks]
+    resp = {"Payload": _Body(chunks), "ResponseMetadata": {"HTTPHeaders": {"content-length": str(declared)}}}
+    buf = bytearray(16)
+    if match is None:
+        got = asyncio.run(_read_payload(resp, lambda: buf))
+        assert bytes(got) == b"abcdef" and bytes(buf[:6]) == b"abcdef"
+    else:
+        with pytest.raises(OSError, match=match):  # OSError: InvokeClient.invoke retries it
+            asyncio.run(_read_payload(resp, lambda: buf))

@@ -469,11 +469,28 @@ async def _read_payload(resp: Any, into: Callable[[], bytearray] | None) -> byte
         return data
     view = memoryview(buf)[:length]
     pos = 0
-    while pos < length:
-        n = await stream.readinto(view[pos:])
-        if n == 0:
-            break
-        pos += n
+    import aiohttp
+
+    content = getattr(getattr(stream, "raw_stream", None), "content", None)  # the aiohttp StreamReader
+    if content is not None and hasattr(content, "readany"):
+        # chunk by chunk as received: one copy, where StreamingBody.readinto joins then copies
+        try:
+            while pos < length:
+                chunk = await content.readany()
+                if not chunk:
+                    break
+                if pos + len(chunk) > length:
+                    raise OSError(f"the Invoke reply is longer than its declared {length} bytes")
+                view[pos : pos + len(chunk)] = chunk
+                pos += len(chunk)
+        except (TimeoutError, aiohttp.ClientError) as exc:  # retried like any transport failure
+            raise OSError(f"the Invoke reply broke off after {pos} of its {length} bytes: {type(exc).__name__}: {exc}") from exc
+    else:
+        while pos < length:
+            n = await stream.readinto(view[pos:])
+            if n == 0:
+                break
+            pos += n
     if pos != length:
         raise OSError(f"the Invoke reply ended after {pos} of its {length} bytes")
     return view
