@@ -232,7 +232,7 @@ class LambdaBackend(Backend):
         ``aws_lambda_price_gb_s``, ``aws_lambda_price_request``, ``aws_lambda_batch_tasks``
         (most tasks per invoke, 64), ``aws_lambda_max_attempts`` (8), ``aws_lambda_retry_base``
         (s, 0.05), ``aws_lambda_local_workers`` (environments of the embedded runtime, default
-        the cores, 2–4), ``aws_lambda_local_process`` (true: the embedded runtime runs in a
+        the cores + 1, at most 4), ``aws_lambda_local_process`` (true: the embedded runtime runs in a
         child process; false: on this event loop), ``aws_lambda_answer`` (``raw``, the default: results come back as
         binary; ``base64``: base64 in JSON, as HSDS's 2021 protocol). Storage keys (``root_dir``, ``aws_s3_gateway``, …) go to the embedded
         runtime's workers as environment variables, never in payloads.
@@ -272,7 +272,8 @@ class LambdaBackend(Backend):
         self.batch_tasks = max(1, int(_opt(cfg, "aws_lambda_batch_tasks", 64, int)))
         self.max_attempts = int(_opt(cfg, "aws_lambda_max_attempts", 8, int))
         self.retry_base = float(_opt(cfg, "aws_lambda_retry_base", 0.05, float))
-        self.local_workers = int(_opt(cfg, "aws_lambda_local_workers", min(4, max(2, default_workers())), int))
+        # one environment more than cores: while one sends its answer, the others keep the cores decoding
+        self.local_workers = int(_opt(cfg, "aws_lambda_local_workers", min(4, default_workers() + 1), int))
         self.answer = str(_opt(cfg, "aws_lambda_answer", "raw")).lower()
         if self.answer not in ANSWERS:
             raise ConfigError(f"aws_lambda_answer={self.answer!r} is not one of {', '.join(ANSWERS)}; use raw (binary results) or base64")
