@@ -43,8 +43,10 @@ class TestLambdaBackend(BackendTests[LambdaBackend]):
         assert caps.remote and not caps.costs_money  # the embedded runtime bills nothing
         assert LambdaBackend.static_capabilities.costs_money
 
-    def test_reads_went_through_the_runtime(self, backend: Backend, runner: asyncio.Runner) -> None:
+    def test_reads_went_through_the_runtime(self, reader_and_backend: Any, runner: asyncio.Runner) -> None:
+        backend = reader_and_backend[1]
         assert isinstance(backend, LambdaBackend)
+        self._read(reader_and_backend, runner, "be_i4")  # at least one read, whatever ran before
         rt = backend.runtime
         assert isinstance(rt, RuntimeProcess)  # the embedded runtime runs in a child process
         assert rt.url.startswith("http://127.0.0.1:") and rt.pid != os.getpid()
