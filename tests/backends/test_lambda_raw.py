@@ -194,6 +194,12 @@ def test_bad_answer_setting_is_a_config_error() -> None:
         LambdaBackend({"aws_lambda_answer": "binary"})
 
 
+def test_local_process_setting_is_parsed_as_a_config_boolean() -> None:
+    assert LambdaBackend({}).local_process and not LambdaBackend({"aws_lambda_local_process": "off"}).local_process
+    with pytest.raises(ConfigError, match="config key 'aws_lambda_local_process': 'maybe' from config is not a boolean"):
+        LambdaBackend({"aws_lambda_local_process": "maybe"})
+
+
 # ----------------------------------------------------------------------------- the runtime process
 
 

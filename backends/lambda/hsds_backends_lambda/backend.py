@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+from hsds_backends.config import parse_bool
 from hsds_backends.errors import BackendError, ConfigError, TaskError
 from hsds_backends.model import Backend, Capabilities, CostEstimate, ReadRequest, default_workers
 from hsds_backends.selection import Coords, Slice, format_select, parse_select
@@ -83,12 +84,6 @@ def _opt(config: Mapping[str, Any], key: str, default: Any, cast: Any = None) ->
     if value in (None, ""):
         return default
     return cast(value) if cast else value
-
-
-def _flag(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() not in ("0", "false", "no", "off", "")
-    return bool(value)
 
 
 def _loopback(url: str | None) -> bool:
@@ -279,7 +274,7 @@ class LambdaBackend(Backend):
             raise ConfigError(f"aws_lambda_answer={self.answer!r} is not one of {', '.join(ANSWERS)}; use raw (binary results) or base64")
         self.raw = self.answer == "raw"
         self.result_budget = int(_opt(cfg, "aws_lambda_result_bytes", RAW_RESULT_BUDGET if self.raw else RESULT_BUDGET, int))
-        self.local_process = _flag(_opt(cfg, "aws_lambda_local_process", True))
+        self.local_process = parse_bool(_opt(cfg, "aws_lambda_local_process", True), key="aws_lambda_local_process", source="config")
         self._place_pool: ThreadPoolExecutor | None = None
         self._buffers: list[bytearray] = []
         """Answer buffers for reads with direct placement, reused across invokes (see :meth:`_send_inner`)."""

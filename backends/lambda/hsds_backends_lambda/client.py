@@ -32,6 +32,8 @@ from typing import Any, Final
 
 from hsds_backends.errors import BackendError, BackendTimeoutError
 
+from .handler import RAW_MAGIC  # the function defines the raw answer format ("Raw answers")
+
 __all__ = [
     "parse_answer",
     "parse_raw_answer",
@@ -69,8 +71,6 @@ except ImportError:  # pragma: no cover - pybase64 is a dependency; keep working
         return base64.b64decode(bytes(data) if isinstance(data, memoryview) else data, validate=True)
 
 
-#: First bytes of a raw (binary) batch answer (see ``handler.py``, "Raw answers").
-RAW_MAGIC: Final = b"HSDSRAW1"
 
 
 def parse_raw_answer(raw: bytes) -> dict[str, Any]:
