@@ -15,6 +15,7 @@ import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -308,6 +309,7 @@ class Backend(ABC):
         self.counters = BackendCounters()
         self.latency = LatencyTable(self.latency_window)
         """Measured seconds per wave of tasks, per plan shape (filled by :meth:`observe`)."""
+        self._placement_pool: ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
@@ -470,8 +472,21 @@ class Backend(ABC):
             out[i] = r
         return out  # type: ignore[return-value]
 
+    def placement_pool(self) -> ThreadPoolExecutor:
+        """Threads on which a direct-placement backend calls ``sink`` (one per core).
+
+        Started on first use, stopped by :meth:`aclose`; for backends whose results arrive on
+        the event loop (see :attr:`Capabilities.direct_placement`).
+        """
+        if self._placement_pool is None:
+            self._placement_pool = ThreadPoolExecutor(default_workers(), thread_name_prefix=f"hsds-{self.name}-place")
+        return self._placement_pool
+
     async def aclose(self) -> None:
         """Stop everything this backend started. Idempotent."""
+        pool, self._placement_pool = self._placement_pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
         self._closed = True
 
     async def __aenter__(self) -> Backend:

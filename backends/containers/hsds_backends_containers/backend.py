@@ -208,7 +208,6 @@ class ContainersBackend(Backend):
         self._local: LocalNodes | None = None
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
-        self._place_pool: ThreadPoolExecutor | None = None
         self._capabilities: Capabilities | None = None
 
     def __repr__(self) -> str:
@@ -362,7 +361,7 @@ class ContainersBackend(Backend):
             return
         t0 = time.perf_counter()
         stats = RunStats(tasks=len(tasks))
-        run = _Run(self, tasks, stats, sink, self._placer() if sink is not None else None)
+        run = _Run(self, tasks, stats, sink, self.placement_pool() if sink is not None else None)
         try:
             run.nodes = await self._refresh(stats)
             run.start()
@@ -393,16 +392,8 @@ class ContainersBackend(Backend):
             for k in ("requests", "retries", "reroutes", "timeouts", "node_failures"):
                 box[k] = box.get(k, 0) + getattr(stats, k)
 
-    def _placer(self) -> ThreadPoolExecutor:
-        if self._place_pool is None:
-            self._place_pool = ThreadPoolExecutor(default_workers(), thread_name_prefix="hsds-containers-place")
-        return self._place_pool
-
     async def aclose(self) -> None:
         local, self._local, self._nodes = self._local, None, None
-        pool, self._place_pool = self._place_pool, None
-        if pool is not None:
-            pool.shutdown(wait=False)
         if local is not None:
             await local.stop()
         await super().aclose()

@@ -34,7 +34,6 @@ import json
 import math
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -275,7 +274,6 @@ class LambdaBackend(Backend):
         self.raw = self.answer == "raw"
         self.result_budget = int(_opt(cfg, "aws_lambda_result_bytes", RAW_RESULT_BUDGET if self.raw else RESULT_BUDGET, int))
         self.local_process = parse_bool(_opt(cfg, "aws_lambda_local_process", True), key="aws_lambda_local_process", source="config")
-        self._place_pool: ThreadPoolExecutor | None = None
         self._buffers: list[bytearray] = []
         """Answer buffers for reads with direct placement, reused across invokes (see :meth:`_send_inner`)."""
         self._runtime: LocalLambdaRuntime | RuntimeProcess | None = runtime
@@ -408,9 +406,6 @@ class LambdaBackend(Backend):
             return self._client
 
     async def aclose(self) -> None:
-        pool, self._place_pool = self._place_pool, None
-        if pool is not None:
-            pool.shutdown(wait=False)
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
@@ -438,8 +433,6 @@ class LambdaBackend(Backend):
         stats = InvokeStats(tasks=len(tasks))
         self.last_stats = stats
         client = await self._ensure()
-        if sink is not None and self._place_pool is None:
-            self._place_pool = ThreadPoolExecutor(default_workers(), thread_name_prefix="hsds-lambda-place")
         run = _Run(asyncio.Queue(), stats, sink)
         nodes: list[_Node] = []
         for i, t in enumerate(tasks):
@@ -535,7 +528,7 @@ class LambdaBackend(Backend):
                 for i, r in items:
                     sink(i, r)
 
-            await asyncio.get_running_loop().run_in_executor(self._place_pool, place)
+            await asyncio.get_running_loop().run_in_executor(self.placement_pool(), place)
             if pooled:
                 for _, r in items:
                     if isinstance(r.data, memoryview):
