@@ -104,6 +104,7 @@ class InlineBackend(Backend):
 
         limit = max(1, self.capabilities.max_concurrency)
         pending: set[asyncio.Future[tuple[int, ChunkResult]]] = set()
+        ready: set[asyncio.Future[tuple[int, ChunkResult]]] = set()  # finished, not yet yielded
         it = iter(enumerate(tasks))
         try:
             while True:
@@ -116,11 +117,11 @@ class InlineBackend(Backend):
                     pending.add(loop.run_in_executor(pool, work, j, task, data))
                 if not pending:
                     return
-                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for f in finished:
-                    yield f.result()
+                ready, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                while ready:
+                    yield ready.pop().result()
         finally:
-            for f in pending:
+            for f in ready | pending:
                 if not f.done():
                     f.cancel()
                 elif not f.cancelled():
