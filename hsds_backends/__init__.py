@@ -15,8 +15,7 @@ Write a backend: subclass :class:`Backend` and implement the hooks in
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .api import AsyncDataset, AsyncDomain, Dataset, Domain, Reader, ReadResult, ReadStats, open_domain
 from .dataset import DatasetMeta
 from .dtypes import dtype_from_type_json, type_json_from_dtype, vlen_dtype

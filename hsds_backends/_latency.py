@@ -1,4 +1,4 @@
-"""Measured latency per plan shape, kept by each backend for the selector.
+"""Measured latency per plan shape, kept per backend by the selector's ledger (:mod:`hsds_backends._ledger`).
 
 A backend's declared cost model (``overhead_s``, ``per_chunk_s``, or its own
 :meth:`~hsds_backends.model.Backend.estimate_cost`) is a guess made before it
@@ -6,7 +6,7 @@ ever ran; what it really costs depends on the machine, the data and its state
 (a data node's chunk cache warms up, a cluster gets busy). The reader therefore
 records how long each request took on the backend that ran it, keyed by the
 request's *shape* — its kind and a size bucket of its chunk count — because a
-one-chunk read and a 256-chunk read say little about each other (issue #6).
+one-chunk read and a 256-chunk read say little about each other.
 
 Size buckets grow by powers of four: 1, 2–4, 5–16, 17–64, 65–256, 257–1024, …
 """
@@ -87,7 +87,7 @@ class LatencyTable:
 
     def __init__(self, window: int = DEFAULT_WINDOW) -> None:
         if window < 1:
-            raise PluginError(f"latency window {window!r} must be >= 1 (a backend's latency_window); use 5, the default")
+            raise PluginError(f"latency window {window!r} must be >= 1 (the ledger's window); use 5, the default")
         self.window = window
         self._readings: dict[ShapeKey, deque[tuple[float, int]]] = {}
         self._attempts: dict[ShapeKey, int] = {}

@@ -34,6 +34,7 @@ from .dataset import DatasetMeta
 from .errors import DatasetJsonError, DatasetNotFoundError, DomainNotFoundError, NotFoundError, SelectionError
 from .ids import domain_key, object_key
 from .execute import Execution
+from ._ledger import BackendCounters, Ledger
 from .model import Backend, Choice, ReadRequest, RequestStats, current_stats
 from .plan import Assembler, ReadPlan, plan_hyperslab, plan_points, plan_query
 from .plugins import backend_names, get_plugin_manager, make_backend
@@ -98,6 +99,8 @@ class Reader:
         self.storage = storage if storage is not None else storage_from_config(self.config)
         self._own_storage = storage is None
         self.pm = pm or get_plugin_manager()
+        self.ledger = Ledger()
+        """The selector's measurements of this reader's backends (latency per plan shape, counters)."""
         self._backends: dict[str, Backend] = {}
         self._names: tuple[tuple[object, ...], list[str]] = ((), [])
 
@@ -106,17 +109,15 @@ class Reader:
 
     # -------------------------------------------------------------- backends
     def backend(self, name: str) -> Backend:
-        """Return backend ``name``, building it on first use (the ``inline`` one shares our storage)."""
+        """Return backend ``name``, building it on first use (in-process backends may share our storage)."""
         b = self._backends.get(name)
         if b is None:
-            if name == "inline":
-                from ._inline import InlineBackend
-
-                b = InlineBackend(self.config, storage=self.storage)
-            else:
-                b = make_backend(name, self.config, self.pm)
-            self._backends[name] = b
+            b = self._backends[name] = make_backend(name, self.config, self.pm, storage=self.storage)
         return b
+
+    def counters(self, name: str) -> BackendCounters:
+        """Return the running counters of backend ``name`` in this reader (requests, tasks, failures)."""
+        return self.ledger.counters(self.backend(name))
 
     def backend_names(self) -> list[str]:
         """Return the installed backends' names, sorted (recomputed only when the plugins change)."""
@@ -132,9 +133,9 @@ class Reader:
         :meth:`Backend.estimate` directly, as the core's implementation would.
         """
         if only_core_implements(self.pm, "hsds_backends_estimate_cost"):
-            return ReadRequest(plan, nonstrict, budget_dollars)
+            return ReadRequest(plan, nonstrict, budget_dollars, ledger=self.ledger)
         holder: list[ReadRequest] = []
-        req = ReadRequest(plan, nonstrict, budget_dollars, estimator=lambda b: estimate(self.pm, b, holder[0]))
+        req = ReadRequest(plan, nonstrict, budget_dollars, estimator=lambda b: estimate(self.pm, b, holder[0]), ledger=self.ledger)
         holder.append(req)
         return req
 
@@ -173,7 +174,7 @@ class Reader:
 
         The wall time of a request that ran entirely on its backend, which
         was already started, is recorded in the backend's measured latency
-        (:meth:`Backend.observe`) for the selector's next estimates; a read
+        (:meth:`Ledger.observe <hsds_backends._ledger.Ledger.observe>`) for the selector's next estimates; a read
         that cold-started the backend is not (cold start is modelled by
         ``cold_start_s``), nor one that failed over or whose hedge won.
         """
@@ -183,7 +184,7 @@ class Reader:
         b = choice.backend
         est = choice.estimate if choice.estimate is not None else request.estimate(b)
         started = b.started
-        # the reason is built only if someone reads it (issue #6: selection overhead)
+        # the reason is built only if someone reads it (selection runs on every read)
         stats = RequestStats(b.name, lambda: choice.reason, plan.kind, plan.num_chunks, estimate_seconds=est.seconds, estimate_dollars=est.dollars)
         mode = str(self.config.get("failover") or "auto").lower()
         allow_failover = mode == "always" or (mode == "auto" and not choice.named)
@@ -197,11 +198,12 @@ class Reader:
             hedge_multiple=float(self.config.get("hedge_multiple") or 0.0),
             hedge_min_seconds=float(self.config.get("hedge_min_seconds") or 0.05),
             progress=progress,
+            ledger=self.ledger,
         )
         token = current_stats.set(stats)
         try:
             if plan.tasks:
-                b.latency.note_attempt(request.shape)
+                self.ledger.latency(b).note_attempt(request.shape)
                 await ex.run(b)
         finally:
             current_stats.reset(token)
@@ -210,7 +212,7 @@ class Reader:
         stats.bytes_returned = asm.bytes_returned
         stats.seconds = time.perf_counter() - t0
         if plan.tasks and started and not stats.failovers and not stats.hedges_won:
-            b.observe(request, stats.seconds)
+            self.ledger.observe(b, request, stats.seconds)
         if log.isEnabledFor(logging.INFO):  # to_json copies every field: not for nothing on each request
             log.info("read %s: %s", plan.meta.id, stats.to_json())
         return ReadResult(data, stats)

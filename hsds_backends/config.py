@@ -1,7 +1,7 @@
 """HSDS-style configuration: ``config.yml`` plus environment overrides.
 
 HSDS resolves a key from the command line, then an env var named ``KEY.upper()``, then the
-yml file, and casts overrides by the type of the yml value (hsds-format.md §6.5). We keep
+yml file, and casts overrides by the type of the yml value (docs/hsds-format.md §6.5). We keep
 those rules and the key names (so an HSDS ``config.yml`` works as is) but drop the pitfalls:
 
 - a boolean override is parsed, not ``bool(str)``: ``false``/``FALSE``/``0`` are ``False``
@@ -10,11 +10,12 @@ those rules and the key names (so an HSDS ``config.yml`` works as is) but drop t
   key, the value and where it came from (HSDS silently keeps the string);
 - keys we know are read from the environment even when the yml does not list them
   (HSDS reads env only for keys present in the file, §6.5 step 4);
-- types come from our key table (:data:`DEFAULTS`), not from whether the yml value is null.
+- types come from the key tables (:data:`CORE_KEYS` and each backend's ``config_keys``), not
+  from whether the yml value is null.
 
 Precedence, per key (first that is set wins)::
 
-    overrides argument  >  env HSDS_BACKENDS_<KEY>  >  env <KEY>  >  config.yml  >  DEFAULTS
+    overrides argument  >  env HSDS_BACKENDS_<KEY>  >  env <KEY>  >  config.yml  >  the key's default
 
 ``<KEY>`` is the key upper-cased (``aws_lambda_threshold`` → ``AWS_LAMBDA_THRESHOLD``), as in
 HSDS. The ``HSDS_BACKENDS_`` form wins so a site can configure this package without
@@ -29,55 +30,42 @@ import copy
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from .errors import ConfigError
+from .plugins import backend_config_keys
 
 __all__ = [
+    "CORE_KEYS",
     "DEFAULTS",
     "ENV_PREFIX",
     "SECRET_KEYS",
     "SIZE_KEYS",
     "Config",
+    "ConfigKey",
+    "Caster",
+    "as_bool",
+    "as_float",
+    "as_int",
+    "as_list",
+    "as_lower",
+    "as_number",
+    "as_size",
+    "as_str",
+    "at_least",
+    "credentials_env",
     "find_config_file",
+    "is_unset",
+    "known_keys",
     "load_config",
+    "option",
+    "optional",
     "parse_bool",
     "parse_size",
 ]
 
-#: Our known keys and their defaults. Names follow HSDS's ``admin/config/config.yml`` (§6.1, §6.5).
-DEFAULTS: Final[dict[str, Any]] = {
-    "backend": "auto",
-    "backend_policy": "auto",
-    "root_dir": None,
-    "bucket_name": "hsdstest",
-    "aws_s3_gateway": None,
-    "aws_region": "us-east-1",
-    "aws_access_key_id": None,
-    "aws_secret_access_key": None,
-    "aws_session_token": None,
-    "aws_lambda_chunkread_function": None,
-    "aws_lambda_threshold": 4,
-    "aws_lambda_max_invoke": 1000,
-    "aws_lambda_gateway": None,
-    "dn_urls": [],
-    "dn_count": None,
-    "max_tasks_per_node_per_request": 16,
-    "dask_scheduler": None,
-    "max_workers": None,  # None: all cores
-    "chunk_mem_cache_size": "128m",
-    "timeout": 30,
-    "dn_max_retries": 3,
-    "dn_retry_backoff_exp": 0.1,
-    "failover": "auto",  # auto (only for backends the selector chose) | always | never
-    "hedge_multiple": 0.0,  # 0 = no hedging
-    "hedge_min_seconds": 0.05,
-    # auto policy: run an unmeasured free candidate to measure it, if started or its estimate
-    # (with cold start) is within this many times the best estimate; 0 = never explore
-    "auto_explore": 3.0,
-}
-
-#: Keys holding byte sizes: ``"128m"`` → 134217728 (§6.5 step 3: k/m/g are ×1024, 1024², 1024³).
+#: Keys holding byte sizes: ``"128m"`` → 134217728 (docs/hsds-format.md §6.5 step 3: k/m/g are ×1024, 1024², 1024³).
 SIZE_KEYS: Final[frozenset[str]] = frozenset({"chunk_mem_cache_size"})
 
 #: Keys whose values ``repr``/``to_dict(redact=True)`` hide. Any key whose name contains
@@ -86,6 +74,9 @@ SECRET_KEYS: Final[frozenset[str]] = frozenset({"aws_access_key_id", "aws_secret
 
 #: Prefix of the env vars that win over the plain ``KEY.upper()`` ones.
 ENV_PREFIX: Final = "HSDS_BACKENDS_"
+
+#: HSDS's ``config.yml`` ships this for keys it leaves unset (docs/hsds-format.md §6.1).
+HSDS_UNSET: Final = "xxx"
 
 _REDACTED: Final = "<redacted>"
 _SECRET_WORDS: Final = ("secret", "password", "token")
@@ -104,7 +95,7 @@ def _is_secret(key: str) -> bool:
 # Each caster takes (key, value, source) and returns the typed value or raises ConfigError.
 # Casters accept values that already have the right type, so casting twice is harmless.
 
-_Caster = Callable[[str, Any, str], Any]
+Caster = Callable[[str, Any, str], Any]
 
 
 def _bad(key: str, value: Any, source: str, what: str, hint: str) -> ConfigError:
@@ -143,15 +134,15 @@ def parse_size(value: Any, *, key: str = "value", source: str = "argument") -> i
     raise _bad(key, value, source, "a size", "use bytes or digits with a k/m/g suffix, such as 4096, 512k or 128m")
 
 
-def _cast_bool(key: str, value: Any, source: str) -> bool:
+def as_bool(key: str, value: Any, source: str) -> bool:
     return parse_bool(value, key=key, source=source)
 
 
-def _cast_size(key: str, value: Any, source: str) -> int:
+def as_size(key: str, value: Any, source: str) -> int:
     return parse_size(value, key=key, source=source)
 
 
-def _cast_int(key: str, value: Any, source: str) -> int:
+def as_int(key: str, value: Any, source: str) -> int:
     if isinstance(value, bool):
         raise _bad(key, value, source, "an integer", "use a whole number such as 4")
     if isinstance(value, int):
@@ -166,7 +157,7 @@ def _cast_int(key: str, value: Any, source: str) -> int:
     raise _bad(key, value, source, "an integer", "use a whole number such as 4")
 
 
-def _cast_float(key: str, value: Any, source: str) -> float:
+def as_float(key: str, value: Any, source: str) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, str):
@@ -177,7 +168,7 @@ def _cast_float(key: str, value: Any, source: str) -> float:
     raise _bad(key, value, source, "a number", "use a number such as 0.5")
 
 
-def _cast_number(key: str, value: Any, source: str) -> int | float:
+def as_number(key: str, value: Any, source: str) -> int | float:
     """Int if the value is integral text or an int, else float (for timeouts: 30 or 2.5)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return value
@@ -186,21 +177,21 @@ def _cast_number(key: str, value: Any, source: str) -> int | float:
             return int(value.strip())
         except ValueError:
             pass
-    return _cast_float(key, value, source)
+    return as_float(key, value, source)
 
 
-def _cast_str(key: str, value: Any, source: str) -> str:
+def as_str(key: str, value: Any, source: str) -> str:
     if isinstance(value, (list, tuple, dict, set)):
         raise _bad(key, value, source, "a string", "use a single value")
     return value if isinstance(value, str) else str(value)
 
 
-def _cast_lower(key: str, value: Any, source: str) -> str:
+def as_lower(key: str, value: Any, source: str) -> str:
     # Loose on purpose: the plugin manager validates backend names against what is installed.
-    return _cast_str(key, value, source).strip().lower()
+    return as_str(key, value, source).strip().lower()
 
 
-def _cast_list(key: str, value: Any, source: str) -> list[str]:
+def as_list(key: str, value: Any, source: str) -> list[str]:
     """A yml list, or a comma-separated string (env): ``"http://a:6101, http://b:6101"``."""
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -216,7 +207,7 @@ def _cast_list(key: str, value: Any, source: str) -> list[str]:
     raise _bad(key, value, source, "a list", "use a yml list or comma-separated strings")
 
 
-def _with_minimum(caster: _Caster, minimum: float, strict: bool = False) -> _Caster:
+def at_least(caster: Caster, minimum: float, strict: bool = False) -> Caster:
     def cast(key: str, value: Any, source: str) -> Any:
         out = caster(key, value, source)
         if out < minimum or (strict and out == minimum):
@@ -227,60 +218,129 @@ def _with_minimum(caster: _Caster, minimum: float, strict: bool = False) -> _Cas
     return cast
 
 
-def _optional(caster: _Caster) -> _Caster:
+def optional(caster: Caster) -> Caster:
     def cast(key: str, value: Any, source: str) -> Any:
         return None if value is None else caster(key, value, source)
 
     return cast
 
 
-_CASTERS: Final[dict[str, _Caster]] = {
-    "backend": _cast_lower,
-    "backend_policy": _cast_lower,
-    "root_dir": _optional(_cast_str),
-    "bucket_name": _cast_str,
-    "aws_s3_gateway": _optional(_cast_str),
-    "aws_region": _cast_str,
-    "aws_access_key_id": _optional(_cast_str),
-    "aws_secret_access_key": _optional(_cast_str),
-    "aws_session_token": _optional(_cast_str),
-    "aws_lambda_chunkread_function": _optional(_cast_str),
-    "aws_lambda_threshold": _with_minimum(_cast_int, 0),
-    "aws_lambda_max_invoke": _with_minimum(_cast_int, 1),
-    "aws_lambda_gateway": _optional(_cast_str),
-    "dn_urls": _cast_list,
-    "dn_count": _optional(_with_minimum(_cast_int, 1)),
-    "max_tasks_per_node_per_request": _with_minimum(_cast_int, 1),
-    "dask_scheduler": _optional(_cast_str),
-    "max_workers": _optional(_with_minimum(_cast_int, 1)),
-    "chunk_mem_cache_size": _cast_size,
-    "timeout": _with_minimum(_cast_number, 0, strict=True),
-    "dn_max_retries": _with_minimum(_cast_int, 0),
-    "dn_retry_backoff_exp": _with_minimum(_cast_float, 0),
-    "failover": _cast_lower,
-    "hedge_multiple": _with_minimum(_cast_float, 0),
-    "hedge_min_seconds": _with_minimum(_cast_float, 0),
-    "auto_explore": _with_minimum(_cast_float, 0),
+@dataclass(frozen=True, slots=True)
+class ConfigKey:
+    """A config key's default, caster and one-line meaning.
+
+    The core declares its keys in :data:`CORE_KEYS`; a backend declares its own in
+    ``Backend.config_keys`` (collected through the ``hsds_backends_backend_classes`` hook,
+    :func:`known_keys`), so each key has exactly one owner.
+    """
+
+    default: Any
+    """Value when the key is set nowhere (``None``: unset)."""
+    cast: Caster
+    """``cast(key, value, source)`` → the typed value, or :class:`ConfigError` naming all three."""
+    doc: str = ""
+    """What the key means (shown by ``hsds-backends config``)."""
+
+
+#: The core's keys. Names follow HSDS's ``admin/config/config.yml`` where HSDS has the key
+#: (docs/hsds-format.md §6.1, §6.5).
+CORE_KEYS: Final[dict[str, ConfigKey]] = {
+    "backend": ConfigKey("auto", as_lower, "backend to run reads: a backend name or auto"),
+    "backend_policy": ConfigKey("auto", as_lower, "policy of backend=auto: auto or hsds2021"),
+    "root_dir": ConfigKey(None, optional(as_str), "posix storage: folder holding the buckets"),
+    "bucket_name": ConfigKey("hsdstest", as_str, "default bucket"),
+    "aws_s3_gateway": ConfigKey(None, optional(as_str), "S3 endpoint URL"),
+    "aws_region": ConfigKey("us-east-1", as_str, "S3 region"),
+    "aws_access_key_id": ConfigKey(None, optional(as_str), "S3 credentials (else the AWS default chain)"),
+    "aws_secret_access_key": ConfigKey(None, optional(as_str), "S3 credentials"),
+    "aws_session_token": ConfigKey(None, optional(as_str), "S3 credentials"),
+    "max_workers": ConfigKey(None, optional(at_least(as_int, 1)), "inline: decode threads (default: all cores)"),
+    "failover": ConfigKey("auto", as_lower, "auto (only for backends the selector chose) | always | never"),
+    "hedge_multiple": ConfigKey(0.0, at_least(as_float, 0), "duplicate stragglers after k x the median task time (0: off)"),
+    "hedge_min_seconds": ConfigKey(0.05, at_least(as_float, 0), "hedging: never before this many seconds"),
+    # auto policy: run an unmeasured free candidate to measure it, if started or its estimate
+    # (with cold start) is within this many times the best estimate; 0 = never explore
+    "auto_explore": ConfigKey(3.0, at_least(as_float, 0), "auto: explore candidates up to this x the best estimate"),
 }
-assert _CASTERS.keys() == DEFAULTS.keys()
+
+#: The core keys' defaults (a backend's keys are in its ``config_keys``; all: :func:`known_keys`).
+DEFAULTS: Final[dict[str, Any]] = {k: v.default for k, v in CORE_KEYS.items()}
 
 
-def _caster_for(key: str, like: Any = None) -> _Caster:
+def known_keys() -> dict[str, ConfigKey]:
+    """Return the core's keys plus those of every installed backend (``Backend.config_keys``).
+
+    A key declared by both the core and a backend keeps the core's spec; two backends
+    declaring one key is a :class:`~hsds_backends.errors.PluginError` raised by the plugin
+    manager.
+    """
+    return {**backend_config_keys(), **CORE_KEYS}
+
+
+def is_unset(value: Any) -> bool:
+    """Return whether a config value means "not set": ``None``, ``""`` or HSDS's ``"xxx"``."""
+    return value is None or value == "" or value == HSDS_UNSET
+
+
+#: Credential keys and the standard AWS environment variables that carry them.
+_CREDENTIAL_ENV: Final = {
+    "aws_access_key_id": "AWS_ACCESS_KEY_ID",
+    "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+    "aws_session_token": "AWS_SESSION_TOKEN",
+}
+
+
+def credentials_env(config: Mapping[str, Any]) -> dict[str, str]:
+    """Return the config's S3 credentials as ``AWS_*`` environment variables (unset keys omitted).
+
+    The one way credentials leave a process: in a child's environment, never on a command
+    line or in a task.
+    """
+    return {var: str(config[key]) for key, var in _CREDENTIAL_ENV.items() if not is_unset(config.get(key))}
+
+
+def option(config: Mapping[str, Any], key: str, spec: ConfigKey) -> Any:
+    """Return ``key`` from ``config`` cast by ``spec``, else its env override, else ``spec.default``.
+
+    For backends reading their own keys. A :class:`Config` from :func:`load_config`
+    already holds every known key, resolved and cast; a plain mapping (a caller's
+    ``dict``) may lack it, and then the environment (``HSDS_BACKENDS_<KEY>``, then
+    ``<KEY>``) is consulted as :func:`load_config` would. HSDS's unset sentinels (``None``,
+    ``""``) mean the default.
+    """
+    value = config.get(key)
+    source = "config"
+    if value is None or value == "":
+        if key not in config or not isinstance(config, Config):
+            name = key.upper()
+            env = os.environ.get(ENV_PREFIX + name) or os.environ.get(name)
+            if env:
+                return spec.cast(key, env, f"env {ENV_PREFIX + name if os.environ.get(ENV_PREFIX + name) else name}")
+        value, source = spec.default, "default"
+        if value is None:
+            return None
+    elif isinstance(config, Config):
+        source = config.source(key) if key in config._sources else "config"
+    return spec.cast(key, value, source)
+
+
+def _caster_for(key: str, like: Any = None) -> Caster:
     """Caster of a known key, else one inferred from an existing value (HSDS: cast by the yml type)."""
-    if key in _CASTERS:
-        return _CASTERS[key]
+    spec = CORE_KEYS.get(key) or known_keys().get(key)
+    if spec is not None:
+        return spec.cast
     if key in SIZE_KEYS:
-        return _cast_size
+        return as_size
     if isinstance(like, bool):
-        return _cast_bool
+        return as_bool
     if isinstance(like, int):
-        return _cast_int
+        return as_int
     if isinstance(like, float):
-        return _cast_float
+        return as_float
     if isinstance(like, (list, tuple)):
-        return _cast_list
+        return as_list
     if isinstance(like, str):
-        return _cast_str
+        return as_str
     return lambda _key, value, _source: value  # null/unknown/mapping: kept as given
 
 
@@ -290,7 +350,7 @@ def _caster_for(key: str, like: Any = None) -> _Caster:
 class Config(Mapping[str, Any]):
     """An immutable mapping of resolved config values.
 
-    ``Config(data)`` is :data:`DEFAULTS` updated with ``data`` (known keys are cast; ``None``
+    ``Config(data)`` is the known keys' defaults updated with ``data`` (known keys are cast; ``None``
     sets ``None``). Use
     :func:`load_config` to read a file and the environment. ``repr`` hides secrets
     (:data:`SECRET_KEYS`); :meth:`to_dict` returns the real values unless ``redact=True``.
@@ -302,8 +362,8 @@ class Config(Mapping[str, Any]):
     def __init__(self, data: Mapping[str, Any] | None = None) -> None:
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
-        for key, default in DEFAULTS.items():
-            values[key] = _caster_for(key)(key, default, "defaults")
+        for key, spec in known_keys().items():
+            values[key] = None if spec.default is None else spec.cast(key, spec.default, "defaults")
             sources[key] = "default"
         for key, value in (data or {}).items():
             values[key] = None if value is None else _caster_for(key, value)(key, value, "argument")
@@ -371,7 +431,7 @@ def find_config_file(path: str | os.PathLike[str] | None = None, env: Mapping[st
     """Return the config file to read, or ``None``.
 
     ``path`` (a file, or a folder holding ``config.yml``/``config.yaml``) if given, and it
-    must exist; else ``$CONFIG_DIR/config.yml`` or ``config.yaml`` (hsds-format.md §6.5 step 1;
+    must exist; else ``$CONFIG_DIR/config.yml`` or ``config.yaml`` (docs/hsds-format.md §6.5 step 1;
     a ``CONFIG_DIR`` that is not a folder is an error); else ``None``. We do not search
     ``./``, ``/config`` or ``/etc/hsds`` as HSDS does: an unexpected file should not change a
     library's behaviour.
@@ -431,6 +491,9 @@ def load_config(
 ) -> Config:
     """Resolve the configuration (see the module docstring for the rules).
 
+    Known keys are the core's (:data:`CORE_KEYS`) and those of every installed backend
+    (:func:`known_keys`).
+
     Parameters
     ----------
     path
@@ -444,7 +507,7 @@ def load_config(
     Returns
     -------
     Config
-        Every key of :data:`DEFAULTS` plus every key of the file, cast by type.
+        Every known key plus every key of the file, cast by type.
 
     Raises
     ------
@@ -457,11 +520,12 @@ def load_config(
     file = find_config_file(path, env)
     yml = _read_yml(file) if file else {}
 
+    known = known_keys()
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    keys = list(DEFAULTS)
-    keys += [k for k in yml if k not in DEFAULTS]
-    keys += [k for k in overrides if k not in DEFAULTS and k not in yml]
+    keys = list(known)
+    keys += [k for k in yml if k not in known]
+    keys += [k for k in overrides if k not in known and k not in yml]
     for key in keys:
         yml_value = yml.get(key)
         cast = _caster_for(key, yml_value)
@@ -474,8 +538,8 @@ def load_config(
             value, source = env[name], f"env {name}"
         elif yml_value is not None:
             value, source = yml_value, f"file {file}"
-        elif key in DEFAULTS:
-            value, source = DEFAULTS[key], "default"
+        elif key in known:
+            value, source = known[key].default, "default"
         elif key in yml:
             values[key], sources[key] = None, f"file {file}"  # an unknown key set to null
             continue

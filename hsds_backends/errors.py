@@ -36,7 +36,24 @@ __all__ = [
 
 
 class HsdsBackendsError(Exception):
-    """Root of every error raised by hsds-backends."""
+    """Root of every error raised by hsds-backends.
+
+    Parameters
+    ----------
+    *args
+        The message (and anything else the builtin mixed in takes).
+    status
+        The HTTP status a service answers this error with, or the one a remote service
+        answered (``None``: not from or for HTTP). Kept when the error is pickled.
+    """
+
+    status: int | None = None
+    """HTTP status this error is answered with or came from (``None``: none)."""
+
+    def __init__(self, *args: object, status: int | None = None) -> None:
+        super().__init__(*args)
+        if status is not None:
+            self.status = status
 
 
 class ConfigError(HsdsBackendsError):

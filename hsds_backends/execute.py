@@ -21,7 +21,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -37,6 +37,8 @@ from .errors import (
     TaskError,
     TypeJsonError,
 )
+from ._aio import wait_bounded
+from ._ledger import Ledger
 from .model import Backend, RequestStats
 
 if TYPE_CHECKING:
@@ -55,7 +57,7 @@ def can_fail_over(exc: BaseException) -> bool:
     if isinstance(exc, _DATA_ERRORS):
         return False
     if isinstance(exc, TaskError):
-        return (getattr(exc, "status", None) or 500) >= 500
+        return (exc.status or 500) >= 500
     return isinstance(exc, (BackendError, StorageError, OSError, asyncio.TimeoutError, ConnectionError))
 
 
@@ -89,6 +91,8 @@ class Execution:
     progress: Callable[[int], None] | None = None
     close_timeout_s: float = 10.0
     """Longest wait for a backend to clean up after a request (cancelling its leftover work)."""
+    ledger: Ledger = field(default_factory=Ledger)
+    """Where the backends' running counters are kept (the reader's)."""
 
     def __post_init__(self) -> None:
         self.done: set[int] = set()
@@ -139,16 +143,18 @@ class Execution:
                 return
             b = current
             tried.append(b)
-            b.counters.requests += 1
-            b.counters.tasks += len(todo)
-            b.counters.in_flight += len(todo)
+            counters = self.ledger.counters(b)
+            counters.requests += 1
+            counters.tasks += len(todo)
+            counters.in_flight += len(todo)
+            retries_before = self.stats.retries
             try:
                 await self._stream(b, todo)
                 return
             except BaseException as exc:
                 self._sync_done()
                 left = [i for i in todo if i not in self.done]
-                b.counters.failed += len(left)
+                counters.failed += len(left)
                 if not can_fail_over(exc) or not left:
                     raise
                 if queue is None:
@@ -163,14 +169,13 @@ class Execution:
                 self.stats.s3_gets += sum(1 for i in left if self.plan.tasks[i].location is not None)
                 current = nxt
             finally:
-                b.counters.in_flight = max(0, b.counters.in_flight - len(todo))
+                counters.in_flight = max(0, counters.in_flight - len(todo))
+                counters.retried += self.stats.retries - retries_before
 
     async def _stream(self, backend: Backend, todo: list[int]) -> None:
         tasks = [self.plan.tasks[i] for i in todo]
-        if backend.capabilities.direct_placement:
-            gen = backend.read_chunks(tasks, sink=lambda j, res: self._place(todo[j], res))  # type: ignore[call-arg]
-        else:
-            gen = backend.read_chunks(tasks)
+        sink = (lambda j, res: self._place(todo[j], res)) if backend.capabilities.direct_placement else None
+        gen = backend.read_chunks(tasks, sink=sink)
         it = gen.__aiter__()
         nxt: asyncio.Future[Any] | None = asyncio.ensure_future(it.__anext__())
         hedges: dict[asyncio.Future[Any], int] = {}
@@ -247,16 +252,14 @@ class Execution:
                 await aclose()
 
         task = asyncio.ensure_future(clean())
-        done, _ = await asyncio.wait({task}, timeout=self.close_timeout_s)
-        if task in done:
+        if not await wait_bounded(task, self.close_timeout_s):
+            log.warning(
+                "backend %s did not finish cleaning up within %.1f s (close_timeout_s); the request goes on without waiting",
+                backend.name,
+                self.close_timeout_s,
+            )
+        elif not task.cancelled():
             task.result()
-            return
-        log.warning(
-            "backend %s did not finish cleaning up within %.1f s (close_timeout_s); the request goes on without waiting",
-            backend.name,
-            self.close_timeout_s,
-        )
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def _median(self) -> float | None:
         if len(self._times) < 2:

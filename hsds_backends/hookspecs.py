@@ -20,7 +20,7 @@ and written with the :data:`hookimpl` marker::
             return MyBackend(config)
 
 Hooks are synchronous (pluggy calls them synchronously; an ``async def``
-hookimpl would return a coroutine, which is not ``None``, pluggy#320). They
+hookimpl would return a coroutine, which is not ``None``). They
 build and choose :class:`~hsds_backends.model.Backend` objects; the objects do
 the I/O. Hook arguments only ever grow: an implementation may accept any
 subset of a hook's parameters.
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from .model import Backend, Choice, CostEstimate, ReadRequest
+    from .storage import Storage
 
 __all__ = ["hookspec", "hookimpl", "PROJECT_NAME"]
 
@@ -66,7 +67,7 @@ def hsds_backends_backend_classes() -> Sequence[type[Backend]]:  # type: ignore[
 
 
 @hookspec(firstresult=True)
-def hsds_backends_make_backend(name: str, config: Mapping[str, Any]) -> Backend | None:
+def hsds_backends_make_backend(name: str, config: Mapping[str, Any], storage: Storage | None) -> Backend | None:
     """Build the backend called ``name`` from ``config``.
 
     Called by :func:`hsds_backends.plugins.make_backend` the first time a
@@ -81,6 +82,10 @@ def hsds_backends_make_backend(name: str, config: Mapping[str, Any]) -> Backend 
         The backend asked for (``"inline"``, ``"lambda"``, ...).
     config
         The resolved configuration (:func:`hsds_backends.config.load_config`).
+    storage
+        The reader's open storage, or ``None``. An in-process backend may read
+        through it (the built-in ``inline`` does); a backend whose tasks run
+        elsewhere ignores it (accept only ``name`` and ``config``).
 
     Returns
     -------
@@ -88,6 +93,8 @@ def hsds_backends_make_backend(name: str, config: Mapping[str, Any]) -> Backend 
         The backend, or ``None`` if this plugin does not provide ``name``.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+       ``storage`` added.
     """
 
 
@@ -97,12 +104,13 @@ def hsds_backends_estimate_cost(backend: Backend, request: ReadRequest) -> CostE
 
     Called by the default selection policy for every backend that can serve
     the request. The core's built-in implementation (``trylast``) returns
-    ``backend.estimate(request)``: the backend's declared
+    the reader's ledger estimate
+    (:meth:`hsds_backends._ledger.Ledger.estimate`): the backend's declared
     ``estimate_cost(request)`` with its time replaced by the backend's
     measured latency for requests of the same shape once there is some. A
     site plugin may return its own figure for some backends; it is used as
-    is. While no plugin implements this hook, the reader calls
-    ``backend.estimate`` directly (no per-request hook dispatch).
+    is. While no plugin implements this hook, the reader asks its ledger
+    directly (no per-request hook dispatch).
 
     Stops at the first non-None result.
 

@@ -1,43 +1,52 @@
-"""The execution contract every backend implements.
+"""The execution contract every backend implements (docs/architecture.md §3).
 
-:class:`Backend` is an async ABC (modelled on zarr's ``abc/store.py``): one
-abstract :meth:`Backend.read_chunk`, a batched :meth:`Backend.read_chunks` with
-bounded concurrency derived from it, :meth:`Backend.aclose`, and ``async with``.
-Hooks (:mod:`hsds_backends.hookspecs`) build and choose backends; backends do
-the I/O (STYLE.md §3).
+:class:`Backend` is an async ABC (modelled on zarr's ``abc/store.py``): a backend
+overrides :meth:`Backend.read_chunk`, :meth:`Backend.read_chunks`, or both; the one it
+does not override is derived from the other. :meth:`Backend.aclose` and ``async with``
+stop what it started. Hooks (:mod:`hsds_backends.hookspecs`) build and choose backends;
+backends do the I/O. What the selector learns about backends (measured latency, running
+counters) is kept by the selector's :class:`~hsds_backends._ledger.Ledger`, not here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import math
 import os
-from abc import ABC, abstractmethod
+from abc import ABC
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
-from ._latency import DEFAULT_WINDOW, LatencyTable, ShapeKey, shape_key
+from ._aio import map_unordered
+from .errors import BackendError
+from ._latency import ShapeKey, shape_key
 
 if TYPE_CHECKING:
+    from ._ledger import Ledger
+    from .config import ConfigKey
     from .plan import ReadPlan
     from .tasks import ChunkResult, ChunkTask
 
+#: ``sink(j, result)``: places task ``j``'s result into the output. Thread-safe; a backend
+#: with :attr:`Capabilities.direct_placement` may call it from its worker threads.
+Sink: TypeAlias = "Callable[[int, ChunkResult], object]"
+
 __all__ = [
     "Backend",
-    "BackendCounters",
     "Capabilities",
     "CostEstimate",
     "ReadRequest",
     "RequestStats",
     "Choice",
-    "LatencyTable",
     "ShapeKey",
+    "Sink",
+    "add_stats",
     "current_stats",
     "default_workers",
+    "waves",
 ]
 
 
@@ -78,11 +87,15 @@ class Capabilities:
     configured: bool = True
     """Whether the backend has what it needs to run (endpoints, functions)."""
     direct_placement: bool = False
-    """``read_chunks(tasks, sink=...)`` accepts a thread-safe ``sink(j, result)`` and calls it from
-    its worker threads, so results are copied into the output there (in parallel) rather than on
-    the event loop. The backend still yields ``(j, result)`` for every task, but once ``sink``
-    has taken a result its ``data`` may be empty or released (the sink copies what it keeps, so a
-    backend may reuse the buffer behind it)."""
+    """``read_chunks(tasks, sink=...)`` calls the thread-safe :data:`Sink` from its worker
+    threads, so results are copied into the output there (in parallel) rather than on the
+    event loop. The backend still yields ``(j, result)`` for every task, but once ``sink``
+    has taken a result its ``data`` may be empty or released (the sink copies what it keeps,
+    so a backend may reuse the buffer behind it). Without this flag the caller places what
+    is yielded and ``sink`` is ignored."""
+    data_nodes: int = 0
+    """HSDS data nodes the backend fans chunk requests out over, partitioned as HSDS does
+    (0: not a data-node backend). HSDS's 2021 rule compares requests with this count."""
 
 
 class LazyText:
@@ -160,8 +173,22 @@ class RequestStats:
     """Estimated charge: compute (Lambda) plus requests, as reported by the backend."""
     seconds: float = 0.0
     """Wall time from plan to assembled result."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Backend-specific figures (e.g. ``invokes``)."""
+    extra: dict[str, dict[str, int | float]] = field(default_factory=dict)
+    """Backend-specific figures, by backend name (``extra["lambda"]["invokes"]``)."""
+
+    def add(self, backend: str, *, retries: int = 0, gb_seconds: float = 0.0, dollars: float = 0.0, **figures: int | float) -> None:
+        """Add a backend's figures for this request: the common ones, and its own under ``extra[backend]``.
+
+        The one way backends report (see :func:`add_stats`); figures add up over the
+        calls a request makes (failover, hedging, split batches).
+        """
+        self.retries += retries
+        self.gb_seconds += gb_seconds
+        self.dollars += dollars
+        if figures:
+            box = self.extra.setdefault(backend, {})
+            for key, value in figures.items():
+                box[key] = box.get(key, 0) + value
 
     def to_json(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -169,19 +196,24 @@ class RequestStats:
         return asdict(self)
 
 
-#: The stats of the request being executed, for backends to add their figures to.
+#: The stats of the request being executed (set by the reader around a request).
 current_stats: contextvars.ContextVar[RequestStats | None] = contextvars.ContextVar("hsds_backends_stats", default=None)
 
 
-@dataclass
-class BackendCounters:
-    """Running totals per backend instance, like HSDS's ``lambda_stats``."""
+def add_stats(backend: str, *, retries: int = 0, gb_seconds: float = 0.0, dollars: float = 0.0, **figures: int | float) -> None:
+    """Add figures to the current request's :class:`RequestStats` (nothing outside a request).
 
-    requests: int = 0
-    tasks: int = 0
-    in_flight: int = 0
-    failed: int = 0
-    retried: int = 0
+    Backends call this from the task that runs their ``read_chunks`` (the reader sets
+    :data:`current_stats` there); see :meth:`RequestStats.add`.
+    """
+    stats = current_stats.get()
+    if stats is not None:
+        stats.add(backend, retries=retries, gb_seconds=gb_seconds, dollars=dollars, **figures)
+
+
+def waves(num_chunks: int, concurrency: int) -> int:
+    """Return how many rounds of ``concurrency`` tasks ``num_chunks`` tasks take (at least 0)."""
+    return math.ceil(num_chunks / max(1, concurrency))
 
 
 @dataclass(frozen=True)
@@ -210,10 +242,20 @@ class ReadRequest:
     options: Mapping[str, Any] = field(default_factory=dict)
     estimator: Callable[[Backend], CostEstimate] | None = field(default=None, repr=False, compare=False)
     """Returns a backend's estimate through the ``hsds_backends_estimate_cost`` hook (set by the reader)."""
+    ledger: Ledger | None = field(default=None, repr=False, compare=False)
+    """The selector's measurements (the reader's); ``None``: declared estimates only."""
 
     def estimate(self, backend: Backend) -> CostEstimate:
-        """Return ``backend``'s cost estimate for this request (through the hook when available)."""
-        return self.estimator(backend) if self.estimator is not None else backend.estimate(self)
+        """Return ``backend``'s cost estimate for this request.
+
+        Through the ``hsds_backends_estimate_cost`` hook when a plugin implements it, else
+        the ledger's (measured latency over the declared model), else the declared model.
+        """
+        if self.estimator is not None:
+            return self.estimator(backend)
+        if self.ledger is not None:
+            return self.ledger.estimate(backend, self)
+        return backend.estimate_cost(self)
 
     @property
     def kind(self) -> str:
@@ -276,13 +318,17 @@ class Backend(ABC):
     """Execute chunk tasks. Subclass it in a plugin and return it from ``hsds_backends_make_backend``.
 
     Subclasses set ``name`` (= entry-point name = registered plugin name),
-    ``description`` and ``url``, implement :attr:`capabilities` and
-    :meth:`read_chunk`, and may override :meth:`read_chunks` to batch,
-    :meth:`estimate_cost` to model their costs (the *declared* estimate;
-    :meth:`estimate` replaces its time by measured latency once there is
-    some), :attr:`started` when they start something on first use, and
-    :meth:`aclose` to stop what they started. Construction must be cheap and
-    do no I/O: start clusters, processes and clients lazily on first use.
+    ``description`` and ``url``; declare their config keys in :attr:`config_keys`;
+    override :meth:`read_chunk` (one task) or :meth:`read_chunks` (many, batched,
+    streamed) or both — the other is derived — and may override :attr:`capabilities`,
+    :meth:`estimate_cost` (the *declared* cost model; the selector replaces its time by
+    measured latency once there is some), :attr:`started` when they start something on
+    first use, and :meth:`aclose` to stop what they started. Construction must be cheap
+    and do no I/O: start clusters, processes and clients lazily on first use.
+
+    A class that is itself abstract (a base for other backends) is declared with
+    ``class Base(Backend, abstract=True)``; any other subclass that overrides neither
+    ``read_chunk`` nor ``read_chunks`` is refused when the class is created.
 
     See Also
     --------
@@ -292,23 +338,27 @@ class Backend(ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
     url: ClassVar[str] = ""
+    #: Config keys this backend reads, with default and caster (collected by :func:`hsds_backends.config.known_keys`).
+    config_keys: ClassVar[Mapping[str, ConfigKey]] = {}
     #: Capabilities known without configuration (used by ``hsds-backends backends``).
     static_capabilities: ClassVar[Capabilities] = Capabilities()
     #: Fixed per-request overhead and per-wave time of the declared cost model (:meth:`estimate_cost`).
     overhead_s: ClassVar[float] = 0.001
     per_chunk_s: ClassVar[float] = 0.004
-
     #: Extra seconds for the first request (process/cluster start, cold functions).
     cold_start_s: ClassVar[float] = 0.0
-    #: Readings of measured latency kept per plan shape (their median is used; see :class:`LatencyTable`).
-    latency_window: ClassVar[int] = DEFAULT_WINDOW
+
+    def __init_subclass__(cls, *, abstract: bool = False, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not abstract and cls.read_chunk is Backend.read_chunk and cls.read_chunks is Backend.read_chunks:
+            raise TypeError(
+                f"backend class {cls.__qualname__} must override read_chunk(task) or read_chunks(tasks, *, sink=None) "
+                "(or be declared abstract: class Base(Backend, abstract=True))"
+            )
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         self.config: Mapping[str, Any] = dict(config or {})
         self._closed = False
-        self.counters = BackendCounters()
-        self.latency = LatencyTable(self.latency_window)
-        """Measured seconds per wave of tasks, per plan shape (filled by :meth:`observe`)."""
         self._placement_pool: ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
@@ -348,34 +398,13 @@ class Backend(ABC):
     def started(self) -> bool:
         """Whether the backend's resources are up (no cold start ahead).
 
-        By default an in-process backend is always started and a remote one
-        once it has served a request in this process (its first request may
-        have started a runtime, a cluster, connections). Backends that know
-        better override it (``containers``: its DNs are up; ``dask``: the
-        client is connected). The selector adds ``cold_start_s`` while not
-        started, and the reader does not record the latency of a read that
-        began unstarted.
+        By default an in-process backend is always started and a remote one never;
+        a backend that starts something on first use overrides this (``containers``:
+        its DNs are up; ``dask``: the client is connected; ``lambda``: its client or
+        local runtime is up). The selector adds ``cold_start_s`` while not started,
+        and the reader does not record the latency of a read that began unstarted.
         """
-        return self.counters.requests > 0 or not self.capabilities.remote
-
-    def _waves(self, num_chunks: int) -> int:
-        return math.ceil(num_chunks / max(1, self.capabilities.max_concurrency))
-
-    def observe(self, request: ReadRequest, seconds: float) -> None:
-        """Record a finished request's wall time under its plan shape.
-
-        Called by the reader after a request ran entirely on this backend
-        from an already started state (no cold start, no failover, no hedge
-        won elsewhere), so the figure is what this backend costs for that
-        shape. Stored per wave of ``max_concurrency`` tasks — the whole wall
-        time, fixed overhead included, so that the estimate for the same plan
-        is the time measured — which makes requests of different sizes within
-        one size bucket comparable.
-        """
-        n = request.num_chunks
-        if n == 0:
-            return
-        self.latency.record(request.shape, seconds / self._waves(n), n)
+        return not self.capabilities.remote
 
     def estimate_cost(self, request: ReadRequest) -> CostEstimate:
         """Return the *declared* estimate of wall time (and dollars) for ``request``.
@@ -383,94 +412,57 @@ class Backend(ABC):
         overhead + (cold start if not started) + waves × ``per_chunk_s``,
         where a wave is ``max_concurrency`` tasks. Override to model a
         backend's costs (dollars, payload batching, transfer); return an
-        infinite time to refuse a request. Measured latency is applied on
-        top of this by :meth:`estimate`.
+        infinite time to refuse a request. The selector's ledger applies
+        measured latency on top of this
+        (:meth:`hsds_backends._ledger.Ledger.estimate`).
         """
-        waves = self._waves(request.num_chunks)
+        n = waves(request.num_chunks, self.capabilities.max_concurrency)
         cold = 0.0 if self.started else self.cold_start_s
-        secs = self.overhead_s + cold + waves * self.per_chunk_s
+        secs = self.overhead_s + cold + n * self.per_chunk_s
 
         def detail() -> str:
-            text = f"{self.overhead_s * 1e3:.1f} ms + {waves} wave(s) × {self.per_chunk_s * 1e3:.1f} ms (declared)"
+            text = f"{self.overhead_s * 1e3:.1f} ms + {n} wave(s) × {self.per_chunk_s * 1e3:.1f} ms (declared)"
             return text + (f" + cold start {cold:.1f} s" if cold else "")
 
         return CostEstimate(secs, 0.0, detail)
 
-    def estimate(self, request: ReadRequest) -> CostEstimate:
-        """Return the estimate the selector uses: measured latency where there is some, else declared.
-
-        Starts from :meth:`estimate_cost` (which keeps its dollars, and its
-        refusal when infinite). When this backend has served requests of
-        the same shape (:attr:`ReadRequest.shape`), the time is waves × the
-        median measured seconds per wave ("measured"); else, when it has
-        served the same kind at another size, that bucket's figure scaled by
-        waves ("measured at ~N chunks"); else the declared figure stands.
-        Cold start (``cold_start_s``) is added while not :attr:`started`.
-        Called by the core's ``hsds_backends_estimate_cost`` implementation.
-        """
-        declared = self.estimate_cost(request)
-        m = self.latency.lookup(request.shape)
-        n = request.num_chunks
-        if m is None or n == 0 or not math.isfinite(declared.seconds):
-            return declared
-        waves = self._waves(n)
-        cold = 0.0 if self.started else self.cold_start_s
-
-        def detail() -> str:
-            src = "measured" if m.exact else f"measured at ~{m.chunks} chunk{'s' if m.chunks != 1 else ''}"
-            text = f"{waves} wave(s) × {m.wave_s * 1e3:.1f} ms ({src})"
-            return text + (f" + cold start {cold:.1f} s" if cold else "")
-
-        return CostEstimate(cold + waves * m.wave_s, declared.dollars, detail)
-
     # ------------------------------------------------------------- execution
-    @abstractmethod
     async def read_chunk(self, task: ChunkTask) -> ChunkResult:
         """Execute one chunk task and return its result.
 
-        Called by :meth:`read_chunks`. Must raise the same error types the
-        kernel raises (:mod:`hsds_backends.errors`) for bad tasks and bad
-        chunks, so every backend fails the same way.
+        Derived from :meth:`read_chunks` unless overridden. Must raise the same
+        error types the kernel raises (:mod:`hsds_backends.errors`) for bad tasks
+        and bad chunks, so every backend fails the same way. The hedging of
+        stragglers calls this for one task at a time.
         """
+        gen = self.read_chunks([task])
+        try:
+            async for _, result in gen:
+                return result
+        finally:
+            await gen.aclose()
+        raise BackendError(f"backend {self.name!r} returned no result for chunk {task.chunk_id}")
 
-    async def read_chunks(self, tasks: Sequence[ChunkTask]) -> AsyncIterator[tuple[int, ChunkResult]]:
+    async def read_chunks(self, tasks: Sequence[ChunkTask], *, sink: Sink | None = None) -> AsyncIterator[tuple[int, ChunkResult]]:
         """Yield ``(i, result)`` for each of ``tasks`` as results complete.
 
-        Runs at most ``capabilities.max_concurrency`` :meth:`read_chunk` calls
-        at once. Override to batch tasks into fewer calls. On the first error
-        the remaining tasks are cancelled and the error is raised.
+        Derived from :meth:`read_chunk` unless overridden: at most
+        ``capabilities.max_concurrency`` calls at once. Override to batch tasks
+        into fewer calls. On the first error the remaining tasks are cancelled
+        and the error is raised.
+
+        Parameters
+        ----------
+        tasks
+            The chunk tasks, in plan order.
+        sink
+            With :attr:`Capabilities.direct_placement`, the backend may place a
+            result by calling ``sink(i, result)`` from its worker threads before it
+            yields ``(i, result)``; without that flag it is ignored (the caller
+            places what is yielded).
         """
-        limit = max(1, self.capabilities.max_concurrency)
-        queue: asyncio.Queue[tuple[int, ChunkResult] | BaseException] = asyncio.Queue()
-        it = iter(enumerate(tasks))
-
-        async def worker() -> None:
-            for i, t in it:
-                try:
-                    r = await self.read_chunk(t)
-                except BaseException as exc:  # noqa: BLE001 - forwarded to the consumer
-                    await queue.put(exc)
-                    return
-                await queue.put((i, r))
-
-        workers = [asyncio.create_task(worker()) for _ in range(min(limit, len(tasks)))]
-        try:
-            for _ in range(len(tasks)):
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            for w in workers:
-                w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-
-    async def execute(self, tasks: Sequence[ChunkTask]) -> list[ChunkResult]:
-        """Run ``tasks`` and return their results in task order."""
-        out: list[ChunkResult | None] = [None] * len(tasks)
-        async for i, r in self.read_chunks(tasks):
-            out[i] = r
-        return out  # type: ignore[return-value]
+        async for item in map_unordered(self.read_chunk, tasks, self.capabilities.max_concurrency):
+            yield item
 
     def placement_pool(self) -> ThreadPoolExecutor:
         """Threads on which a direct-placement backend calls ``sink`` (one per core).

@@ -28,12 +28,15 @@ from typing import TYPE_CHECKING, Any, Final
 import pluggy
 
 from . import hookspecs
+from ._version import __version__
 from .errors import BackendNotInstalledError, PluginError, UnknownBackendError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
+    from .config import ConfigKey
     from .model import Backend, Capabilities
+    from .storage import Storage
 
 __all__ = [
     "KNOWN_BACKENDS",
@@ -42,6 +45,7 @@ __all__ = [
     "refresh_plugins",
     "list_backends",
     "backend_names",
+    "backend_config_keys",
     "make_backend",
     "ENTRY_POINT_GROUP",
     "build_plugin_manager",
@@ -187,8 +191,6 @@ def _check_hooks(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
 
 
 def _core_version() -> str:
-    from . import __version__
-
     return __version__
 
 
@@ -226,6 +228,25 @@ def _classes(state: _State) -> dict[str, tuple[type[Backend], str]]:
     return out
 
 
+def backend_config_keys(pm: pluggy.PluginManager | None = None) -> dict[str, ConfigKey]:
+    """Return the config keys every installed backend declares (``Backend.config_keys``).
+
+    Raises
+    ------
+    PluginError
+        Two backends declare the same key (each key has one owner).
+    """
+    owners: dict[str, str] = {}
+    keys: dict[str, ConfigKey] = {}
+    for name, (cls, _plugin) in sorted(_classes(_get_state() if pm is None else _state_for(pm)).items()):
+        for key, spec in cls.config_keys.items():
+            if key in owners and keys[key] is not spec:
+                raise PluginError(f"config key {key!r} is declared by both backend {owners[key]!r} and {name!r}; a key has one owner")
+            owners[key] = name
+            keys[key] = spec
+    return keys
+
+
 def backend_names(pm: pluggy.PluginManager | None = None) -> list[str]:
     """Return the names of installed backends, sorted."""
     return sorted(_classes(_get_state() if pm is None else _state_for(pm)))
@@ -245,8 +266,13 @@ def list_backends(pm: pluggy.PluginManager | None = None) -> list[BackendInfo]:
     return infos
 
 
-def make_backend(name: str, config: Mapping[str, Any], pm: pluggy.PluginManager | None = None) -> Backend:
+def make_backend(
+    name: str, config: Mapping[str, Any], pm: pluggy.PluginManager | None = None, *, storage: Storage | None = None
+) -> Backend:
     """Build backend ``name``.
+
+    ``storage``, when given, is the caller's open storage, offered to the plugin
+    (an in-process backend may read through it instead of opening its own).
 
     Raises
     ------
@@ -266,7 +292,7 @@ def make_backend(name: str, config: Mapping[str, Any], pm: pluggy.PluginManager 
             f"backend {name!r} is installed but its plugin failed to load: {state.broken[name]}; "
             f"reinstall it: pip install --force-reinstall {KNOWN_BACKENDS.get(name, name)}"
         ) from state.broken[name]
-    backend: Backend | None = state.pm.hook.hsds_backends_make_backend(name=name, config=config)
+    backend: Backend | None = state.pm.hook.hsds_backends_make_backend(name=name, config=config, storage=storage)
     if backend is not None:
         if backend.name != name:
             raise PluginError(f"plugin asked for backend {name!r} returned backend {backend.name!r}")

@@ -12,9 +12,12 @@ Policies (config ``backend_policy``):
   declared cost model. Bounded exploration (config ``auto_explore``) runs a
   free candidate that has no measurement for the request's shape yet, so a
   backend that is faster than declared gets found.
-- ``hsds2021``: HSDS's 2021 rule (hsds-format.md §6.2): Lambda iff the request
-  is ``nonstrict``, a function is configured and chunks (or points) ≥
-  ``aws_lambda_threshold`` × DN count; else containers.
+- ``hsds2021``: HSDS's 2021 rule (docs/hsds-format.md §6.2): the serverless backend
+  (the candidate that bills per request, ``Capabilities.costs_money``) iff the request is
+  ``nonstrict``, a function is configured and chunks (or points) ≥
+  ``aws_lambda_threshold`` × DN count; else the data-node backend
+  (``Capabilities.data_nodes`` > 0). Backends are told apart by their capabilities,
+  never by name.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ import math
 import sys
 from typing import TYPE_CHECKING, Any, Final
 
-from ._latency import bucket_label
-from .config import DEFAULTS
+from ._latency import LatencyTable, bucket_label
+from .config import CORE_KEYS
 from .errors import ConfigError, NoBackendError
 from .hookspecs import hookimpl
 from .model import Backend, Choice, CostEstimate, ReadRequest
@@ -60,7 +63,7 @@ def only_core_implements(pm: pluggy.PluginManager, hook: str) -> bool:
     """Return whether the core's built-in policy module is the only implementation of ``hook``.
 
     Then the reader calls that implementation directly, skipping pluggy's
-    dispatch on every request (issue #6: auto's selection overhead). A plugin
+    dispatch on every request (selection runs on every read and must stay cheap). A plugin
     registered later is seen on the next request. Never true for a manager
     built with ``HSDS_BACKENDS_TRACE`` set, so traced runs log every hook call.
     """
@@ -71,7 +74,21 @@ def only_core_implements(pm: pluggy.PluginManager, hook: str) -> bool:
 def estimate(pm: pluggy.PluginManager, backend: Backend, request: ReadRequest) -> CostEstimate:
     """Return the cost estimate for ``backend`` through the ``hsds_backends_estimate_cost`` hook."""
     est: CostEstimate | None = pm.hook.hsds_backends_estimate_cost(backend=backend, request=request)
-    return est if est is not None else backend.estimate(request)
+    return est if est is not None else _measured_or_declared(backend, request)
+
+
+def _measured_or_declared(backend: Backend, request: ReadRequest) -> CostEstimate:
+    ledger = request.ledger
+    return ledger.estimate(backend, request) if ledger is not None else backend.estimate_cost(request)
+
+
+_NO_READINGS: Final = LatencyTable()
+
+
+def _latency(request: ReadRequest, backend: Backend) -> LatencyTable:
+    """The backend's measured latency in the request's ledger (an empty table without one)."""
+    ledger = request.ledger
+    return ledger.latency(backend) if ledger is not None else _NO_READINGS
 
 
 def candidates_for(
@@ -174,7 +191,7 @@ def explore_factor(config: Mapping[str, Any]) -> float:
     """
     value = config.get("auto_explore")
     if value is None:
-        return float(DEFAULTS["auto_explore"])
+        return float(CORE_KEYS["auto_explore"].default)
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
         return float(value)
     try:
@@ -194,10 +211,11 @@ def _explorable(
 ) -> bool:
     """Whether ``b`` may be run to measure it: unmeasured for this shape, free, finite, and started or cheap enough to start."""
     key = request.shape
+    table = _latency(request, b)
     return (
         math.isfinite(est.seconds)
-        and not b.latency.measured(key)
-        and b.latency.attempts(key) < EXPLORE_ATTEMPTS
+        and not table.measured(key)
+        and table.attempts(key) < EXPLORE_ATTEMPTS
         and (est.seconds <= factor * best.seconds or b.started)
         and not b.capabilities.costs_money
     )
@@ -238,7 +256,7 @@ def default_policy(request: ReadRequest, candidates: Sequence[Backend], config: 
         factor = explore_factor(config)
         key = request.shape
         # explore only against a measured best: an unmeasured best gets measured by running it
-        if factor > 0 and best.latency.measured(key):
+        if factor > 0 and _latency(request, best).measured(key):
             trial = [(e, b) for e, b in within if b is not best and _explorable(request, e, b, best_est, factor)]
             if trial:
                 est, chosen = min(trial, key=lambda eb: eb[0].seconds)
@@ -272,11 +290,13 @@ def _unit(request: ReadRequest) -> str:
     return "chunk" if request.num_chunks == 1 else "chunks"
 
 
-def _dn_count(candidates: Sequence[Backend], config: Mapping[str, Any]) -> int:
-    for b in candidates:
-        n = getattr(b, "node_count", None)
-        if b.name == "containers" and isinstance(n, int) and n > 0:
-            return n
+#: HSDS's default ``aws_lambda_threshold`` (docs/hsds-format.md §6.1), for when no backend declares the key.
+_HSDS_LAMBDA_THRESHOLD: Final = 4
+
+
+def _dn_count(dn: Backend | None, config: Mapping[str, Any]) -> int:
+    if dn is not None:
+        return dn.capabilities.data_nodes
     if config.get("dn_count"):
         return int(config["dn_count"])
     urls = config.get("dn_urls") or []
@@ -284,20 +304,26 @@ def _dn_count(candidates: Sequence[Backend], config: Mapping[str, Any]) -> int:
 
 
 def hsds2021_policy(request: ReadRequest, candidates: Sequence[Backend], config: Mapping[str, Any]) -> Choice:
-    """HSDS's 2021 rule (hsds-format.md §6.2): Lambda iff nonstrict, configured and enough chunks, else containers."""
-    by_name = {b.name: b for b in candidates}
+    """HSDS's 2021 rule (docs/hsds-format.md §6.2): serverless iff nonstrict, configured and enough chunks, else the DNs.
+
+    The serverless backend is the candidate billed per request
+    (``Capabilities.costs_money``); the DN backend is the one with
+    ``Capabilities.data_nodes`` > 0, whose node count is the rule's DN count.
+    """
+    serverless = next((b for b in candidates if b.capabilities.costs_money), None)
+    dn = next((b for b in candidates if b.capabilities.data_nodes > 0), None)
     fn = config.get("aws_lambda_chunkread_function")
-    threshold = int(config.get("aws_lambda_threshold") or 4)
-    dns = _dn_count(candidates, config)
+    threshold = int(config.get("aws_lambda_threshold") or _HSDS_LAMBDA_THRESHOLD)
+    dns = _dn_count(dn, config)
     count = request.plan.num_points if request.kind == "points" else request.num_chunks
     what = "points" if request.kind == "points" else "chunks"
     cond = f"nonstrict={request.nonstrict}, function={fn!r}, {count} {what} vs {threshold}×{dns} DNs"
-    if request.nonstrict and fn and "lambda" in by_name and count >= threshold * dns:
-        return Choice(by_name["lambda"], f"hsds2021: lambda ({cond})")
-    if "containers" in by_name:
-        return Choice(by_name["containers"], f"hsds2021: containers ({cond})")
-    # the rule said "not Lambda": choose among the others
-    fallback = default_policy(request, [b for b in candidates if b.name != "lambda"] or candidates, config)
+    if request.nonstrict and fn and serverless is not None and count >= threshold * dns:
+        return Choice(serverless, f"hsds2021: {serverless.name} ({cond})")
+    if dn is not None:
+        return Choice(dn, f"hsds2021: {dn.name} ({cond})")
+    # the rule said "not serverless": choose among the others
+    fallback = default_policy(request, [b for b in candidates if b is not serverless] or candidates, config)
     return Choice(fallback.backend, lambda: f"hsds2021: containers not available ({cond}); {fallback.reason}", fallback.estimate)
 
 
@@ -319,7 +345,7 @@ def hsds_backends_select_backend(request: ReadRequest, candidates: Sequence[Back
 
 @hookimpl(trylast=True)
 def hsds_backends_estimate_cost(backend: Backend, request: ReadRequest) -> CostEstimate:
-    return backend.estimate(request)
+    return _measured_or_declared(backend, request)
 
 
 _THIS_MODULE: Final = sys.modules[__name__]

@@ -258,9 +258,7 @@ def _limit(v: Any) -> int | None:
 
 
 def _bad(msg: str) -> TaskError:
-    err = TaskError(msg)
-    err.status = 400  # type: ignore[attr-defined]
-    return err
+    return TaskError(msg, status=400)
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,7 +327,7 @@ def error_to_wire(exc: BaseException, chunk_id: str | None = None) -> dict[str, 
     ours = isinstance(exc, HsdsBackendsError)
     name = type(exc).__name__ if ours else "TaskError"
     # an exception that is not ours is an internal failure of the executor: 500, not a client error
-    status = (getattr(exc, "status", None) or _STATUS.get(name, 500)) if ours else 500
+    status = ((exc.status if isinstance(exc, HsdsBackendsError) else None) or _STATUS.get(name, 500)) if ours else 500
     msg = str(exc) if isinstance(exc, HsdsBackendsError) else f"{type(exc).__name__}: {exc}"
     return {"statusCode": int(status), "error_type": name, "message": msg, "chunk_id": chunk_id}
 
@@ -344,6 +342,5 @@ def error_from_wire(d: dict[str, Any], chunk_id: str | None = None) -> HsdsBacke
     cls = getattr(_errors, name, None)
     if not (isinstance(cls, type) and issubclass(cls, HsdsBackendsError)):
         cls = TaskError
-    err = cls(msg)
-    err.status = d.get("statusCode")  # type: ignore[attr-defined]
-    return err
+    code = d.get("statusCode")
+    return cls(msg, status=int(code) if isinstance(code, int) and not isinstance(code, bool) else None)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hsds_backends.config import DEFAULTS, Config, find_config_file, load_config, parse_bool, parse_size
+from hsds_backends.config import Config, find_config_file, known_keys, load_config, parse_bool, parse_size
 from hsds_backends.errors import ConfigError, HsdsBackendsError
 
 
@@ -22,7 +22,7 @@ def write_yml(folder: Path, text: str, name: str = "config.yml") -> Path:
 
 def test_defaults_without_file_or_env() -> None:
     cfg = load_config(env={})
-    assert set(DEFAULTS) <= set(cfg)
+    assert set(known_keys()) <= set(cfg)
     assert cfg["backend"] == "auto"
     assert cfg["backend_policy"] == "auto"
     assert cfg["bucket_name"] == "hsdstest"
@@ -39,7 +39,7 @@ def test_defaults_without_file_or_env() -> None:
     for key in ("root_dir", "aws_s3_gateway", "aws_access_key_id", "aws_lambda_gateway", "dask_scheduler"):
         assert cfg[key] is None
     assert cfg.source("bucket_name") == "default"
-    assert DEFAULTS["chunk_mem_cache_size"] == "128m"  # DEFAULTS itself is untouched
+    assert known_keys()["chunk_mem_cache_size"].default == "128m"  # the key table itself is untouched
 
 
 # -- precedence -------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 import hsds_backends as hb
 from hsds_backends.execute import Execution
 from hsds_backends.kernel import run_task
-from hsds_backends.model import Backend, Capabilities, RequestStats
+from hsds_backends.model import Backend, Capabilities, RequestStats, Sink
 from hsds_backends.plan import Assembler, ReadPlan
 from hsds_backends.storage import PosixStorage
 from hsds_backends.tasks import ChunkResult, ChunkTask
@@ -47,7 +47,7 @@ class _HangsOnCleanup(_Kernel):
         super().__init__(root)
         self.cleanup_started = False
 
-    async def read_chunks(self, tasks: Sequence[ChunkTask]) -> AsyncIterator[tuple[int, ChunkResult]]:
+    async def read_chunks(self, tasks: Sequence[ChunkTask], *, sink: Sink | None = None) -> AsyncIterator[tuple[int, ChunkResult]]:
         try:
             for i, t in enumerate(tasks):
                 yield i, await self.read_chunk(t)

@@ -332,13 +332,13 @@ def test_measurement_is_kept_per_plan_shape(root: Path) -> None:
         one, sixteen = reader.request(d.plan(ONE)), reader.request(d.plan(SIXTEEN))
         points = reader.request(plan_points(d.meta, [[0, 0], [9, 9]]))
         assert (one.shape, sixteen.shape, points.shape) == (("hyperslab", 0), ("hyperslab", 2), ("points", 1))
-        local.observe(one, 0.5)
+        reader.ledger.observe(local, one, 0.5)
         e1, e16, ep = one.estimate(local), sixteen.estimate(local), points.estimate(local)
         assert (e1.seconds, e1.detail) == (0.5, "1 wave(s) × 500.0 ms (measured)")
         # nothing measured at 16 chunks: the nearest measured size of the kind, scaled by waves
         assert (e16.seconds, e16.detail) == (4.0, "8 wave(s) × 500.0 ms (measured at ~1 chunk)")
         assert ep.detail.endswith("(declared)")  # another kind never borrows a hyperslab figure
-        local.observe(sixteen, 0.08)
+        reader.ledger.observe(local, sixteen, 0.08)
         assert sixteen.estimate(local).seconds == pytest.approx(0.08)
         assert sixteen.estimate(local).detail == "8 wave(s) × 10.0 ms (measured)"
         assert one.estimate(local).seconds == 0.5  # a big read does not pollute the one-chunk figure
@@ -347,7 +347,7 @@ def test_measurement_is_kept_per_plan_shape(root: Path) -> None:
 
 
 def test_nearest_bucket_and_median_of_recent_readings() -> None:
-    from hsds_backends.model import LatencyTable
+    from hsds_backends._latency import LatencyTable
 
     t = LatencyTable(window=5)
     t.record(("query", 0), 0.010, 1)
@@ -383,9 +383,9 @@ def test_cold_start_read_is_not_measured(root: Path) -> None:
         key = reader.request(d.plan(ONE)).shape
         first = reader.request(d.plan(ONE)).estimate(cold)
         await d.read(ONE, backend="coldstart")  # starts it: not a measurement
-        after_start = (cold.latency.measured(key), cold.latency.attempts(key), reader.request(d.plan(ONE)).estimate(cold))
+        after_start = (reader.ledger.latency(cold).measured(key), reader.ledger.latency(cold).attempts(key), reader.request(d.plan(ONE)).estimate(cold))
         await d.read(ONE, backend="coldstart")
-        return first, after_start, cold.latency.measured(key), cold.latency.attempts(key)
+        return first, after_start, reader.ledger.latency(cold).measured(key), reader.ledger.latency(cold).attempts(key)
 
     first, (measured1, attempts1, est1), measured2, attempts2 = _run(root, _pm(ColdStart), body)
     assert first.detail.endswith("+ cold start 1.0 s") and first.seconds > 1.0
@@ -400,12 +400,12 @@ def test_auto_picks_the_measured_fastest(root: Path) -> None:
         req = reader.request(plan)
         local, cluster = reader.backend("local"), reader.backend("cluster")
         out = [reader.choose(plan)[1]]  # fresh: declared figures, local wins
-        local.observe(req, 0.003)  # local measured; cluster unmeasured but started: explored
+        reader.ledger.observe(local, req, 0.003)  # local measured; cluster unmeasured but started: explored
         out.append(reader.choose(plan)[1])
-        cluster.observe(req, 0.002)  # cluster measured faster than declared
+        reader.ledger.observe(cluster, req, 0.002)  # cluster measured faster than declared
         out.append(reader.choose(plan)[1])
         for _ in range(3):  # local got fast (a warm cache): the median follows after three readings
-            local.observe(req, 0.001)
+            reader.ledger.observe(local, req, 0.001)
         out.append(reader.choose(plan)[1])
         return out
 
@@ -438,9 +438,9 @@ def test_exploration_runs_unmeasured_candidates_cheapest_first(root: Path) -> No
 def test_an_unmeasured_best_is_run_rather_than_explored_around(root: Path) -> None:
     async def body(reader: hb.Reader, d: Any) -> list[str]:
         plan = d.plan(ONE)
-        reader.backend("local").observe(reader.request(plan), 0.5)  # local measured slow
+        reader.ledger.observe(reader.backend("local"), reader.request(plan), 0.5)  # local measured slow
         first = reader.choose(plan)[1]  # cluster's declared 56 ms is best: run it, no exploring
-        reader.backend("cluster").observe(reader.request(plan), 0.05)
+        reader.ledger.observe(reader.backend("cluster"), reader.request(plan), 0.05)
         return [first, reader.choose(plan)[1]]
 
     first, second = _run(root, _pm(Local, Cluster, Slowpoke), body)
@@ -460,7 +460,7 @@ def test_exploration_disabled_by_auto_explore_0(root: Path) -> None:
 def test_no_exploration_of_backends_that_cost_money(root: Path) -> None:
     async def body(reader: hb.Reader, d: Any) -> tuple[str, str]:
         plan = d.plan(SIXTEEN)
-        reader.backend("local").observe(reader.request(plan), 0.0001)
+        reader.ledger.observe(reader.backend("local"), reader.request(plan), 0.0001)
         solo = reader.choose(plan)[1]
         return solo, ""
 
@@ -469,7 +469,7 @@ def test_no_exploration_of_backends_that_cost_money(root: Path) -> None:
 
     async def body2(reader: hb.Reader, d: Any) -> str:
         plan = d.plan(SIXTEEN)
-        reader.backend("local").observe(reader.request(plan), 0.0001)
+        reader.ledger.observe(reader.backend("local"), reader.request(plan), 0.0001)
         return reader.choose(plan)[1]
 
     # lambda's estimate is below cluster's, but only the free one is explored
@@ -480,7 +480,7 @@ def test_no_exploration_of_backends_that_cost_money(root: Path) -> None:
 def test_exploration_of_an_unstarted_backend_is_bounded_by_auto_explore(root: Path) -> None:
     async def body(reader: hb.Reader, d: Any) -> str:
         plan = d.plan(ONE)
-        reader.backend("local").observe(reader.request(plan), 0.004)
+        reader.ledger.observe(reader.backend("local"), reader.request(plan), 0.004)
         return reader.choose(plan)[1]
 
     # coldstart would need 1 s to start against local's 4 ms: not within 3x
@@ -494,9 +494,9 @@ def test_exploration_gives_up_after_unmeasured_attempts(root: Path) -> None:
     async def body(reader: hb.Reader, d: Any) -> str:
         plan = d.plan(ONE)
         req = reader.request(plan)
-        reader.backend("local").observe(req, 0.5)
+        reader.ledger.observe(reader.backend("local"), req, 0.5)
         for _ in range(EXPLORE_ATTEMPTS):  # e.g. reads that failed over: ran, never measured
-            reader.backend("cluster").latency.note_attempt(req.shape)
+            reader.ledger.latency(reader.backend("cluster")).note_attempt(req.shape)
         return reader.choose(plan)[1]
 
     assert _run(root, _pm(Local, Cluster), body).startswith("auto: cluster fastest at 56.0 ms")
@@ -556,16 +556,16 @@ def test_failover_returns_right_bytes_and_says_so(root: Path) -> None:
         async with hb.Reader({"root_dir": str(root)}, pm=pm) as reader:
             d = await (await reader.open(DOMAIN)).get("/grid")
             res = await d.read_result(np.s_[3:61:2, 5:50])
-            return res, reader.backend("failing"), reader.backend("local")
+            return res, reader.counters("failing"), reader.counters("local"), reader.backend("local")
 
-    res, failing, local = asyncio.run(go())
+    res, failing, local_counters, local = asyncio.run(go())
     assert res.data.tobytes() == GRID[3:61:2, 5:50].tobytes()
     s = res.stats
     assert s.backend == "failing" and s.reason.startswith("auto: failing fastest")
     assert s.chunks == 56 and s.failovers == 56 and s.failover_to == ["local"]
     assert s.retries >= 2
-    assert failing.counters.failed == 56 and failing.counters.in_flight == 0
-    assert local.counters.tasks == 56 and local.counters.failed == 0
+    assert failing.failed == 56 and failing.in_flight == 0
+    assert local_counters.tasks == 56 and local_counters.failed == 0
     assert len(local.seen) == 56
 
 
@@ -652,7 +652,7 @@ def test_stats_report_bytes_and_gets(root: Path) -> None:
             a = await d.read_result(np.s_[0:16, 0:16])
             big = await (await reader.open(DOMAIN)).get("/big")
             b = await big.read_result(np.s_[0:20, 0:200])
-            return a.stats, b.stats, reader.backend("inline").counters
+            return a.stats, b.stats, reader.counters("inline")
 
     a, b, counters = asyncio.run(go())
     assert (a.chunks, a.s3_gets, a.bytes_fetched, a.bytes_decoded, a.bytes_returned, a.missing) == (4, 4, 4 * 256, 4 * 256, 4 * 256, 0)

@@ -48,10 +48,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
-from hsds_backends.config import parse_size
+from hsds_backends.config import ConfigKey, as_float, as_int, as_list, as_number, as_size, at_least, optional, parse_size
 from hsds_backends.errors import BackendError, BackendTimeoutError, ConfigError, TaskError
 from hsds_backends.ids import dn_index
-from hsds_backends.model import Backend, Capabilities, current_stats, default_workers
+from hsds_backends.model import Backend, Capabilities, add_stats, default_workers
 from hsds_backends.tasks import ChunkResult, ChunkTask, error_from_wire
 
 if TYPE_CHECKING:
@@ -164,6 +164,15 @@ class ContainersBackend(Backend):
     """
 
     name: ClassVar[str] = "containers"
+    config_keys: ClassVar[Mapping[str, ConfigKey]] = {
+        "dn_urls": ConfigKey([], as_list, "running DNs to use, in node order (empty: start local DNs)"),
+        "dn_count": ConfigKey(None, optional(at_least(as_int, 1)), "local DNs to start (default: one per core)"),
+        "max_tasks_per_node_per_request": ConfigKey(16, at_least(as_int, 1), "requests in flight per DN per read"),
+        "chunk_mem_cache_size": ConfigKey("128m", as_size, "each local DN's decoded-chunk cache"),
+        "timeout": ConfigKey(30, at_least(as_number, 0, strict=True), "seconds a DN may stay silent before it is down"),
+        "dn_max_retries": ConfigKey(3, at_least(as_int, 0), "retries of a 5xx/503 on the same DN"),
+        "dn_retry_backoff_exp": ConfigKey(0.1, at_least(as_float, 0), "first retry delay (seconds, doubling)"),
+    }
     description: ClassVar[str] = "HSDS-style data-node (DN) services over HTTP: local DN processes, or dn_urls"
     url: ClassVar[str] = "https://github.com/hsds-backends/hsds-backends/tree/main/backends/containers"
     static_capabilities: ClassVar[Capabilities] = Capabilities(remote=True, max_concurrency=default_workers() * 2, configured=False)
@@ -384,13 +393,15 @@ class ContainersBackend(Backend):
         for url, n in stats.per_node.items():
             t.per_node[url] = t.per_node.get(url, 0) + n
         t.seconds += stats.seconds
-        self.counters.retried += stats.retries
-        req = current_stats.get()
-        if req is not None and stats.tasks:
-            req.retries += stats.retries
-            box = req.extra.setdefault("containers", {})
-            for k in ("requests", "retries", "reroutes", "timeouts", "node_failures"):
-                box[k] = box.get(k, 0) + getattr(stats, k)
+        if stats.tasks:
+            add_stats(
+                self.name,
+                retries=stats.retries,
+                requests=stats.requests,
+                reroutes=stats.reroutes,
+                timeouts=stats.timeouts,
+                node_failures=stats.node_failures,
+            )
 
     async def aclose(self) -> None:
         local, self._local, self._nodes = self._local, None, None

@@ -25,9 +25,9 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
-from hsds_backends.config import parse_bool
+from hsds_backends.config import ConfigKey, as_str, optional, parse_bool
 from hsds_backends.errors import BackendError, BackendTimeoutError, ConfigError, HsdsBackendsError
-from hsds_backends.model import Backend, Capabilities, CostEstimate, ReadRequest, current_stats, default_workers
+from hsds_backends.model import Backend, Capabilities, CostEstimate, ReadRequest, Sink, add_stats, default_workers
 from hsds_backends.storage import storage_from_config
 from hsds_backends.tasks import ChunkResult, error_from_wire
 
@@ -164,6 +164,9 @@ class DaskBackend(Backend):
     """
 
     name: ClassVar[str] = "dask"
+    config_keys: ClassVar[Mapping[str, ConfigKey]] = {
+        "dask_scheduler": ConfigKey(None, optional(as_str), "scheduler address to use (default: an embedded LocalCluster)"),
+    }
     description: ClassVar[str] = (
         "chunk tasks on a dask.distributed cluster (LocalCluster by default, dask_scheduler to scale out)"
     )
@@ -427,7 +430,7 @@ class DaskBackend(Backend):
             await gen.aclose()
         raise BackendError(f"chunk {task.chunk_id}: the dask backend returned no result")  # pragma: no cover
 
-    async def read_chunks(self, tasks: Sequence[ChunkTask]) -> AsyncGenerator[tuple[int, ChunkResult], None]:
+    async def read_chunks(self, tasks: Sequence[ChunkTask], *, sink: Sink | None = None) -> AsyncGenerator[tuple[int, ChunkResult], None]:
         """Yield ``(i, result)`` as batches complete; raise the first chunk error, naming the chunk.
 
         Every batch's result is fetched as soon as it is ready, concurrently, so the
@@ -451,9 +454,7 @@ class DaskBackend(Backend):
             pure=False,
             retries=self.retries,
         )
-        stats = current_stats.get()
-        if stats is not None:
-            stats.extra["dask_tasks"] = stats.extra.get("dask_tasks", 0) + k
+        add_stats(self.name, tasks=k)
         done: asyncio.Queue[tuple[int, Any, BaseException | None]] = asyncio.Queue()
 
         async def fetch(j: int, fut: Any) -> None:

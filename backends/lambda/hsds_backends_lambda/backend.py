@@ -37,9 +37,9 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
-from hsds_backends.config import parse_bool
+from hsds_backends.config import ConfigKey, as_int, as_str, at_least, optional, parse_bool
 from hsds_backends.errors import BackendError, ConfigError, TaskError
-from hsds_backends.model import Backend, Capabilities, CostEstimate, ReadRequest, default_workers
+from hsds_backends.model import Backend, Capabilities, CostEstimate, ReadRequest, add_stats, default_workers
 from hsds_backends.selection import Coords, Slice, format_select, parse_select
 from hsds_backends.tasks import ChunkResult, ChunkTask, error_from_wire, field_dtype, query_dtype
 
@@ -237,6 +237,12 @@ class LambdaBackend(Backend):
     """
 
     name: ClassVar[str] = "lambda"
+    config_keys: ClassVar[Mapping[str, ConfigKey]] = {
+        "aws_lambda_chunkread_function": ConfigKey(None, optional(as_str), "the chunk_read function's name or ARN"),
+        "aws_lambda_threshold": ConfigKey(4, at_least(as_int, 0), "hsds2021: Lambda from this many chunks per DN"),
+        "aws_lambda_max_invoke": ConfigKey(1000, at_least(as_int, 1), "invokes in flight at once"),
+        "aws_lambda_gateway": ConfigKey(None, optional(as_str), "Lambda endpoint URL (unset: the embedded local runtime)"),
+    }
     description: ClassVar[str] = "the chunk_read AWS Lambda function (or an embedded local Lambda runtime)"
     url: ClassVar[str] = "https://github.com/hsds-backends/hsds-backends/tree/main/backends/lambda"
     static_capabilities: ClassVar[Capabilities] = Capabilities(
@@ -612,18 +618,9 @@ class LambdaBackend(Backend):
 
 
 def _report(stats: InvokeStats) -> None:
-    """Add this read's figures to the reader's per-request stats (``hsds_backends.model.current_stats``)."""
-    from hsds_backends import model
-
-    var = getattr(model, "current_stats", None)  # absent in cores before per-request stats
-    req = var.get() if var is not None else None
-    if req is None:
-        return
-    req.retries += stats.retried
-    req.gb_seconds += stats.gb_s
-    req.dollars += stats.dollars
-    for key in ("invokes", "max_in_flight", "failed", "throttled", "split", "billed_ms", "request_bytes", "response_bytes"):
-        req.extra[key] = req.extra.get(key, 0) + getattr(stats, key)
+    """Add this read's figures to the reader's per-request stats (:func:`hsds_backends.model.add_stats`)."""
+    figures = {k: getattr(stats, k) for k in ("invokes", "max_in_flight", "failed", "throttled", "split", "billed_ms", "request_bytes", "response_bytes")}
+    add_stats(LambdaBackend.name, retries=stats.retried, gb_seconds=stats.gb_s, dollars=stats.dollars, **figures)
 
 
 def _result(d: Any, chunk_id: str) -> ChunkResult:
