@@ -295,7 +295,7 @@ class ChildProcess:
             time.sleep(interval)
 
     # ----------------------------------------------------------------- stop
-    def signal(self, sig: int) -> None:
+    def send_signal(self, sig: int) -> None:
         """Send ``sig`` to the child (nothing if it has exited)."""
         if self.proc is not None and self.proc.poll() is None:
             try:
@@ -303,33 +303,39 @@ class ChildProcess:
             except OSError:
                 pass
 
-    def stop(self, grace: float = 3.0, *, sig: int = signal.SIGTERM) -> int | None:
-        """Send ``sig`` (SIGTERM), wait up to ``grace`` seconds, then SIGKILL; return the exit code."""
+    def stop(self, grace: float = 3.0, *, sig: int | Sequence[int] = signal.SIGTERM) -> int | None:
+        """Send ``sig`` (SIGTERM), wait up to ``grace`` seconds, then SIGKILL; return the exit code.
+
+        ``sig`` may be a sequence (``(SIGINT, SIGTERM)``): each is sent in turn, ``grace``
+        seconds apart, before SIGKILL.
+        """
         proc = self.proc
         if proc is None:
             return None
-        if proc.poll() is None:
-            self.signal(sig)
+        for s in (sig,) if isinstance(sig, int) else sig:
+            if proc.poll() is not None:
+                break
+            self.send_signal(s)
             try:
                 proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
-                self.kill()
-        self._done()
+                pass
+        self.kill()
         return proc.poll()
 
-    async def astop(self, grace: float = 3.0, *, sig: int = signal.SIGTERM) -> int | None:
+    async def astop(self, grace: float = 3.0, *, sig: int | Sequence[int] = signal.SIGTERM) -> int | None:
         """:meth:`stop` without blocking the event loop."""
         proc = self.proc
         if proc is None:
             return None
-        if proc.poll() is None:
-            self.signal(sig)
+        for s in (sig,) if isinstance(sig, int) else sig:
+            if proc.poll() is not None:
+                break
+            self.send_signal(s)
             deadline = time.monotonic() + grace
             while proc.poll() is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-            if proc.poll() is None:
-                self.kill()
-        self._done()
+        self.kill()
         return proc.poll()
 
     def kill(self) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import click
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .config import load_config
 from .errors import HsdsBackendsError
 

@@ -352,7 +352,7 @@ class Backend(ABC):
         super().__init_subclass__(**kwargs)
         if not abstract and cls.read_chunk is Backend.read_chunk and cls.read_chunks is Backend.read_chunks:
             raise TypeError(
-                f"backend class {cls.__qualname__} must override read_chunk(task) or read_chunks(tasks, *, sink=None) "
+                f"backend class {cls.__module__}.{cls.__name__} must override read_chunk(task) or read_chunks(tasks, *, sink=None) "
                 "(or be declared abstract: class Base(Backend, abstract=True))"
             )
 

@@ -54,6 +54,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from hsds_backends._proc import ChildProcess
+
 try:  # the harness is usable outside pytest too (benchmarks, scripts)
     import pytest
 except ImportError:  # pragma: no cover
@@ -398,6 +400,7 @@ class HsdsServer:
         self._keep_run_dir = keep_run_dir
         self._own_socket_dir = False
         self._proc: subprocess.Popen | None = None
+        self._child: ChildProcess | None = None
         self._child_pids: list[int] = []
         self._script_counter = itertools.count()
         self.venv: Path | None = None
@@ -547,12 +550,14 @@ class HsdsServer:
             "--loglevel", self.log_level,
         ]
         t0 = time.monotonic()
-        with open(self.launcher_log_path, "ab") as out:
-            self._proc = subprocess.Popen(
-                cmd, cwd=str(self.socket_dir), env=self._base_env(),
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,  # a ^C in the test runner does not hit it
-            )
+        # its own session: a ^C in the test runner does not hit it; the core's parent-death
+        # signal: it gets SIGTERM if the test runner dies
+        self._child = ChildProcess(
+            cmd, env=self._base_env(), cwd=str(self.socket_dir), name="hsds launcher",
+            ready_prefix=None, log_path=str(self.launcher_log_path),
+        )
+        self._child.start()
+        self._proc = self._child.proc
         _live_servers.add(self)
         try:
             self._wait_ready(t0)
@@ -618,17 +623,9 @@ class HsdsServer:
             # The launcher turns SIGINT into a clean shutdown (final drain of
             # the node output into hs.log); it ignores SIGINT if it inherited
             # SIG_IGN, so fall back to SIGTERM, then SIGKILL.
-            for sig, wait in ((signal.SIGINT, 5), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-                if proc.poll() is not None:
-                    break
-                try:
-                    proc.send_signal(sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(wait)
-                except subprocess.TimeoutExpired:
-                    pass
+            if self._child is not None:
+                self._child.stop(5.0, sig=(signal.SIGINT, signal.SIGTERM))
+                self._child = None
             for pid in nodes:
                 if _pid_alive(pid):
                     try:

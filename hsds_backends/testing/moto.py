@@ -21,7 +21,7 @@ Example pytest fixtures::
 
     @pytest.mark.asyncio
     async def test_roundtrip(s3_config):
-        from hsds_backends._s3 import S3Storage
+        from hsds_backends.storage import S3Storage
         async with S3Storage.from_config(s3_config) as storage:
             ...
 """
@@ -31,13 +31,13 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
-from typing import IO, Any, Final, Self
+from typing import Any, Final, Self
+
+from .._proc import ChildProcess, ChildStartError
 
 __all__ = ["DUMMY_ACCESS_KEY_ID", "DUMMY_SECRET_ACCESS_KEY", "MotoServer"]
 
@@ -87,8 +87,8 @@ class MotoServer:
         self.port = port
         self.region = region
         self.startup_timeout = startup_timeout
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        self._proc: ChildProcess | None = None
+        self._log_path: str | None = None
 
     @property
     def endpoint_url(self) -> str:
@@ -101,7 +101,7 @@ class MotoServer:
         return f"MotoServer({state})"
 
     def config(self) -> dict[str, Any]:
-        """Return HSDS config keys that point :class:`~hsds_backends._s3.S3Storage` here."""
+        """Return HSDS config keys that point :class:`~hsds_backends.storage.S3Storage` here."""
         return {
             "aws_s3_gateway": self.endpoint_url,
             "aws_region": self.region,
@@ -120,13 +120,13 @@ class MotoServer:
 
     def log(self) -> str:
         """Return what the server has written to stdout/stderr so far."""
-        if self._log is None:
+        if self._log_path is None:
             return ""
-        self._log.flush()
-        self._log.seek(0)
-        data = self._log.read()
-        self._log.seek(0, os.SEEK_END)
-        return data.decode("utf-8", "replace")
+        try:
+            with open(self._log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
 
     def _request(self, method: str, path: str, timeout: float = 2.0) -> int:
         req = urllib.request.Request(self.endpoint_url + path, method=method, data=b"" if method == "POST" else None)
@@ -151,54 +151,38 @@ class MotoServer:
         for _attempt in range(1 if fixed_port else 3):
             if not fixed_port:
                 self.port = _free_port(self.host)
-            self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server; stop() closes it
+            fd, self._log_path = tempfile.mkstemp(prefix="moto-", suffix=".log")
+            os.close(fd)
             env = dict(os.environ)
             env.setdefault("PYTHONUNBUFFERED", "1")
-            self._proc = subprocess.Popen(
+            self._proc = ChildProcess(
                 [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
                 env=env,
+                name=f"moto.server on {self.host}:{self.port}",
+                ready_prefix=None,
+                log_path=self._log_path,
             )
-            if self._wait_ready():
+            self._proc.start()
+            try:
+                self._proc.wait_until(lambda: self._request("GET", "/moto-api/", timeout=1.0) > 0, self.startup_timeout)
                 return self
-            last_error = self.log()
-            self.stop()
+            except ChildStartError:  # exited (missing moto, or the port was taken meanwhile) or silent
+                last_error = self.log()
+                self.stop()
         raise RuntimeError(
             f"moto.server did not start on {self.host}:{self.port} within {self.startup_timeout}s;"
             f" is moto[server] installed? Server output:\n{last_error}"
         )
 
-    def _wait_ready(self) -> bool:
-        assert self._proc is not None
-        deadline = time.monotonic() + self.startup_timeout
-        delay = 0.02
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                return False  # exited: missing moto, or the port was taken meanwhile
-            try:
-                self._request("GET", "/moto-api/", timeout=1.0)
-                return True
-            except (OSError, urllib.error.URLError):
-                time.sleep(delay)
-                delay = min(delay * 2, 0.2)
-        return False
-
     def stop(self) -> None:
         """Stop the server. Idempotent."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        if self._log is not None:
+        if proc is not None:
+            proc.stop(grace=5.0)
+        if self._log_path is not None:
             with contextlib.suppress(OSError):
-                self._log.close()
-            self._log = None
+                os.unlink(self._log_path)
+            self._log_path = None
 
     def __enter__(self) -> Self:
         return self.start()
