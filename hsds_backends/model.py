@@ -14,7 +14,7 @@ import contextvars
 import math
 import os
 from abc import ABC
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -435,12 +435,13 @@ class Backend(ABC):
         and bad chunks, so every backend fails the same way. The hedging of
         stragglers calls this for one task at a time.
         """
-        gen = self.read_chunks([task])
+        results = self.read_chunks([task])
         try:
-            async for _, result in gen:
+            async for _, result in results:
                 return result
         finally:
-            await gen.aclose()
+            if isinstance(results, AsyncGenerator):  # stop whatever it still runs
+                await results.aclose()
         raise BackendError(f"backend {self.name!r} returned no result for chunk {task.chunk_id}")
 
     async def read_chunks(self, tasks: Sequence[ChunkTask], *, sink: Sink | None = None) -> AsyncIterator[tuple[int, ChunkResult]]:

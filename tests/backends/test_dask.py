@@ -240,17 +240,32 @@ def test_listing_and_building_backends_does_not_import_dask() -> None:
 @pytest.mark.parametrize(
     ("key", "value", "match"),
     [
-        ("dask_connect_timeout", 0, r"dask_connect_timeout=0 must be > 0"),
-        ("dask_connect_timeout", "soon", r"dask_connect_timeout='soon' is not a number of seconds"),
-        ("dask_n_workers", 0, r"dask_n_workers=0 must be >= 1"),
-        ("dask_batch_size", "x", r"dask_batch_size='x' is not an integer"),
-        ("dask_retries", -1, r"dask_retries=-1 must be >= 0"),
-        ("dask_send_credentials", "maybe", r"maybe"),
+        ("dask_connect_timeout", 0, r"'dask_connect_timeout': 0 from config is not > 0; set dask_connect_timeout to"),
+        ("dask_connect_timeout", "soon", r"'dask_connect_timeout': 'soon' from config is not a number; use a number"),
+        ("dask_n_workers", 0, r"'dask_n_workers': 0 from config is not >= 1; set dask_n_workers to"),
+        ("dask_batch_size", "x", r"'dask_batch_size': 'x' from config is not an integer"),
+        ("dask_retries", -1, r"'dask_retries': -1 from config is not >= 0; set dask_retries to"),
+        ("dask_send_credentials", "maybe", r"'dask_send_credentials': 'maybe' from config is not a boolean"),
     ],
 )
 def test_bad_config_values(tmp_path: Any, key: str, value: Any, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         DaskBackend({"root_dir": str(tmp_path), key: value})
+
+
+def test_config_keys_are_declared_and_resolved_by_load_config(tmp_path: Any) -> None:
+    from hsds_backends.config import known_keys, load_config
+
+    read = {
+        "dask_scheduler", "dask_connect_timeout", "dask_n_workers", "dask_dashboard",
+        "dask_batch_size", "dask_retries", "dask_send_credentials",
+    }  # fmt: skip
+    assert set(DaskBackend.config_keys) == read
+    assert read <= set(known_keys())
+    env = {"DASK_DASHBOARD": "8790", "HSDS_BACKENDS_DASK_RETRIES": "5", "DASK_SEND_CREDENTIALS": "off"}
+    b = DaskBackend(load_config(env=env, overrides={"root_dir": str(tmp_path)}))  # cast there, then again by the backend
+    assert (b.dashboard_address, b.retries, b.send_credentials) == ("127.0.0.1:8790", 5, False)
+    assert (b.scheduler_address, b.connect_timeout, b.batch_size) == (None, 30.0, None)
 
 
 def test_credentials_never_in_the_storage_description(tmp_path: Any) -> None:

@@ -25,8 +25,20 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
-from hsds_backends.config import ConfigKey, as_str, optional, parse_bool
-from hsds_backends.errors import BackendError, BackendTimeoutError, ConfigError, HsdsBackendsError
+from hsds_backends._aio import ResultQueue, cancel_and_wait, retrieve, wait_bounded
+from hsds_backends.config import (
+    ConfigKey,
+    as_bool,
+    as_float,
+    as_int,
+    as_str,
+    at_least,
+    credentials_env,
+    is_unset,
+    option,
+    optional,
+)
+from hsds_backends.errors import BackendError, BackendTimeoutError, HsdsBackendsError
 from hsds_backends.model import Backend, Capabilities, CostEstimate, ReadRequest, Sink, add_stats, default_workers
 from hsds_backends.storage import storage_from_config
 from hsds_backends.tasks import ChunkResult, error_from_wire
@@ -36,27 +48,12 @@ if TYPE_CHECKING:
 
     from hsds_backends.tasks import ChunkTask
 
-__all__ = ["CONFIG_KEYS", "DaskBackend"]
+__all__ = ["DaskBackend"]
 
 log = logging.getLogger(__name__)
 
-#: Config keys read by this backend, with their defaults (``dask_scheduler`` is a core key).
-CONFIG_KEYS: Final[dict[str, Any]] = {
-    "dask_scheduler": None,
-    "dask_connect_timeout": 30.0,
-    "dask_n_workers": None,
-    "dask_dashboard": None,
-    "dask_batch_size": None,
-    "dask_retries": 2,
-    "dask_send_credentials": True,
-}
-
+#: Credential keys sent to remote workers in the plugin (it adds them to the storage config there).
 _CREDENTIAL_KEYS: Final = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
-_CREDENTIAL_ENV: Final = {
-    "aws_access_key_id": "AWS_ACCESS_KEY_ID",
-    "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
-    "aws_session_token": "AWS_SESSION_TOKEN",
-}
 #: Batches per worker thread when ``dask_batch_size`` is not set: enough to balance load
 #: and to overlap the client's receiving and assembling with the workers' decoding.
 _WAVES: Final = 4
@@ -64,25 +61,25 @@ _WAVES: Final = 4
 _MAX_AUTO_BATCH: Final = 16
 
 
-def _unset(value: Any) -> bool:
-    return value is None or value == "" or value == "xxx"  # "xxx" = unset in HSDS's config.yml
+def _as_dashboard(key: str, value: Any, source: str) -> str | None:
+    """Caster of ``dask_dashboard``: the address to bind (host defaults to 127.0.0.1), or ``None``.
 
-
-def _number(config: Mapping[str, Any], key: str, *, integer: bool, minimum: float, strict: bool = False) -> Any:
-    value = config.get(key)
-    if value is None or value == "":
-        return CONFIG_KEYS[key]
-    try:
-        out = int(value) if integer else float(value)
-        if integer and isinstance(value, float) and value != out:
-            raise ValueError
-    except (TypeError, ValueError) as exc:
-        kind = "an integer" if integer else "a number of seconds"
-        raise ConfigError(f"{key}={value!r} is not {kind}; set {key} to {kind} (e.g. {CONFIG_KEYS[key] or 4})") from exc
-    if out < minimum or (strict and out == minimum):
-        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-        raise ConfigError(f"{key}={value!r} must be {bound}; set {key} to a value {bound}")
-    return out
+    Takes a port (``8787``), ``":8787"``, ``"host:port"`` or a boolean (``true``: 8787); an
+    address it returned casts to itself.
+    """
+    if value is None or value is False:
+        return None
+    text = "8787" if value is True else as_str(key, value, source).strip()
+    low = text.lower()
+    if low in ("", "false", "no", "off", "0", "none"):
+        return None
+    if low in ("true", "yes", "on", "1"):
+        text = "8787"
+    if text.isdigit():
+        text = f":{text}"
+    if text.startswith(":"):  # distributed would bind a bare port on every interface
+        text = "127.0.0.1" + text
+    return text
 
 
 #: Seconds to wait for the scheduler to acknowledge cancelling leftover batches.
@@ -91,20 +88,33 @@ _CANCEL_TIMEOUT_S: Final = 5.0
 _THREADS_TTL_S: Final = 1.0
 
 
+def _distributed() -> Any:
+    """Import distributed on first use, typed as ``Any``.
+
+    Its annotations describe the synchronous API (``wait_for_workers`` returns ``None``,
+    ``Client`` is untyped); this backend uses the asynchronous one, where the same calls
+    return awaitables.
+    """
+    import distributed
+
+    return distributed
+
+
 async def _result_of(fut: Any) -> Any:
     return await fut
 
 
 def _release_after(fut: Any, task: asyncio.Future[Any]) -> None:
     """Release a batch's future once its gather task ended (the worker may drop the result)."""
-    _quiet(task)
+    retrieve(task)
     fut.release()
 
 
-def _quiet(task: asyncio.Future[Any]) -> None:
-    """Collect a clean-up task's outcome so it is never reported as unretrieved."""
-    if not task.cancelled():
-        task.exception()
+def _caused_by(error: BaseException, cause: BaseException) -> BaseException:
+    """Return ``error`` with ``cause`` as its ``__cause__`` (``raise error from cause``, for a queued error)."""
+    if error is not cause:
+        error.__cause__ = cause
+    return error
 
 
 class DaskBackend(Backend):
@@ -166,18 +176,37 @@ class DaskBackend(Backend):
     name: ClassVar[str] = "dask"
     config_keys: ClassVar[Mapping[str, ConfigKey]] = {
         "dask_scheduler": ConfigKey(None, optional(as_str), "scheduler address to use (default: an embedded LocalCluster)"),
+        "dask_connect_timeout": ConfigKey(
+            30.0, at_least(as_float, 0, strict=True), "seconds to wait for the scheduler, and for it to have a worker"
+        ),
+        "dask_n_workers": ConfigKey(
+            None, optional(at_least(as_int, 1)), "embedded cluster: worker processes, one thread each (default: all cores)"
+        ),
+        "dask_dashboard": ConfigKey(
+            None, _as_dashboard, "embedded cluster: dashboard address (8787, :8787, host:port, true); default none"
+        ),
+        "dask_batch_size": ConfigKey(
+            None, optional(at_least(as_int, 1)), "chunk tasks per dask task (default: ceil(chunks / 4 x threads), at most 16)"
+        ),
+        "dask_retries": ConfigKey(2, at_least(as_int, 0), "retries= of every dask task (a batch that raised runs again)"),
+        "dask_send_credentials": ConfigKey(
+            True, as_bool, "with dask_scheduler: send explicit S3 credentials to the workers in a plugin"
+        ),
     }
     description: ClassVar[str] = (
         "chunk tasks on a dask.distributed cluster (LocalCluster by default, dask_scheduler to scale out)"
     )
     url: ClassVar[str] = "https://github.com/hsds-backends/hsds-backends/tree/main/backends/dask"
-    static_capabilities: ClassVar[Capabilities] = Capabilities(max_concurrency=default_workers(), remote=True)
+    # no direct placement: results arrive on the event loop as dask frames, and the caller places them
+    static_capabilities: ClassVar[Capabilities] = Capabilities(
+        max_concurrency=default_workers(), remote=True, direct_placement=False
+    )
     #: one scheduler round trip and a gather per request
     overhead_s: ClassVar[float] = 0.005
     per_chunk_s: ClassVar[float] = 0.004
     #: first use: start a LocalCluster (process workers) or connect to a scheduler
     start_s: ClassVar[float] = 2.0
-    #: the same start-up, for estimates from measured latency (:meth:`Backend.estimate`)
+    #: the same start-up, for estimates from measured latency (:meth:`hsds_backends._ledger.Ledger.estimate`)
     cold_start_s: ClassVar[float] = start_s
     #: worker → client transfer and assembly, bytes per second
     transfer_bps: ClassVar[float] = 1.0e9
@@ -185,19 +214,23 @@ class DaskBackend(Backend):
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         super().__init__(config)
         cfg = self.config
-        self.scheduler_address: str | None = str(cfg["dask_scheduler"]).strip() if cfg.get("dask_scheduler") else None
-        self.connect_timeout: float = _number(cfg, "dask_connect_timeout", integer=False, minimum=0, strict=True)
-        n = _number(cfg, "dask_n_workers", integer=True, minimum=1)
-        self.n_workers: int = int(n) if n is not None else default_workers()
-        size = _number(cfg, "dask_batch_size", integer=True, minimum=1)
-        self.batch_size: int | None = int(size) if size is not None else None
-        self.retries: int = int(_number(cfg, "dask_retries", integer=True, minimum=0))
-        send = cfg.get("dask_send_credentials")
-        self.send_credentials: bool = True if send is None else parse_bool(send, key="dask_send_credentials")
-        self.dashboard_address: str | None = self._dashboard(cfg.get("dask_dashboard"))
+        keys = self.config_keys
+
+        def get(key: str) -> Any:
+            return option(cfg, key, keys[key])
+
+        address = get("dask_scheduler")
+        self.scheduler_address: str | None = address.strip() if address else None
+        self.connect_timeout: float = get("dask_connect_timeout")
+        n: int | None = get("dask_n_workers")
+        self.n_workers: int = n if n is not None else default_workers()
+        self.batch_size: int | None = get("dask_batch_size")
+        self.retries: int = get("dask_retries")
+        self.send_credentials: bool = get("dask_send_credentials")
+        self.dashboard_address: str | None = get("dask_dashboard")
         # the storage the workers open: its description (no secrets) and the credentials, kept apart
         self._storage_text = json.dumps(storage_from_config(cfg).to_config(), sort_keys=True, separators=(",", ":"))
-        self._credentials = {k: str(cfg[k]) for k in _CREDENTIAL_KEYS if not _unset(cfg.get(k))}
+        self._credentials = {k: str(cfg[k]) for k in _CREDENTIAL_KEYS if not is_unset(cfg.get(k))}
         self._plugin_name = f"hsds-backends-{uuid.uuid4().hex[:12]}"
         self._client: Any = None
         self._cluster: Any = None
@@ -207,23 +240,6 @@ class DaskBackend(Backend):
         self._threads_seen = 0
         self._threads_checked = -math.inf
         self._caps: Capabilities | None = None
-
-    @staticmethod
-    def _dashboard(value: Any) -> str | None:
-        """Return the dashboard address to bind (host defaults to 127.0.0.1), or ``None``."""
-        if value is None or value is False or value == "":
-            return None
-        text = "8787" if value is True else str(value).strip()
-        low = text.lower()
-        if low in ("false", "no", "off", "0", "none"):
-            return None
-        if low in ("true", "yes", "on", "1"):
-            text = "8787"
-        if text.isdigit():
-            text = f":{text}"
-        if text.startswith(":"):  # distributed would bind a bare port on every interface
-            text = "127.0.0.1" + text
-        return text
 
     def __repr__(self) -> str:
         return f"<DaskBackend 'dask' scheduler={self.scheduler_address or 'LocalCluster'!r}>"
@@ -238,7 +254,7 @@ class DaskBackend(Backend):
         conc = self._threads() or self.n_workers
         caps = self._caps
         if caps is None or caps.max_concurrency != conc:  # built once per worker-thread count
-            caps = self._caps = Capabilities(max_concurrency=conc, remote=True)
+            caps = self._caps = Capabilities(max_concurrency=conc, remote=True, direct_placement=False)
         return caps
 
     @property
@@ -329,10 +345,8 @@ class DaskBackend(Backend):
         return self._client
 
     async def _connect(self, address: str) -> Any:
-        from distributed import Client
-
         t = self.connect_timeout
-        client = Client(address, asynchronous=True, timeout=t, direct_to_workers=True, set_as_default=False)
+        client = _distributed().Client(address, asynchronous=True, timeout=t, direct_to_workers=True, set_as_default=False)
         try:
             await asyncio.wait_for(client, t + 5)
         except (OSError, TimeoutError) as exc:
@@ -356,15 +370,15 @@ class DaskBackend(Backend):
         return client
 
     async def _start_local(self) -> tuple[Any, Any]:
-        from distributed import LocalCluster
+        local_cluster = _distributed().LocalCluster
 
-        env = {_CREDENTIAL_ENV[k]: v for k, v in self._credentials.items()}
+        env = credentials_env(self.config)
 
         def start() -> Any:
             # A synchronous LocalCluster: its scheduler and nannies run on distributed's own loop
             # thread, so they keep heartbeating (and restarting lost workers) while the reader's
             # loop is idle or stopped between reads; only the client lives on the reader's loop.
-            return LocalCluster(
+            return local_cluster(
                 n_workers=self.n_workers,
                 threads_per_worker=1,
                 processes=True,
@@ -395,9 +409,7 @@ class DaskBackend(Backend):
         return client, cluster
 
     async def _local_client(self, cluster: Any) -> Any:
-        from distributed import Client
-
-        return await Client(
+        return await _distributed().Client(
             cluster.scheduler_address,
             asynchronous=True,
             timeout=self.connect_timeout,
@@ -421,20 +433,16 @@ class DaskBackend(Backend):
         size = self.batch_size or max(1, min(_MAX_AUTO_BATCH, math.ceil(n / (threads * _WAVES))))
         return [range(i, min(n, i + size)) for i in range(0, n, size)]
 
-    async def read_chunk(self, task: ChunkTask) -> ChunkResult:
-        gen = self.read_chunks([task])
-        try:
-            async for _, res in gen:
-                return res
-        finally:
-            await gen.aclose()
-        raise BackendError(f"chunk {task.chunk_id}: the dask backend returned no result")  # pragma: no cover
-
-    async def read_chunks(self, tasks: Sequence[ChunkTask], *, sink: Sink | None = None) -> AsyncGenerator[tuple[int, ChunkResult], None]:
+    async def read_chunks(
+        self, tasks: Sequence[ChunkTask], *, sink: Sink | None = None
+    ) -> AsyncGenerator[tuple[int, ChunkResult], None]:
         """Yield ``(i, result)`` as batches complete; raise the first chunk error, naming the chunk.
 
         Every batch's result is fetched as soon as it is ready, concurrently, so the
         client receives one batch while it places another and the workers decode more.
+        ``sink`` is ignored: results arrive on the event loop as dask frames, and the
+        caller places what is yielded (``capabilities.direct_placement`` is false).
+        ``read_chunk`` is derived from this method (one task, one batch).
         """
         if not tasks:
             return
@@ -455,7 +463,7 @@ class DaskBackend(Backend):
             retries=self.retries,
         )
         add_stats(self.name, tasks=k)
-        done: asyncio.Queue[tuple[int, Any, BaseException | None]] = asyncio.Queue()
+        done: ResultQueue[tuple[int, Any]] = ResultQueue()
 
         async def fetch(j: int, fut: Any) -> None:
             # The result is gathered in a task of its own that is never cancelled: distributed
@@ -464,8 +472,6 @@ class DaskBackend(Backend):
             # reads that hung after a chunk error had cut an earlier read short).
             gather = asyncio.ensure_future(_result_of(fut))
             gather.add_done_callback(functools.partial(_release_after, fut))  # the worker may drop it now
-            value: Any = None
-            error: BaseException | None = None
             try:
                 value = await asyncio.shield(gather)
             except asyncio.CancelledError as exc:
@@ -474,18 +480,17 @@ class DaskBackend(Backend):
                     raise  # our own clean-up
                 # cancelled on the cluster, not by this read: say so instead of waiting forever
                 error = BackendError(f"dask cancelled task {fut.key} on the cluster: {exc or 'no reason given'}")
-            except Exception as exc:  # noqa: BLE001 - handed to the consumer with its batch
-                error = exc
-            done.put_nowait((j, value, error))
+                done.fail(_caused_by(error, exc))
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer, naming the batch's chunks
+                done.fail(_caused_by(self._batch_failure(exc, [tasks[i] for i in batches[j]]), exc))
+            else:
+                done.put((j, value))
 
         fetchers = [asyncio.ensure_future(fetch(j, f)) for j, f in enumerate(futures)]
         try:
             for _ in range(k):
-                j, value, error = await done.get()
+                j, (header, parts) = await done.get()  # raises the first failed batch's error
                 batch = batches[j]
-                if error is not None:
-                    raise self._batch_failure(error, [tasks[i] for i in batch]) from error
-                header, parts = value
                 entries = json.loads(header)
                 p = 0
                 for i, entry in zip(batch, entries, strict=False):
@@ -503,19 +508,19 @@ class DaskBackend(Backend):
                         f"dask batch of {len(batch)} chunks ({tasks[batch[0]].chunk_id} ...) returned {len(entries)} results"
                     )
         finally:
-            for f in fetchers:
-                f.cancel()
+            # Ask the scheduler to drop the batches nobody will read; their gathers are left
+            # alone (see fetch), only the fetchers waiting on them are cancelled.
             left = [f for f in futures if not f.done()]
-            cleanup = [*fetchers]
-            if left:
-                cleanup.append(asyncio.ensure_future(client.cancel(left)))
-            # Bounded, and without waiting for the clean-up to acknowledge its own cancellation
+            cancel = asyncio.ensure_future(client.cancel(left)) if left else None
+            deadline = asyncio.get_running_loop().time() + _CANCEL_TIMEOUT_S
+            await cancel_and_wait(fetchers, timeout=_CANCEL_TIMEOUT_S, what="dask result fetchers")
+            # Bounded, and without waiting for the cancel to acknowledge its own cancellation
             # (asyncio.wait_for would): a cancel whose answer never comes (seen after a batch had
             # failed with a chunk error) must not hang the read; dropped futures are released anyway.
-            _, pending = await asyncio.wait(cleanup, timeout=_CANCEL_TIMEOUT_S)
-            for t in pending:
-                t.cancel()
-                t.add_done_callback(_quiet)
+            if cancel is not None:
+                remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+                if not await wait_bounded(cancel, remaining):
+                    cancel.cancel()  # stop waiting for the answer; wait_bounded retrieves its outcome
 
     def _batch_failure(self, exc: BaseException, batch: list[ChunkTask]) -> HsdsBackendsError:
         """Turn a failed dask task (after retries) into our error, naming its chunks."""
