@@ -1,9 +1,12 @@
 """The built-in ``inline`` backend: the kernel in this process, on all cores.
 
-Storage reads are awaited on the event loop; decoding and cutting run in a
-thread pool (zlib, ISA-L, Blosc and numpy copies release the GIL), at most
-``max_workers`` (default: all cores) at once. It is registered as a plugin
-like any other backend (plugin name ``inline``).
+Decoding and cutting run in a thread pool (zlib, ISA-L, Blosc and numpy copies
+release the GIL), at most ``max_workers`` (default: all cores) at once, through
+the kernel's entry point (:func:`~hsds_backends.kernel.run_task`, or
+:func:`~hsds_backends.kernel.run_task_sync` in the pool's threads). Storages
+with a sync reader (posix) are read in those threads too; others (S3) are
+awaited on the event loop. It is registered as a plugin like any other backend
+(plugin name ``inline``).
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .hookspecs import hookimpl
-from .kernel import fetch, process
+from .kernel import fetch, run_task, run_task_sync
 from .model import Backend, Capabilities, default_workers
-from .storage import PosixStorage, Storage, storage_from_config
+from .storage import Storage, storage_from_config
 from .tasks import ChunkResult
 
 if TYPE_CHECKING:
@@ -71,36 +74,30 @@ class InlineBackend(Backend):
         return self._pool
 
     async def read_chunk(self, task: ChunkTask) -> ChunkResult:
-        data = await fetch(task, self.storage)
-        if data is None and task.kind != "query":
-            return process(task, None)
-        return await asyncio.get_running_loop().run_in_executor(self._executor(), process, task, data)
+        return await run_task(task, self.storage, executor=self._executor())
 
     async def read_chunks(
         self, tasks: Sequence[ChunkTask], sink: Callable[[int, ChunkResult], object] | None = None
     ) -> AsyncIterator[tuple[int, ChunkResult]]:
         """Yield ``(j, result)`` per task; with ``sink``, results are placed from the worker threads.
 
-        Posix reads happen in the worker threads too, so reading, decoding and
-        copying into the output all run on every core; only S3 reads are
-        awaited on the event loop.
+        Storages with a sync reader (posix) are read in the worker threads too,
+        so reading, decoding and copying into the output all run on every core;
+        only the others (S3) are awaited on the event loop.
         """
         if len(tasks) == 1:  # one chunk: skip the worker machinery, keep latency low
             yield 0, await self.read_chunk(tasks[0])
             return
         loop = asyncio.get_running_loop()
         pool = self._executor()
-        posix = self.storage if isinstance(self.storage, PosixStorage) else None
+        read = self.storage.sync_reader()
 
         def work(j: int, task: ChunkTask, data: bytes | None) -> tuple[int, ChunkResult]:
-            loc = task.location
-            if posix is not None and loc is not None:
-                data = posix.read_sync(loc.bucket, loc.key, loc.offset, loc.size)
             if sink is not None:  # placed here, so the result need not be a copy of the decoded chunk
-                res = process(task, data, copy=False)
+                res = run_task_sync(task, read, data, copy=False)
                 sink(j, res)
                 return j, ChunkResult(res.chunk_id, res.status, b"", res.fetched, res.decoded)
-            return j, process(task, data)
+            return j, run_task_sync(task, read, data)
 
         limit = max(1, self.capabilities.max_concurrency)
         pending: set[asyncio.Future[tuple[int, ChunkResult]]] = set()
@@ -113,7 +110,7 @@ class InlineBackend(Backend):
                     if nxt is None:
                         break
                     j, task = nxt
-                    data = None if posix is not None else await fetch(task, self.storage)
+                    data = None if read is not None else await fetch(task, self.storage)
                     pending.add(loop.run_in_executor(pool, work, j, task, data))
                 if not pending:
                     return
@@ -143,7 +140,7 @@ def hsds_backends_backend_classes() -> list[type[Backend]]:
 
 
 @hookimpl
-def hsds_backends_make_backend(name: str, config: Mapping[str, Any]) -> Backend | None:
+def hsds_backends_make_backend(name: str, config: Mapping[str, Any], storage: Storage | None) -> Backend | None:
     if name == InlineBackend.name:
-        return InlineBackend(config)
+        return InlineBackend(config, storage=storage)  # the reader's storage: no second connection pool
     return None

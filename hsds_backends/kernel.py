@@ -1,36 +1,85 @@
-"""The chunk-read kernel: one function that executes one chunk task.
+"""The chunk-read kernel: fetch → decode → select → bytes, for one chunk task.
 
-fetch → decode → select → bytes. Every backend runs this same code: ``inline``
-in a thread pool, a DN in its request handler, Lambda in its handler, Dask on
-its workers (DESIGN.md §1 "kernel"). Backends differ only in transport and
-scheduling.
+Every backend runs this same code: ``inline`` in a thread pool, a DN in its
+request handler, Lambda in its handler, Dask on its workers (DESIGN.md §1
+"kernel"). Backends differ only in transport and scheduling.
 
-- :func:`fetch` reads the task's bytes from storage (``None`` = missing).
-- :func:`process` is pure CPU: decode (hsds-format.md §3.3), cut the selection,
-  serialise. Safe to call from threads; the codecs release the GIL.
-- :func:`run_task` = ``process(task, await fetch(task, storage))``.
+The entry point:
+
+- :func:`run_task` (async): fetch the task's bytes, then decode and cut the
+  selection, in ``executor`` or right here. A storage with a sync reader
+  (posix, :meth:`~hsds_backends.storage.Storage.sync_reader`) is read in the
+  executor thread together with the decode, one hop; other storages are
+  awaited, and a missing chunk then comes back without any hop. Options:
+  ``copy=False`` for callers that copy the bytes once anyway (a whole chunk is
+  then its decoded bytes as they are), ``cache`` for a decoded-chunk cache
+  (:class:`DecodedChunkCache`, a DN's LRU).
+- :func:`run_task_sync`: the same in the calling thread, for code that already
+  runs in a worker thread (reading through a sync reader, or given bytes
+  fetched already).
+
+Its parts stay public for tests and special executors: :func:`fetch` reads the
+task's bytes (``None`` = missing); :func:`process` is pure CPU, decode
+(docs/hsds-format.md §3.3), cut the selection, serialise, and equals
+:func:`decode_task` then :func:`process_chunk`. Safe to call from threads; the
+codecs release the GIL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from .codecs import decode_chunk
 from .errors import ChunkDecodeError, HsdsBackendsError, NotFoundError, SelectionError, TaskError
+from .ids import chunk_index
 from .selection import Coords, Hyperslab, Slice, parse_select
 from .tasks import ChunkResult, ChunkTask, field_dtype, query_dtype
 from .vlen import decode_vlen, encode_vlen
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     from .dataset import DatasetMeta
     from .query import Query
-    from .storage import Storage
+    from .storage import Storage, SyncRead
 
-__all__ = ["fetch", "process", "decode_task", "process_chunk", "run_task", "decode_to_array", "chunk_index_tuple"]
+__all__ = [
+    "DecodedChunkCache",
+    "chunk_index_tuple",
+    "decode_task",
+    "decode_to_array",
+    "fetch",
+    "process",
+    "process_chunk",
+    "run_task",
+    "run_task_sync",
+]
+
+
+class DecodedChunkCache(Protocol):
+    """A cache of whole decoded chunks that :func:`run_task` consults (a DN's LRU, docs/hsds-format.md §4.6).
+
+    A chunk is cached whole, so one entry serves every selection of it; the
+    kernel never writes into a cached array. :func:`run_task` asks :meth:`get`
+    first; when that gives ``None`` it reads and decodes the chunk itself and
+    then reports exactly once: :meth:`put` with what it decoded, or
+    :meth:`failed`. An implementation may therefore make concurrent readers of
+    one chunk wait in :meth:`get` for the first one's :meth:`put`.
+    """
+
+    async def get(self, task: ChunkTask) -> np.ndarray[Any, Any] | None:
+        """Return the task's decoded chunk, or ``None``: the kernel decodes it and reports back."""
+
+    def put(self, task: ChunkTask, chunk: np.ndarray[Any, Any] | None) -> None:
+        """Take the chunk decoded after :meth:`get` gave ``None``; ``None`` = the chunk does not exist."""
+
+    def failed(self, task: ChunkTask, exc: BaseException) -> None:
+        """Hear that reading or decoding raised ``exc`` (:class:`asyncio.CancelledError` if cancelled)."""
 
 
 async def fetch(task: ChunkTask, storage: Storage) -> bytes | None:
@@ -41,14 +90,137 @@ async def fetch(task: ChunkTask, storage: Storage) -> bytes | None:
     return await storage.get(loc.bucket, loc.key, loc.offset, loc.size)
 
 
-async def run_task(task: ChunkTask, storage: Storage) -> ChunkResult:
-    """Execute one chunk task against ``storage`` (fetch, then :func:`process`)."""
-    return process(task, await fetch(task, storage))
+async def run_task(
+    task: ChunkTask,
+    storage: Storage,
+    *,
+    executor: Executor | None = None,
+    copy: bool = True,
+    cache: DecodedChunkCache | None = None,
+) -> ChunkResult:
+    """Execute one chunk task against ``storage``: fetch, decode, cut out the selection.
+
+    Parameters
+    ----------
+    task
+        The chunk task.
+    storage
+        Where its bytes are.
+    executor
+        Where decoding and cutting run (a thread pool: the codecs release the
+        GIL), or ``None`` to run them right here, on the event loop. With an
+        executor, a storage that has a sync reader is read in the executor
+        thread, in the same hop as the decode; other storages are awaited
+        first, and a missing chunk (of a hyperslab or point task) is answered
+        without entering the executor.
+    copy
+        As in :func:`process`: ``False`` lets contiguous results be views of
+        the decoded chunk (a whole chunk: its bytes as they are), for callers
+        that copy the bytes once anyway (into an answer, into the output).
+    cache
+        A decoded-chunk cache to consult and fill (:class:`DecodedChunkCache`);
+        a hit is only cut, in ``executor``. Tasks without a location skip it.
+
+    Returns
+    -------
+    ChunkResult
+        As :func:`process` returns it; ``fetched`` is 0 for a cache hit.
+
+    Raises
+    ------
+    HsdsBackendsError
+        As :func:`fetch` and :func:`process` raise.
+    """
+    loc = task.location
+    if cache is not None and loc is not None:
+        return await _run_cached(task, storage, executor, copy, cache)
+    if executor is not None:
+        read = storage.sync_reader()
+        if read is not None:
+            # one hop for read and decode; the event loop never waits on the disk
+            return await asyncio.get_running_loop().run_in_executor(executor, run_task_sync, task, read, None, copy)
+    data = None if loc is None else await storage.get(loc.bucket, loc.key, loc.offset, loc.size)
+    if executor is None or (data is None and task.kind != "query"):
+        # no executor, or a missing chunk (the caller fills): nothing worth a thread hop
+        return run_task_sync(task, None, data, copy)
+    return await asyncio.get_running_loop().run_in_executor(executor, run_task_sync, task, None, data, copy)
+
+
+def run_task_sync(
+    task: ChunkTask,
+    read: SyncRead | None = None,
+    data: bytes | bytearray | memoryview | None = None,
+    copy: bool = True,
+) -> ChunkResult:
+    """Execute one chunk task in the calling thread (code that already runs in a worker thread).
+
+    Reads the task's bytes with ``read`` (a storage's
+    :meth:`~hsds_backends.storage.Storage.sync_reader`) when given, else takes
+    ``data``, the bytes fetched already (``None`` = missing); then decodes and
+    cuts as :func:`process` does. The arguments may be given by position
+    (``loop.run_in_executor`` passes no keywords).
+
+    Parameters
+    ----------
+    task
+        The chunk task.
+    read
+        Blocking reader of the task's storage, or ``None`` to use ``data``.
+    data
+        The task's stored bytes when ``read`` is ``None``; ``None`` = missing.
+    copy
+        As in :func:`process`.
+    """
+    loc = task.location
+    if read is not None and loc is not None:
+        data = read(loc.bucket, loc.key, loc.offset, loc.size)
+    chunk = decode_task(task, data)
+    return process_chunk(task, chunk, 0 if data is None else len(data), copy)
+
+
+async def _run_cached(
+    task: ChunkTask, storage: Storage, executor: Executor | None, copy: bool, cache: DecodedChunkCache
+) -> ChunkResult:
+    """:func:`run_task` through a decoded-chunk cache (the task has a location)."""
+    loop = asyncio.get_running_loop()
+    chunk = await cache.get(task)
+    if chunk is not None:
+        if executor is None:
+            return process_chunk(task, chunk, 0, copy)
+        return await loop.run_in_executor(executor, process_chunk, task, chunk, 0, copy)
+    try:
+        read = storage.sync_reader() if executor is not None else None
+        data = None
+        if read is None:
+            loc = task.location
+            assert loc is not None  # run_task sends only located tasks here
+            data = await storage.get(loc.bucket, loc.key, loc.offset, loc.size)
+        if executor is None:
+            chunk, res = _load(task, None, data, copy)
+        else:
+            chunk, res = await loop.run_in_executor(executor, _load, task, read, data, copy)
+    except BaseException as exc:
+        cache.failed(task, exc)
+        raise
+    cache.put(task, chunk)
+    return res
+
+
+def _load(
+    task: ChunkTask, read: SyncRead | None, data: bytes | bytearray | memoryview | None, copy: bool
+) -> tuple[np.ndarray[Any, Any] | None, ChunkResult]:
+    """:func:`run_task_sync` that also returns the decoded chunk, for a cache (``None`` if missing)."""
+    loc = task.location
+    if read is not None and loc is not None:
+        data = read(loc.bucket, loc.key, loc.offset, loc.size)
+    chunk = decode_task(task, data)
+    res = process_chunk(task, chunk, 0 if data is None else len(data), copy)
+    # a query over a missing chunk decoded a chunk of fill values: not worth caching
+    return (chunk if data is not None else None), res
 
 
 def chunk_index_tuple(task: ChunkTask) -> tuple[int, ...]:
-    from .ids import chunk_index
-
+    """Return the chunk's index in the dataset's chunk grid (from its chunk id)."""
     return chunk_index(task.chunk_id)
 
 
@@ -74,7 +246,7 @@ def decode_to_array(meta: DatasetMeta, data: bytes | bytearray | memoryview, chu
             raise ChunkDecodeError(f"chunk {chunk_id} (key {key}) holds malformed variable-length data: {exc}") from exc
     nbytes = count * meta.dtype.itemsize
     if linked and meta.layout_class == "H5D_CONTIGUOUS_REF" and len(data) < nbytes:
-        # the last contiguous chunk may end at EOF; its tail lies outside the extent (§3.5, as 1.0.2 pads)
+        # the last contiguous chunk may end at EOF; its tail lies outside the extent (docs/hsds-format.md §3.5, as 1.0.2 pads)
         data = bytes(data) + bytes(nbytes - len(data))
     raw = decode_chunk(data, meta.ops, itemsize=meta.dtype.itemsize, nbytes=nbytes, chunk_id=chunk_id, key=key, linked=linked)
     return np.frombuffer(raw, dtype=f"V{meta.dtype.itemsize}").reshape(chunks)
@@ -140,8 +312,8 @@ def _parsed_query(text: str, dtype: np.dtype[Any]) -> Query:
 def process(task: ChunkTask, data: bytes | bytearray | memoryview | None, *, copy: bool = True) -> ChunkResult:
     """Decode ``data`` (the task's stored bytes, ``None`` if missing) and cut out the selection.
 
-    Equals ``process_chunk(task, decode_task(task, data), copy=copy)``; an executor
-    that caches decoded chunks (a DN) calls the two steps itself. With
+    Equals ``process_chunk(task, decode_task(task, data), copy=copy)``;
+    :func:`run_task` with a decoded-chunk cache runs the two steps apart. With
     ``copy=False`` a hyperslab result that is already contiguous in the decoded
     chunk (a whole chunk, or whole rows of it) comes back as a read-only
     ``memoryview`` of it instead of a copy: for callers that copy the bytes
@@ -188,7 +360,7 @@ def decode_task(task: ChunkTask, data: bytes | bytearray | memoryview | None) ->
     try:
         if data is None:
             if loc is not None and loc.linked:
-                # a chunk table entry that points nowhere is not an unwritten chunk (§3.4: the 404 propagates)
+                # a chunk table entry that points nowhere is not an unwritten chunk (docs/hsds-format.md §3.4: the 404 propagates)
                 raise NotFoundError(
                     f"chunk {cid}: linked file {loc.bucket}/{loc.key} is missing (offset {loc.offset}, size {loc.size});"
                     " check the dataset's file_uri"
@@ -202,16 +374,28 @@ def decode_task(task: ChunkTask, data: bytes | bytearray | memoryview | None) ->
         raise
 
 
-def process_chunk(task: ChunkTask, chunk: np.ndarray[Any, Any] | None, *, fetched: int = 0, copy: bool = True) -> ChunkResult:
+def process_chunk(task: ChunkTask, chunk: np.ndarray[Any, Any] | None, fetched: int = 0, copy: bool = True) -> ChunkResult:
     """Cut the task's selection out of a decoded chunk (the second half of :func:`process`).
 
     ``chunk`` comes from :func:`decode_task` (``None``: the chunk is missing);
     ``fetched`` is reported as the stored bytes read for it; ``copy`` as in :func:`process`.
+    The arguments may be given by position (``loop.run_in_executor`` passes no keywords).
     """
     meta = task.dset
     cid = task.chunk_id
     if chunk is None:
         return ChunkResult(cid, "missing")
+    if (
+        not copy
+        and task.kind == "hyperslab"
+        and not task.fields
+        and not meta.is_vlen
+        and chunk.flags.c_contiguous
+        and _whole(task.select, meta.chunks)
+    ):
+        # the bytes of a whole-chunk selection are the decoded chunk's bytes in C order: hand
+        # them over as they are, without parsing the selection (a full read asks for whole chunks)
+        return ChunkResult(cid, "ok", chunk.reshape(-1).view(np.uint8).data, fetched, chunk.nbytes if fetched else 0)
     try:
         decoded = 0 if fetched == 0 or meta.is_vlen else chunk.nbytes  # vlen: not tracked
         if task.kind == "points":
@@ -226,14 +410,24 @@ def process_chunk(task: ChunkTask, chunk: np.ndarray[Any, Any] | None, *, fetche
         raise
 
 
+@lru_cache(maxsize=4096)
+def _whole(select: str | None, chunks: tuple[int, ...]) -> bool:
+    """Whether ``select`` (chunk-relative) covers the whole chunk with step 1."""
+    if select is None:
+        return True
+    try:
+        sel = parse_select(select, chunks)
+    except HsdsBackendsError:
+        return False  # process_chunk parses it again and reports the error
+    return all(isinstance(d, Slice) and (d.start, d.stop, d.step) == (0, c, 1) for d, c in zip(sel.dims, chunks, strict=True))
+
+
 def _name_chunk(exc: HsdsBackendsError, cid: str) -> None:
     if cid not in str(exc):
         exc.args = (f"chunk {cid}: {exc}", *exc.args[1:])
 
 
 def _points(task: ChunkTask, meta: DatasetMeta, chunk: np.ndarray[Any, Any]) -> bytes:
-    from .ids import chunk_index
-
     assert task.points is not None
     origin = np.asarray(chunk_index(task.chunk_id), dtype=np.int64) * np.asarray(meta.chunks, dtype=np.int64)
     rel = task.points.astype(np.int64) - origin
@@ -247,8 +441,6 @@ def _points(task: ChunkTask, meta: DatasetMeta, chunk: np.ndarray[Any, Any]) -> 
 
 
 def _query(task: ChunkTask, meta: DatasetMeta, chunk: np.ndarray[Any, Any], sel: Hyperslab) -> bytes:
-    from .ids import chunk_index
-
     if meta.rank != 1 or meta.dtype.names is None:
         raise TaskError(f"query needs a 1-d compound (table) dataset; this dataset has shape {list(meta.shape)} and type {meta.dtype}")
     dim = sel.dims[0]
@@ -262,7 +454,7 @@ def _query(task: ChunkTask, meta: DatasetMeta, chunk: np.ndarray[Any, Any], sel:
     qdt = query_dtype(meta.dtype, task.fields)
     out = np.empty(hits.size, dtype=qdt)
     origin = chunk_index(task.chunk_id)[0] * meta.chunks[0]
-    # absolute row = chunk origin + start + k·step (HSDS master mis-reports this, §5.3; we do not)
+    # absolute row = chunk origin + start + k·step (HSDS master mis-reports this, docs/hsds-format.md §5.3; we do not)
     out[qdt.names[0]] = origin + dim.start + hits.astype(np.uint64) * dim.step  # type: ignore[index]
     picked = rows[hits]
     for f in qdt.names[1:]:  # type: ignore[index]

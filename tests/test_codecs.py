@@ -23,6 +23,9 @@ from hsds_backends.codecs import (
     encode_linked_chunk,
     filter_ops,
 )
+from hsds_backends.codecs import bitshuffle as bshuf_codec
+from hsds_backends.codecs import blosc as blosc_codec
+from hsds_backends.codecs import inflate as inflate_codec
 from hsds_backends.errors import ChunkDecodeError, UnsupportedFilterError
 
 CID = "c-147ada2c-2ffb2839-39b5-e935ed-e55bf0_0_3"
@@ -294,9 +297,9 @@ def test_isal_and_zlib_inflate_identically(monkeypatch: pytest.MonkeyPatch) -> N
     raw = sample(8, 5000)
     stored = zlib.compress(raw, 9)
     ops = filter_ops(["gzip"])
-    assert codecs._isal_zlib is not None
+    assert inflate_codec.isal_zlib is not None
     with_isal = decode(stored, ops, 8, len(raw))
-    monkeypatch.setattr(codecs, "_isal_zlib", None)
+    monkeypatch.setattr(inflate_codec, "isal_zlib", None)
     with_zlib = decode(stored, ops, 8, len(raw))
     assert with_isal == with_zlib == zlib.decompress(stored) == raw
 
@@ -305,7 +308,7 @@ def test_isal_and_zlib_inflate_identically(monkeypatch: pytest.MonkeyPatch) -> N
 def test_corrupt_zlib_raises_with_either_inflater(monkeypatch: pytest.MonkeyPatch,
                                                   use_isal: bool) -> None:
     if not use_isal:
-        monkeypatch.setattr(codecs, "_isal_zlib", None)
+        monkeypatch.setattr(inflate_codec, "isal_zlib", None)
     raw = sample(4)
     stored = bytearray(zlib.compress(raw))
     stored[len(stored) // 2] ^= 0xFF
@@ -338,13 +341,13 @@ def test_bitshuffle_matches_the_bitshuffle_package(itemsize: int, count: int, bl
     dtype = {1: "u1", 2: "<u2", 4: "<u4", 8: "<u8"}[itemsize]
     arr = (rng.integers(0, 2**(8 * itemsize) - 1, count, dtype=np.uint64, endpoint=True)
            >> np.uint64(rng.integers(0, 8 * itemsize))).astype(dtype)
-    block = block or codecs._bshuf_default_block(itemsize)
+    block = block or bshuf_codec.default_block(itemsize)
     ops = filter_ops(["bitshuffle"])
     # their encoding -> our decoder
     assert decode(bshuf_framed(arr, block), ops, itemsize, arr.nbytes) == arr.tobytes()
     # our encoding -> their decoder (LZ4 builds differ, so the bytes may too)
     ours = encode_chunk(arr.tobytes(), ops, itemsize=itemsize)
-    default = codecs._bshuf_default_block(itemsize)
+    default = bshuf_codec.default_block(itemsize)
     assert ours[:12] == struct.pack(">QI", arr.nbytes, default * itemsize)
     theirs = bitshuffle.decompress_lz4(np.frombuffer(ours[12:], np.uint8), arr.shape, arr.dtype,
                                        default)
@@ -352,7 +355,7 @@ def test_bitshuffle_matches_the_bitshuffle_package(itemsize: int, count: int, bl
     # the bit transpose itself is byte-identical to bitshuffle's
     whole = count - count % 8
     if whole:
-        mine = codecs._bit_transpose(np.frombuffer(arr[:whole].tobytes(), np.uint8), 1, whole,
+        mine = bshuf_codec.bit_transpose(np.frombuffer(arr[:whole].tobytes(), np.uint8), 1, whole,
                                      itemsize)
         assert mine.tobytes() == bitshuffle.bitshuffle(arr[:whole], whole).tobytes()
 
@@ -632,9 +635,9 @@ def test_blosc_zlib_isal_fast_path_is_byte_identical(data: bytes, level: int, sh
     pytest.importorskip("isal")
     raw = (data * repeat)[:400_000]
     enc = Blosc(cname="zlib", clevel=level, shuffle=shuffle, blocksize=blocksize).encode(raw)
-    header = codecs._blosc_header(memoryview(enc))
+    header = blosc_codec.parse_header(memoryview(enc))
     assert header is not None
-    fast = codecs._blosc_zlib_isal(memoryview(enc), header)
+    fast = blosc_codec.decode_zlib_blocks(memoryview(enc), header)
     if header.flags & 0x02:  # stored uncompressed: not this path
         assert fast is None
     else:
@@ -647,10 +650,10 @@ def test_blosc_zlib_isal_corrupt_stream_falls_back_and_raises() -> None:
     pytest.importorskip("isal")
     raw = np.arange(300_000, dtype="<i4").tobytes()
     enc = bytearray(Blosc(cname="zlib", clevel=4, shuffle=1).encode(raw))
-    header = codecs._blosc_header(memoryview(enc))
+    header = blosc_codec.parse_header(memoryview(enc))
     assert header is not None and header.typesize == 1  # HSDS frames: the chunk as a byte string
     enc[200:240] = bytes(40)  # damage the first zlib stream
-    assert codecs._blosc_zlib_isal(memoryview(bytes(enc)), codecs._blosc_header(memoryview(bytes(enc)))) is None
+    assert blosc_codec.decode_zlib_blocks(memoryview(bytes(enc)), blosc_codec.parse_header(memoryview(bytes(enc)))) is None
     ops = codecs.filter_ops(["gzip"])
     with pytest.raises(ChunkDecodeError, match=r"chunk c-x \(key k/0_0\)"):
         codecs.decode_chunk(bytes(enc), ops, itemsize=4, nbytes=len(raw), chunk_id="c-x", key="k/0_0")

@@ -1,4 +1,4 @@
-"""Tests for hsds_backends._s3.S3Storage against a real moto HTTP server on loopback."""
+"""Tests for hsds_backends.storage.s3.S3Storage against a real moto HTTP server on loopback."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 
-from hsds_backends._s3 import S3Storage
 from hsds_backends.errors import ConfigError, StorageError, StoragePathError
-from hsds_backends.storage import storage_from_config
+from hsds_backends.storage import S3Storage, storage_from_config
 from hsds_backends.testing.moto import MotoServer
 
 pytest.importorskip("aiobotocore")
@@ -335,7 +334,7 @@ def test_moto_server_helpers(moto: MotoServer) -> None:
 def test_import_does_not_load_aiobotocore() -> None:
     code = (
         "import sys\n"
-        "import hsds_backends, hsds_backends.storage, hsds_backends.config, hsds_backends._s3\n"
+        "import hsds_backends, hsds_backends.storage, hsds_backends.config, hsds_backends.storage.s3\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('aiobotocore', 'botocore', 'boto3'))\n"
         "assert not bad, bad\n"
     )

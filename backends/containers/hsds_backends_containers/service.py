@@ -44,7 +44,6 @@ import stat
 import sys
 import time
 from collections import OrderedDict
-from functools import lru_cache
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,9 +56,8 @@ from hsds_backends import __version__ as core_version
 from hsds_backends.dataset import ChunkLocation, DatasetMeta
 from hsds_backends.errors import DatasetJsonError, HsdsBackendsError, NotFoundError, TaskError
 from hsds_backends.ids import chunk_index, chunk_key, dataset_id_of, object_key
-from hsds_backends.kernel import decode_task, process_chunk
-from hsds_backends.selection import Slice, parse_select
-from hsds_backends.storage import PosixStorage, Storage, check_bucket
+from hsds_backends.kernel import run_task
+from hsds_backends.storage import Storage, check_bucket
 from hsds_backends.tasks import ChunkResult, ChunkTask, error_to_wire, split_s3path
 
 from . import __version__
@@ -145,9 +143,8 @@ class DataNode:
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="hsds-dn")
         # more tasks than threads in flight, so storage reads overlap decoding
         self._sem = asyncio.Semaphore(self.workers * 2)
-        self._pending: dict[Hashable, asyncio.Future[np.ndarray[Any, Any] | None]] = {}
+        self._pending: dict[Hashable, _Flight] = {}  # chunks being decoded, by cache key
         self._meta: OrderedDict[tuple[str, str], DatasetMeta] = OrderedDict()
-        self._posix = isinstance(storage, PosixStorage)
         self.started = time.time()
         self.counters: dict[str, int] = {"requests": 0, "tasks": 0, "errors": 0, "inflight_requests": 0, "inflight_tasks": 0}
 
@@ -379,101 +376,76 @@ class DataNode:
             self.counters["inflight_tasks"] -= 1
 
     async def _run(self, task: ChunkTask, tag: str) -> ChunkResult:
-        loop = asyncio.get_running_loop()
-        loc = task.location
-        if loc is None or self.cache.max_bytes <= 0:
-            return await self._uncached(task)
-        key = (task.dset.id, loc.bucket, loc.key, loc.offset, loc.size)
-        validator = self._validator(loc)
-        chunk = self.cache.get(key, tag, validator)
-        if chunk is not None:
-            return await loop.run_in_executor(self._pool, _cut, task, chunk)
-        pending = self._pending.get(key)
-        if pending is not None:  # another task is decoding this chunk right now: share its work
-            try:
-                chunk = await asyncio.shield(pending)
-            except _Abandoned:
-                return await self._run(task, tag)
-            if chunk is None:  # missing chunk: a query still runs over its fill values
-                return await self._uncached(task)
-            return await loop.run_in_executor(self._pool, _cut, task, chunk)
-        fut: asyncio.Future[np.ndarray[Any, Any] | None] = loop.create_future()
-        self._pending[key] = fut
-        try:
-            data = None if self._posix else await self.storage.get(loc.bucket, loc.key, loc.offset, loc.size)
-            chunk, res = await loop.run_in_executor(self._pool, self._miss, task, data)
-        except BaseException as exc:
-            # waiters get the error, or redo the work if this task was only cancelled
-            fut.set_exception(_Abandoned() if isinstance(exc, asyncio.CancelledError) else exc)
-            fut.exception()  # mark retrieved: there may be no waiter
-            raise
-        else:
-            fut.set_result(chunk)
-            if chunk is not None:
-                self.cache.put(key, chunk, tag, validator)
-            return res
-        finally:
-            del self._pending[key]
-
-    async def _uncached(self, task: ChunkTask) -> ChunkResult:
-        loop = asyncio.get_running_loop()
-        loc = task.location
-        data = None
-        if loc is not None and not self._posix:
-            data = await self.storage.get(loc.bucket, loc.key, loc.offset, loc.size)
-        _, res = await loop.run_in_executor(self._pool, self._miss, task, data)
-        return res
-
-    def _validator(self, loc: ChunkLocation) -> Hashable:
-        if not self._posix:
-            return None
-        try:
-            st = os.stat(self.storage.path(loc.bucket, loc.key))  # type: ignore[attr-defined]
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
-
-    def _miss(self, task: ChunkTask, data: bytes | None) -> tuple[np.ndarray[Any, Any] | None, ChunkResult]:
-        """In a worker thread: (read,) decode and cut; return the decoded chunk (``None`` if missing) and the result."""
-        loc = task.location
-        if data is None and loc is not None and self._posix:
-            data = self.storage.read_sync(loc.bucket, loc.key, loc.offset, loc.size)  # type: ignore[attr-defined]
-        chunk = decode_task(task, data)
-        res = _cut(task, chunk, 0 if data is None else len(data))
-        return (chunk if data is not None else None), res
+        # copy=False: a whole fixed-size chunk (what a full read asks for) is sent as the decoded
+        # chunk's bytes, without a copy; nothing writes into a decoded or cached chunk
+        cache = _CacheSlot(self, tag) if self.cache.max_bytes > 0 else None
+        return await run_task(task, self.storage, executor=self._pool, copy=False, cache=cache)
 
 
-def _cut(task: ChunkTask, chunk: np.ndarray[Any, Any] | None, fetched: int = 0) -> ChunkResult:
-    """:func:`hsds_backends.kernel.process_chunk`, except that a whole fixed-size chunk is sent as it is.
+@dataclass(slots=True)
+class _Flight:
+    """A chunk being read and decoded by one task; other tasks of the chunk wait for it."""
 
-    The bytes of a whole-chunk selection are the decoded chunk's bytes in C
-    order, so the DN sends a view of the decoded array instead of copying it
-    (a full read asks for whole chunks only).
+    key: Hashable
+    validator: Hashable
+    future: asyncio.Future[np.ndarray[Any, Any] | None]
+
+
+class _CacheSlot:
+    """The DN's decoded-chunk cache as one task run sees it (a :class:`~hsds_backends.kernel.DecodedChunkCache`).
+
+    Made per run, so it knows the decode it registered: concurrent tasks of one
+    chunk share one read and decode, and the validator taken before the read is
+    the one stored with the entry (a rewrite during the read then reads as stale).
     """
-    meta = task.dset
-    if (
-        chunk is not None
-        and task.kind == "hyperslab"
-        and not task.fields
-        and not meta.is_vlen
-        and chunk.flags.c_contiguous
-        and _whole(task.select, meta.chunks)
-    ):
-        view = chunk.reshape(-1).view(np.uint8).data
-        return ChunkResult(task.chunk_id, "ok", view, fetched, chunk.nbytes if fetched else 0)
-    return process_chunk(task, chunk, fetched=fetched)
 
+    __slots__ = ("flight", "node", "tag")
 
-@lru_cache(maxsize=4096)
-def _whole(select: str | None, chunks: tuple[int, ...]) -> bool:
-    """Whether ``select`` (chunk-relative) covers the whole chunk with step 1."""
-    if select is None:
-        return True
-    try:
-        sel = parse_select(select, chunks)
-    except HsdsBackendsError:
-        return False  # the kernel reports the error
-    return all(isinstance(d, Slice) and (d.start, d.stop, d.step) == (0, c, 1) for d, c in zip(sel.dims, chunks, strict=True))
+    def __init__(self, node: DataNode, tag: str) -> None:
+        self.node = node
+        self.tag = tag
+        self.flight: _Flight | None = None
+
+    async def get(self, task: ChunkTask) -> np.ndarray[Any, Any] | None:
+        node = self.node
+        loc = task.location
+        assert loc is not None  # the kernel consults the cache for located tasks only
+        key = (task.dset.id, loc.bucket, loc.key, loc.offset, loc.size)
+        while True:
+            validator = node.storage.version_sync(loc.bucket, loc.key)
+            chunk = node.cache.get(key, self.tag, validator)
+            if chunk is not None:
+                return chunk
+            pending = node._pending.get(key)
+            if pending is None:
+                break
+            # another task is decoding this chunk right now: share its work. Its None (the chunk
+            # is missing) makes the kernel read the chunk again, without a flight of its own (a
+            # query still runs over its fill values).
+            try:
+                return await asyncio.shield(pending.future)
+            except _Abandoned:
+                continue  # that task was cancelled: look again, maybe decode it here
+        self.flight = node._pending[key] = _Flight(key, validator, asyncio.get_running_loop().create_future())
+        return None
+
+    def put(self, task: ChunkTask, chunk: np.ndarray[Any, Any] | None) -> None:
+        flight = self.flight
+        if flight is None:
+            return
+        flight.future.set_result(chunk)
+        if chunk is not None:
+            self.node.cache.put(flight.key, chunk, self.tag, flight.validator)
+        del self.node._pending[flight.key]
+
+    def failed(self, task: ChunkTask, exc: BaseException) -> None:
+        flight = self.flight
+        if flight is None:
+            return
+        # waiters get the error, or redo the work if this task was only cancelled
+        flight.future.set_exception(_Abandoned() if isinstance(exc, asyncio.CancelledError) else exc)
+        flight.future.exception()  # mark retrieved: there may be no waiter
+        del self.node._pending[flight.key]
 
 
 # ---------------------------------------------------------------- helpers

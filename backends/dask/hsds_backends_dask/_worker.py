@@ -9,7 +9,8 @@ a task.
 
 :func:`run_batch` is the task function. It receives a batch of chunk tasks in their
 JSON wire form (:meth:`hsds_backends.tasks.ChunkTask.to_wire`), runs the core kernel
-on each (fetches overlap, decodes run one after another on the worker's thread) and
+on each (fetches overlap, up to :data:`FETCH_AHEAD` at once; decodes run one after
+another on the worker's thread, :func:`hsds_backends.kernel.run_task_sync`) and
 returns ``(header, payload)``:
 
 - ``header``: JSON text, one entry per task in order: ``[nbytes, fetched, decoded]``
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from distributed import WorkerPlugin, get_worker
 
-from hsds_backends.kernel import fetch, process
+from hsds_backends.kernel import fetch, run_task_sync
 from hsds_backends.storage import storage_from_config
 from hsds_backends.tasks import ChunkTask, error_to_wire
 
@@ -180,7 +181,7 @@ async def _execute(
                 data = await f
                 if delay:
                     time.sleep(delay)  # noqa: ASYNC251 - stands in for decoding, which blocks this loop too
-                res = process(t, data)
+                res = run_task_sync(t, data=data)
             except Exception as exc:  # noqa: BLE001 - sent back as data, rebuilt client-side
                 entries.append({"error": error_to_wire(exc, t.chunk_id)})
                 return entries, parts

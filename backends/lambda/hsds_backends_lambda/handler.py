@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import json
 import logging
 import os
@@ -73,7 +72,7 @@ except ImportError:  # pragma: no cover - pybase64 is a dependency; keep working
     from base64 import b64encode as _b64encode  # type: ignore[assignment]
 
 from hsds_backends.errors import HsdsBackendsError, StorageError, TaskError
-from hsds_backends.kernel import fetch, process
+from hsds_backends.kernel import run_task
 from hsds_backends.storage import Storage, storage_from_config
 from hsds_backends.tasks import ChunkResult, ChunkTask, error_to_wire, query_dtype
 
@@ -273,13 +272,9 @@ def _chunk_id_of(d: Any) -> str | None:
 
 
 async def _run_one(task: ChunkTask, state: _State) -> ChunkResult:
-    data = await fetch(task, state.storage)
-    if data is None and task.kind != "query":
-        return process(task, None)
-    # no copy of whole-chunk results: the answer is assembled (copied) once from the decoded chunks
-    if state.threads == 1:  # one decode thread: decoding right here saves a thread hop per chunk
-        return process(task, data, copy=False)
-    return await asyncio.get_running_loop().run_in_executor(state.pool, functools.partial(process, task, data, copy=False))
+    # no copy of whole-chunk results: the answer is assembled (copied) once from the decoded chunks;
+    # one decode thread: decoding right here (no executor) saves a thread hop per chunk
+    return await run_task(task, state.storage, executor=None if state.threads == 1 else state.pool, copy=False)
 
 
 def _b64len(n: int) -> int:

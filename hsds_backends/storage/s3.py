@@ -1,4 +1,4 @@
-"""S3 object storage over aiobotocore (hsds-format.md §1.5, S3 driver).
+"""S3 object storage over aiobotocore (docs/hsds-format.md §1.5, S3 driver).
 
 aiobotocore (and botocore) are imported inside methods only, so importing
 :mod:`hsds_backends` never pulls in a cloud SDK (STYLE.md §1).
@@ -10,18 +10,18 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .errors import ConfigError, StorageError
-from .storage import Storage, check_bucket, check_key
+from ..errors import ConfigError, StorageError
+from .base import Storage, check_bucket, check_key
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
 __all__ = ["S3Storage"]
 
-# hsds-format.md §1.5 (s3Client.get_object): these codes mean "no such object" and read
-# as a missing chunk (fill value, §3.4). "NotFound" is what head_object reports.
+# docs/hsds-format.md §1.5 (s3Client.get_object): these codes mean "no such object" and read
+# as a missing chunk (fill value, docs/hsds-format.md §3.4). "NotFound" is what head_object reports.
 _MISSING_CODES: frozenset[str] = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound"})
-# hsds-format.md §1.5 / §6.4: access-denied codes (HSDS: AccessDenied/401/403 → 403). Bad or
+# docs/hsds-format.md §1.5 / §6.4: access-denied codes (HSDS: AccessDenied/401/403 → 403). Bad or
 # expired credentials are reported the same way, since the fix is the same: check credentials.
 _DENIED_CODES: frozenset[str] = frozenset(
     {
@@ -36,7 +36,7 @@ _DENIED_CODES: frozenset[str] = frozenset(
         "TokenRefreshRequired",
     }
 )
-# hsds-format.md §6.1: HSDS's config.yml ships "xxx" for the credential keys, meaning "unset".
+# docs/hsds-format.md §6.1: HSDS's config.yml ships "xxx" for the credential keys, meaning "unset".
 _UNSET_SECRET: str = "xxx"
 
 
@@ -78,7 +78,7 @@ class S3Storage(Storage):
 
     See Also
     --------
-    hsds_backends.storage.PosixStorage : the posix driver with the same interface.
+    hsds_backends.storage.posix.PosixStorage : the posix driver with the same interface.
     """
 
     kind: ClassVar[str] = "s3"
@@ -127,7 +127,7 @@ class S3Storage(Storage):
 
         Reads ``aws_s3_gateway``, ``aws_region`` (default ``us-east-1``), ``aws_access_key_id``,
         ``aws_secret_access_key``, ``aws_session_token`` (the value ``xxx`` means unset, as in
-        HSDS's config.yml, hsds-format.md §6.1; unset credentials fall back to the AWS chain),
+        HSDS's config.yml, docs/hsds-format.md §6.1; unset credentials fall back to the AWS chain),
         and, if present, ``aio_max_pool_connections``, ``aws_s3_connect_timeout``,
         ``aws_s3_read_timeout`` and ``aws_s3_addressing_style``.
         """
@@ -286,7 +286,7 @@ class S3Storage(Storage):
     async def get(self, bucket: str, key: str, offset: int | None = None, size: int | None = None) -> bytes | None:
         """Return the object's bytes, or ``size`` bytes from ``offset``; ``None`` if it is missing.
 
-        A range read sends ``Range: bytes=offset-(offset+size-1)`` (hsds-format.md §1.5);
+        A range read sends ``Range: bytes=offset-(offset+size-1)`` (docs/hsds-format.md §1.5);
         ``offset`` without ``size`` reads to the end; ``size`` without ``offset`` reads from 0.
         A missing key or bucket (``NoSuchKey``, ``NoSuchBucket``, ``404``) returns ``None``.
         A range that starts past the end returns ``b""`` (as a posix seek+read does).

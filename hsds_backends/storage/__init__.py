@@ -1,0 +1,32 @@
+"""Async object storage in HSDS's layout: posix folders and S3 buckets.
+
+Keys are bucket-relative HSDS keys (docs/hsds-format.md §1.2); a missing object
+reads as ``None`` (docs/hsds-format.md §3.4). One concern per module:
+
+=====================  ==========================================================
+:mod:`.base`           :class:`Storage`, :class:`SyncRead`, bucket and key checks
+:mod:`.posix`          :class:`PosixStorage` (``root_dir/bucket/key``)
+:mod:`.s3`             :class:`S3Storage` (aiobotocore, imported on first use)
+:mod:`.factory`        :func:`storage_from_config`
+=====================  ==========================================================
+
+The modules import downwards only (``factory`` → ``posix``/``s3`` → ``base``),
+and no cloud SDK is imported until an S3 storage opens its client.
+"""
+
+from __future__ import annotations
+
+from .base import Storage, SyncRead, check_bucket, check_key
+from .factory import storage_from_config
+from .posix import PosixStorage
+from .s3 import S3Storage
+
+__all__ = [
+    "PosixStorage",
+    "S3Storage",
+    "Storage",
+    "SyncRead",
+    "check_bucket",
+    "check_key",
+    "storage_from_config",
+]
