@@ -219,7 +219,7 @@ class Reader:
 
     # --------------------------------------------------------------- domains
     async def open(self, domain: str, bucket: str | None = None) -> AsyncDomain:
-        """Open a domain: read its ``.domain.json`` and root group (hsds-format.md §1.2)."""
+        """Open a domain: read its ``.domain.json`` and root group (docs/hsds-format.md §1.2)."""
         b = check_bucket(bucket or str(self.config.get("bucket_name") or "hsdstest"))
         key = domain_key(domain)
         djson = await self._get_json(b, key)

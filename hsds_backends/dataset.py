@@ -1,4 +1,4 @@
-"""Dataset metadata from HSDS dataset JSON (hsds-format.md §2).
+"""Dataset metadata from HSDS dataset JSON (docs/hsds-format.md §2).
 
 :class:`DatasetMeta` is everything a reader needs to plan and decode: shape,
 dtype, chunk dims, fill value, filters, and for linked HDF5 layouts where the
@@ -261,7 +261,7 @@ class DatasetMeta:
 
         It is a valid dataset JSON (:meth:`from_json` parses it back) without the
         chunk table of ``H5D_CHUNKED_REF`` layouts: a chunk task carries its
-        own byte range (DESIGN.md §2).
+        own byte range (docs/architecture.md §7).
         """
         cp: dict[str, Any] = {"filters": list(self.filters), "layout": {"class": self.layout_class}}
         if self.fill is not None:

@@ -1,4 +1,4 @@
-"""HSDS type JSON ⇄ numpy dtypes (hsds-format.md §2.2).
+"""HSDS type JSON ⇄ numpy dtypes (docs/hsds-format.md §2.2).
 
 Variable-length types map to numpy ``object`` dtypes tagged with metadata the
 way h5py tags them (``metadata={"vlen": bytes | str | dtype}``), so the tag

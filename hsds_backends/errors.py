@@ -2,7 +2,7 @@
 
 Every error is rooted at :class:`HsdsBackendsError`. Some mix in a builtin so
 callers can catch what they already know (``FileNotFoundError``, ``KeyError``,
-``TimeoutError``), but none is rooted at ``ValueError`` (STYLE.md §6).
+``TimeoutError``), but none is rooted at ``ValueError`` (docs/architecture.md §8).
 
 Messages quote the bad value, list the valid choices where there are any, and
 say what to do next.

@@ -1,4 +1,4 @@
-"""HSDS object ids, chunk ids and storage keys (hsds-format.md §1.1–§1.4)."""
+"""HSDS object ids, chunk ids and storage keys (docs/hsds-format.md §1.1–§1.4)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The chunk-read kernel: fetch → decode → select → bytes, for one chunk task.
 
 Every backend runs this same code: ``inline`` in a thread pool, a DN in its
-request handler, Lambda in its handler, Dask on its workers (DESIGN.md §1
+request handler, Lambda in its handler, Dask on its workers (docs/architecture.md §1
 "kernel"). Backends differ only in transport and scheduling.
 
 The entry point:

@@ -1,7 +1,7 @@
 """Planning and assembly: a selection becomes chunk tasks, chunk results become the answer.
 
 :func:`plan_hyperslab`, :func:`plan_points` and :func:`plan_query` turn a
-selection into a :class:`ReadPlan`: chunk tasks (hsds-format.md §1.3
+selection into a :class:`ReadPlan`: chunk tasks (docs/hsds-format.md §1.3
 ``getChunkIds`` / ``getChunkSelection``) plus where each result lands.
 :class:`Assembler` places results into the output, filling missing chunks with
 the fill value (§3.4), merging query rows in index order and applying a global

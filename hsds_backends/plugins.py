@@ -5,7 +5,7 @@ add the specs, register the built-in plugins, load the entry-point group
 ``hsds_backends``, then ``check_pending()`` so a misspelled hookimpl is an
 error. A broken plugin found by discovery is skipped with a warning naming
 the entry point and its distribution; asked for by name, it raises with the
-cause chained (STYLE.md §4).
+cause chained (docs/architecture.md §6).
 
 Environment:
 

@@ -1,7 +1,7 @@
 """Parse and evaluate HSDS table queries safely, without ``eval``.
 
 HSDS filters the rows of a 1-d compound dataset with a query string
-(hsds-format.md §5.3). Two dialects exist in the wild and this module accepts
+(docs/hsds-format.md §5.3). Two dialects exist in the wild and this module accepts
 both, with one grammar:
 
 * **master** (numpy style): ``(temp > 20) & (station == b'AB')``, ``|``,

@@ -3,7 +3,7 @@
 A hyperslab is one entry per dimension, each either a :class:`Slice`
 (``start:stop:step``, step ≥ 1) or a :class:`Coords` list. Several coordinate
 lists select their outer product (orthogonal indexing, like zarr's ``oindex``).
-HSDS select-string rules (hsds-format.md §5.1): ``start:stop[:step]``, ``n``
+HSDS select-string rules (docs/hsds-format.md §5.1): ``start:stop[:step]``, ``n``
 (= ``n:n+1``), ``[a,b,c]``; a missing start is 0 and a missing stop the extent.
 """
 
@@ -138,7 +138,7 @@ def _split_top(text: str, sel: str) -> list[str]:
 
 
 def parse_select(text: str, shape: Sequence[int]) -> Hyperslab:
-    """Parse an HSDS select string against ``shape`` (hsds-format.md §5.1).
+    """Parse an HSDS select string against ``shape`` (docs/hsds-format.md §5.1).
 
     Accepts ``[0:10:2, 5, [1,3,7]]`` with or without the outer brackets, and
     whitespace anywhere. ``n`` keeps its dimension (HSDS semantics). A scalar

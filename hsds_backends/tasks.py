@@ -1,11 +1,11 @@
-"""Chunk tasks and chunk results: plain, JSON-serialisable data (DESIGN.md §2).
+"""Chunk tasks and chunk results: plain, JSON-serialisable data (docs/architecture.md §7).
 
 A :class:`ChunkTask` holds everything one chunk read needs: the trimmed dataset
 JSON (type, chunk dims, filters, fill value), the chunk id, where its bytes
 live, and what to cut out of it: a chunk-relative HSDS ``select``, absolute
 point coordinates, ``fields``, and a ``query`` with ``Limit``. Its wire form
 (:meth:`ChunkTask.to_wire`) uses the key names of the 2021 HSDS Lambda payload
-(hsds-format.md §6.3) so one encoding serves Lambda, DNs and Dask alike.
+(docs/hsds-format.md §6.3) so one encoding serves Lambda, DNs and Dask alike.
 
 A :class:`ChunkResult` is the selected bytes in C order (fixed-size types raw,
 variable-length types in §3.2 form, query rows as a packed compound whose first

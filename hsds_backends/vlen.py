@@ -1,4 +1,4 @@
-"""Variable-length element encoding (hsds-format.md §3.2).
+"""Variable-length element encoding (docs/hsds-format.md §3.2).
 
 Elements are concatenated in C order; each variable-length value is a 4-byte
 little-endian int32 byte count followed by that many bytes (UTF-8 for ``str``,

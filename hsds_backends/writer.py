@@ -1,6 +1,6 @@
 """Write domains and datasets in HSDS's storage format (for tests, demos and benchmarks).
 
-Objects go where HSDS puts them (hsds-format.md §1.2): folder and domain
+Objects go where HSDS puts them (docs/hsds-format.md §1.2): folder and domain
 ``.domain.json``, the root group ``db/<root>/.group.json``, dataset JSON and
 chunk objects; chunk bytes are encoded as HSDS encodes them (§3.3 write side,
 via :func:`hsds_backends.codecs.encode_chunk`). A read never calls this module.

@@ -66,7 +66,7 @@ VENV_SCRIPT = REPO_ROOT / "scripts" / "hsds_venv.sh"
 DEFAULT_VENV = REPO_ROOT / ".venv-hsds"
 INTEROP_DOMAIN = "/home/test_user1/interop.h5"
 
-# HSDS (app.py) refuses socket dirs longer than this (hsds issue #129);
+# HSDS (app.py) refuses socket dirs longer than this (docs/hsds-format.md §7);
 # AF_UNIX paths are limited to 107 bytes anyway.
 MAX_SOCKET_DIR_LEN = 63
 
@@ -208,7 +208,7 @@ def unix_http_request(
 
 
 # --------------------------------------------------------------------------
-# storage keys (hsds-format.md §1.2)
+# storage keys (docs/hsds-format.md §1.2)
 # --------------------------------------------------------------------------
 
 def _id_hex(obj_id: str) -> str:
@@ -965,7 +965,7 @@ def write_interop_domain(
             chunk_dims, src = cp["layout"]["dims"], "creationProperties.layout"
         else:
             # scalar: creationProperties.layout is {"class": "H5D_CONTIGUOUS"}
-            # and the one element lives in chunk "0" (hsds-format.md §2.1)
+            # and the one element lives in chunk "0" (docs/hsds-format.md §2.1)
             chunk_dims, src = ([1] if not info["shape"] else list(info["shape"])), "implicit"
         if layout.get("partition_count"):
             raise HsdsError("partitioned layouts are not handled by write_interop_domain")

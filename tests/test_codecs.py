@@ -1,4 +1,4 @@
-"""Tests for hsds_backends.codecs: HSDS chunk encodings (hsds-format.md §2.4, §3.1-§3.3)."""
+"""Tests for hsds_backends.codecs: HSDS chunk encodings (docs/hsds-format.md §2.4, §3.1-§3.3)."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def test_filter_ops_normalises_every_item_form(filters: list[object]) -> None:
 
 
 def test_filter_ops_stored_hsds_form_keeps_level() -> None:
-    # The verified stored form of hsds-format.md §2.4.
+    # The verified stored form of docs/hsds-format.md §2.4.
     stored = [{"class": "H5Z_FILTER_SHUFFLE", "id": 2, "name": "shuffle"},
               {"class": "H5Z_FILTER_DEFLATE", "id": 1, "name": "gzip", "level": 6}]
     assert filter_ops(stored) == FilterOps("zlib", 6, 1, False, None)
@@ -195,7 +195,7 @@ def test_round_trip_with_compound_itemsize() -> None:
 
 
 def test_hsds_shuffle_only_chunk_is_stored_and_read_unshuffled() -> None:
-    # hsds-format.md §3.3 "Bug": HSDS writes shuffle-only chunks unshuffled.
+    # docs/hsds-format.md §3.3 "Bug": HSDS writes shuffle-only chunks unshuffled.
     raw = sample(4)
     ops = filter_ops(["shuffle"])
     assert encode_chunk(raw, ops, itemsize=4) == raw
@@ -247,7 +247,7 @@ def test_decode_counts_bytes_of_typed_memoryviews() -> None:
 
 
 def test_hsds_gzip_shuffle_chunk_has_the_verified_blosc_header() -> None:
-    # hsds-format.md §3.3: a 40x50 '<i4' gzip+shuffle chunk starts 02 01 61 01
+    # docs/hsds-format.md §3.3: a 40x50 '<i4' gzip+shuffle chunk starts 02 01 61 01
     # (format 2, versionlz 1, flags 0x61 = zlib codec | byte shuffle, typesize 1),
     # nbytes = blocksize = 8000, then a zlib stream 78 9c. numcodecs 0.16 writes the
     # same header; only cbytes differs (2831 here, 2865 in the reference: other

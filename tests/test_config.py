@@ -1,4 +1,4 @@
-"""Tests for hsds_backends.config: HSDS-style resolution (hsds-format.md §6.5) minus its pitfalls."""
+"""Tests for hsds_backends.config: HSDS-style resolution (docs/hsds-format.md §6.5) minus its pitfalls."""
 
 from __future__ import annotations
 
@@ -350,3 +350,91 @@ def test_unset_secret_shown_as_none() -> None:
 def test_config_error_is_package_error() -> None:
     assert issubclass(ConfigError, HsdsBackendsError)
     assert not issubclass(ConfigError, ValueError)
+
+
+# -- keys owned by backends, and the helpers backends use ---------------------------------------
+
+
+def test_option_reads_config_then_env_then_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hsds_backends.config import ConfigKey, as_int, at_least, option
+
+    spec = ConfigKey(7, at_least(as_int, 1), "a test key")
+    monkeypatch.delenv("HSDS_BACKENDS_TEST_WIDGETS", raising=False)
+    monkeypatch.delenv("TEST_WIDGETS", raising=False)
+    assert option({}, "test_widgets", spec) == 7
+    assert option({"test_widgets": "3"}, "test_widgets", spec) == 3
+    assert option({"test_widgets": ""}, "test_widgets", spec) == 7  # unset means the default
+    monkeypatch.setenv("TEST_WIDGETS", "5")
+    assert option({}, "test_widgets", spec) == 5  # a plain mapping without the key: env, as load_config would
+    monkeypatch.setenv("HSDS_BACKENDS_TEST_WIDGETS", "6")
+    assert option({}, "test_widgets", spec) == 6
+    assert option({"test_widgets": 2}, "test_widgets", spec) == 2  # the mapping wins
+    with pytest.raises(ConfigError, match=r"config key 'test_widgets': 0 from config is not >= 1; set test_widgets to a value >= 1"):
+        option({"test_widgets": 0}, "test_widgets", spec)
+    with pytest.raises(ConfigError, match=r"config key 'test_widgets': 'x' from env HSDS_BACKENDS_TEST_WIDGETS is not an integer"):
+        monkeypatch.setenv("HSDS_BACKENDS_TEST_WIDGETS", "x")
+        option({}, "test_widgets", spec)
+
+
+def test_a_config_from_load_config_names_where_a_bad_value_came_from(tmp_path: Path) -> None:
+    from hsds_backends.config import ConfigKey, as_int, option
+
+    cfg = load_config(write_yml(tmp_path, "test_widgets: many\n"), env={})
+    with pytest.raises(ConfigError, match=r"config key 'test_widgets': 'many' from file .*config.yml is not an integer"):
+        option(cfg, "test_widgets", ConfigKey(1, as_int))
+
+
+def test_backends_own_their_keys_and_one_key_has_one_owner() -> None:
+    from hsds_backends import plugins
+    from hsds_backends.config import CORE_KEYS, DEFAULTS
+
+    keys = known_keys()
+    assert set(DEFAULTS) == set(CORE_KEYS) and not any(k.startswith(("aws_lambda_", "dn_", "dask_")) for k in DEFAULTS)
+    owners = {
+        name: set(cls.config_keys) for name, (cls, _plugin) in plugins._classes(plugins._get_state()).items()  # noqa: SLF001
+    }
+    for name, prefix in (("lambda", "aws_lambda_"), ("containers", "dn_"), ("dask", "dask_")):
+        if name in owners:
+            assert {k for k in keys if k.startswith(prefix)} <= owners[name], name
+    assert not set(CORE_KEYS) & set().union(*owners.values())
+
+
+def test_two_backends_declaring_one_key_is_a_plugin_error() -> None:
+    import types
+    from typing import ClassVar
+
+    import pluggy
+
+    from hsds_backends import hookimpl, hookspecs, plugins
+    from hsds_backends.config import ConfigKey, as_int
+    from hsds_backends.errors import PluginError
+    from hsds_backends.model import Backend
+
+    spec_a, spec_b = ConfigKey(1, as_int), ConfigKey(2, as_int)
+
+    class A(Backend):
+        name: ClassVar[str] = "a"
+        config_keys: ClassVar[dict[str, ConfigKey]] = {"shared_key": spec_a}
+
+        async def read_chunk(self, task: object) -> object:  # type: ignore[override]  # pragma: no cover
+            raise NotImplementedError
+
+    class B(A):
+        name: ClassVar[str] = "b"
+        config_keys: ClassVar[dict[str, ConfigKey]] = {"shared_key": spec_b}
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    mod = types.SimpleNamespace(hsds_backends_backend_classes=hookimpl(lambda: [A, B]))
+    pm.register(mod, name="two")
+    with pytest.raises(PluginError, match=r"config key 'shared_key' is declared by both backend 'a' and 'b'; a key has one owner"):
+        plugins.backend_config_keys(pm)
+
+
+def test_unset_and_credentials_env() -> None:
+    from hsds_backends.config import credentials_env, is_unset
+
+    assert [is_unset(v) for v in (None, "", "xxx", "0", 0, "key")] == [True, True, True, False, False, False]
+    env = credentials_env({"aws_access_key_id": "AKID", "aws_secret_access_key": "SECRET", "aws_session_token": "xxx"})
+    assert env == {"AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "SECRET"}
+    assert credentials_env({}) == {}

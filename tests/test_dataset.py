@@ -1,4 +1,4 @@
-"""Tests for hsds_backends.dataset: DatasetMeta from HSDS dataset JSON (hsds-format.md §2, §3.5)."""
+"""Tests for hsds_backends.dataset: DatasetMeta from HSDS dataset JSON (docs/hsds-format.md §2, §3.5)."""
 
 from __future__ import annotations
 

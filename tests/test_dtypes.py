@@ -1,4 +1,4 @@
-"""Tests for hsds_backends.dtypes: HSDS type JSON <-> numpy dtypes (hsds-format.md §2.2)."""
+"""Tests for hsds_backends.dtypes: HSDS type JSON <-> numpy dtypes (docs/hsds-format.md §2.2)."""
 
 from __future__ import annotations
 
@@ -358,7 +358,7 @@ def test_type_json_errors(type_json: Any, message: str) -> None:
 )
 def test_type_json_value_errors_are_type_json_errors(type_json: Any) -> None:
     # int("a"), negative dims and duplicate field names raise ValueError inside numpy;
-    # the public contract is TypeJsonError (never a bare ValueError, STYLE.md §6)
+    # the public contract is TypeJsonError (never a bare ValueError, docs/architecture.md §8)
     with pytest.raises(TypeJsonError, match="type JSON .* is malformed"):
         dtype_from_type_json(type_json)
 

@@ -181,7 +181,7 @@ def test_hsds_harness_smoke(tmp_path):
         assert {f["name"] for f in ds["gzip_shuffle"]["filters"]} == {"shuffle", "gzip"}
         assert [f["name"] for f in ds["lz4"]["filters"]] == ["lz4"]
         assert ds["scalar"]["shape"] == [] and ds["scalar"]["chunk_keys"] == ["0"]
-        # blosc container headers (hsds-format.md §3.3)
+        # blosc container headers (docs/hsds-format.md §3.3)
         d_gz = os.path.dirname(ds["gzip_shuffle"]["dataset_json_path"])
         assert open(os.path.join(d_gz, "0_0"), "rb").read(4) == bytes([2, 1, 0x61, 1])
         d_lz = os.path.dirname(ds["lz4"]["dataset_json_path"])

@@ -1,4 +1,4 @@
-"""Tests for hsds_backends.ids: object ids, chunk ids and storage keys (hsds-format.md §1.1-§1.4, §4.5)."""
+"""Tests for hsds_backends.ids: object ids, chunk ids and storage keys (docs/hsds-format.md §1.1-§1.4, §4.5)."""
 
 from __future__ import annotations
 

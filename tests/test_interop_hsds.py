@@ -16,7 +16,7 @@ Extras: a second h5pyd-written domain covers more types, filters and layouts (se
 stored by hsds 1.0.2) and fail until those are fixed.
 
 All h5pyd reads of a direction run in one subprocess (``h5pyd_read_many``); the server is the
-session-scoped ``hsds_server`` fixture. hsds-format.md § numbers are cited where a check
+session-scoped ``hsds_server`` fixture. docs/hsds-format.md § numbers are cited where a check
 depends on a storage/protocol fact.
 """
 
@@ -103,7 +103,7 @@ def packed(a: np.ndarray, names: list[str] | tuple[str, ...]) -> np.ndarray:
 
 
 def rest_value(server: H.HsdsServer, domain: str, dset_id: str, **params: str) -> bytes:
-    """HSDS's own answer: ``GET /datasets/<id>/value`` as octet-stream (hsds-format.md §4.4, §5.1, §5.3)."""
+    """HSDS's own answer: ``GET /datasets/<id>/value`` as octet-stream (docs/hsds-format.md §4.4, §5.1, §5.3)."""
     status, _, body = server.request(
         "GET",
         f"/datasets/{dset_id}/value",

@@ -1,4 +1,4 @@
-"""Tests for hsds_backends.kernel: one chunk task → bytes (hsds-format.md §3, §4.2, §4.3, §5).
+"""Tests for hsds_backends.kernel: one chunk task → bytes (docs/hsds-format.md §3, §4.2, §4.3, §5).
 
 Datasets are written with the Writer into a tmp PosixStorage; tasks are built by the plan
 functions (or by hand, as a DN request would be) and run with ``kernel.run_task``.

@@ -1,4 +1,4 @@
-"""Tests for hsds_backends.plan: planning chunk tasks and assembling results (hsds-format.md §1.3, §3.4, §5)."""
+"""Tests for hsds_backends.plan: planning chunk tasks and assembling results (docs/hsds-format.md §1.3, §3.4, §5)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Tests for hsds_backends.selection: HSDS select strings, numpy indexing, points, chunk cuts.
 
-Facts under test come from hsds-format.md §1.3 (chunk cuts) and §5.1 (select strings).
+Facts under test come from docs/hsds-format.md §1.3 (chunk cuts) and §5.1 (select strings).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tests for hsds_backends.tasks: chunk task / result wire format (hsds-format.md §6.3, §6.4)."""
+"""Tests for hsds_backends.tasks: chunk task / result wire format (docs/hsds-format.md §6.3, §6.4)."""
 
 from __future__ import annotations
 

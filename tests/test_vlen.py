@@ -1,4 +1,4 @@
-"""Tests for hsds_backends.vlen: variable-length element bytes (hsds-format.md §3.2)."""
+"""Tests for hsds_backends.vlen: variable-length element bytes (docs/hsds-format.md §3.2)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Write with the Writer, read with the public API, compare to numpy byte for byte.
 
-Covers hsds-format.md §1.2 (keys), §1.4 (partitions), §2.2 (types), §2.3 (layout styles),
+Covers docs/hsds-format.md §1.2 (keys), §1.4 (partitions), §2.2 (types), §2.3 (layout styles),
 §2.4 (fill values, filters), §3 (chunk bytes, missing chunks, reference layouts).
 """
 

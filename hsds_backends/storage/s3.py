@@ -1,7 +1,7 @@
 """S3 object storage over aiobotocore (docs/hsds-format.md §1.5, S3 driver).
 
 aiobotocore (and botocore) are imported inside methods only, so importing
-:mod:`hsds_backends` never pulls in a cloud SDK (STYLE.md §1).
+:mod:`hsds_backends` never pulls in a cloud SDK (docs/architecture.md §2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The conformance suite every backend inherits (STYLE.md §7, after zarr's ``StoreTests``).
+"""The conformance suite every backend inherits (docs/architecture.md §9, after zarr's ``StoreTests``).
 
 Subclass :class:`BackendTests`, set ``backend_cls``, optionally override the
 class-scoped ``backend_config`` fixture (extra config keys, e.g. DN URLs) or
