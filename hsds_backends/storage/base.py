@@ -102,7 +102,7 @@ class Storage(ABC):
     def to_config(self) -> dict[str, Any]:
         """Return config keys that reopen this storage elsewhere (no secrets)."""
 
-    async def aclose(self) -> None:  # an optional hook: not abstract
+    async def aclose(self) -> None:  # noqa: B027 - an optional hook: not abstract
         """Release connections. Idempotent."""
 
     # -- the synchronous capability (posix has it, S3 does not) ------------------------------
