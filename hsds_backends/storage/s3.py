@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..config import is_unset
 from ..errors import ConfigError, StorageError
 from .base import Storage, check_bucket, check_key
 
@@ -36,14 +37,6 @@ _DENIED_CODES: frozenset[str] = frozenset(
         "TokenRefreshRequired",
     }
 )
-# docs/hsds-format.md §6.1: HSDS's config.yml ships "xxx" for the credential keys, meaning "unset".
-_UNSET_SECRET: str = "xxx"
-
-
-def _unset(value: Any) -> bool:
-    return value is None or value == "" or value == _UNSET_SECRET
-
-
 class S3Storage(Storage):
     """Objects in S3 (or any S3-compatible endpoint: minio, ceph, moto) via aiobotocore.
 
@@ -146,9 +139,9 @@ class S3Storage(Storage):
         return cls(
             endpoint_url=cfg.get("aws_s3_gateway") or None,
             region=cfg.get("aws_region") or "us-east-1",
-            access_key_id=None if _unset(key_id) else str(key_id),
-            secret_access_key=None if _unset(secret) else str(secret),
-            session_token=None if _unset(token) else str(token),
+            access_key_id=None if is_unset(key_id) else str(key_id),
+            secret_access_key=None if is_unset(secret) else str(secret),
+            session_token=None if is_unset(token) else str(token),
             **kwargs,
         )
 
