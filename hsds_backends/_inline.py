@@ -15,14 +15,15 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ._aio import cancel_and_wait
 from .hookspecs import hookimpl
 from .kernel import fetch, run_task, run_task_sync
-from .model import Backend, Capabilities, default_workers
+from .model import Backend, Capabilities, Sink, default_workers
 from .storage import Storage, storage_from_config
 from .tasks import ChunkResult
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Mapping, Sequence
 
     from .tasks import ChunkTask
 
@@ -76,9 +77,7 @@ class InlineBackend(Backend):
     async def read_chunk(self, task: ChunkTask) -> ChunkResult:
         return await run_task(task, self.storage, executor=self._executor())
 
-    async def read_chunks(
-        self, tasks: Sequence[ChunkTask], sink: Callable[[int, ChunkResult], object] | None = None
-    ) -> AsyncIterator[tuple[int, ChunkResult]]:
+    async def read_chunks(self, tasks: Sequence[ChunkTask], *, sink: Sink | None = None) -> AsyncIterator[tuple[int, ChunkResult]]:
         """Yield ``(j, result)`` per task; with ``sink``, results are placed from the worker threads.
 
         Storages with a sync reader (posix) are read in the worker threads too,
@@ -118,11 +117,8 @@ class InlineBackend(Backend):
                 while ready:
                     yield ready.pop().result()
         finally:
-            for f in ready | pending:
-                if not f.done():
-                    f.cancel()
-                elif not f.cancelled():
-                    f.exception()  # retrieved: one error is raised, the others are not news
+            # one error is raised; the others, and the tasks still queued, are not news
+            await cancel_and_wait(ready | pending)
 
     async def aclose(self) -> None:
         if self._pool is not None:
