@@ -24,18 +24,23 @@ __all__ = ["BackendCounters", "Ledger"]
 
 @dataclass
 class BackendCounters:
-    """Running totals per backend instance, like HSDS's ``lambda_stats``."""
+    """Running totals per backend instance, like HSDS's ``lambda_stats``.
+
+    Attributes
+    ----------
+    requests
+        Requests (or failover rounds) run on the backend.
+    tasks, in_flight, failed
+        Chunk tasks handed to it; of those, not finished yet; failed after its own retries.
+    retried
+        Retries it reported (``RequestStats.retries``).
+    """
 
     requests: int = 0
-    """Requests (or failover rounds) run on the backend."""
     tasks: int = 0
-    """Chunk tasks handed to it."""
     in_flight: int = 0
-    """Tasks handed to it and not finished yet."""
     failed: int = 0
-    """Tasks it failed (after its own retries)."""
     retried: int = 0
-    """Retries it reported (``RequestStats.retries``)."""
 
 
 class Ledger:

@@ -33,6 +33,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import IO, Any, Final
 
 __all__ = ["ChildProcess", "ChildStartError", "MALLOC_ENV", "loopback_socket", "parent_death_signal"]
@@ -83,6 +84,7 @@ def _stop_all_at_exit() -> None:
 atexit.register(_stop_all_at_exit)
 
 
+@dataclass(eq=False)
 class ChildProcess:
     """One child process with a ready handshake and a bounded stop.
 
@@ -92,7 +94,7 @@ class ChildProcess:
         Program and arguments (never secrets: they show in ``ps``; pass those in ``env``
         or ``stdin_data``).
     env
-        The child's whole environment (default: ours).
+        The child's whole environment (default: ours, when it starts).
     name
         How messages name the child (``"local DN 0"``).
     ready_prefix
@@ -110,28 +112,16 @@ class ChildProcess:
         Working folder of the child.
     """
 
-    def __init__(
-        self,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        name: str = "child process",
-        ready_prefix: str | None = "READY ",
-        stdin_data: bytes | None = None,
-        log_path: str | None = None,
-        new_session: bool = True,
-        cwd: str | None = None,
-    ) -> None:
-        self.argv = list(argv)
-        self.env = dict(os.environ if env is None else env)
-        self.name = name
-        self.ready_prefix = ready_prefix
-        self.stdin_data = stdin_data
-        self.log_path = log_path
-        self.new_session = new_session
-        self.cwd = cwd
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._finalizer: weakref.finalize[Any, ChildProcess] | None = None
+    argv: Sequence[str]
+    env: Mapping[str, str] | None = None
+    name: str = "child process"
+    ready_prefix: str | None = "READY "
+    stdin_data: bytes | None = field(default=None, repr=False)
+    log_path: str | None = None
+    new_session: bool = True
+    cwd: str | None = None
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _finalizer: weakref.finalize[Any, ChildProcess] | None = field(default=None, init=False, repr=False)
 
     def __repr__(self) -> str:
         return f"<ChildProcess {self.name!r} pid={self.pid}>"
@@ -162,7 +152,7 @@ class ChildProcess:
                 stdin=subprocess.PIPE if self.stdin_data is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE if self.ready_prefix is not None else err,
                 stderr=err,
-                env=self.env,
+                env=dict(os.environ if self.env is None else self.env),
                 cwd=self.cwd,
                 start_new_session=self.new_session,
                 preexec_fn=parent_death_signal,  # noqa: PLW1509 - allocation-free, see parent_death_signal
@@ -324,19 +314,8 @@ class ChildProcess:
         return proc.poll()
 
     async def astop(self, grace: float = 3.0, *, sig: int | Sequence[int] = signal.SIGTERM) -> int | None:
-        """:meth:`stop` without blocking the event loop."""
-        proc = self.proc
-        if proc is None:
-            return None
-        for s in (sig,) if isinstance(sig, int) else sig:
-            if proc.poll() is not None:
-                break
-            self.send_signal(s)
-            deadline = time.monotonic() + grace
-            while proc.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-        self.kill()
-        return proc.poll()
+        """:meth:`stop` without blocking the event loop (the waits run in a thread)."""
+        return await asyncio.to_thread(self.stop, grace, sig=sig)
 
     def kill(self) -> None:
         """SIGKILL the child and reap it."""

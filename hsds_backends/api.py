@@ -332,16 +332,10 @@ class AsyncDomain:
         return AsyncDataset(self, DatasetMeta.from_json(j, self.bucket), h5path)
 
 
-class AsyncDataset:
-    """A dataset of an open domain."""
+class _DatasetInfo:
+    """What a dataset's metadata says, for the async and the sync dataset alike."""
 
-    def __init__(self, domain: AsyncDomain, meta: DatasetMeta, h5path: str) -> None:
-        self.domain = domain
-        self.meta = meta
-        self.h5path = h5path
-
-    def __repr__(self) -> str:
-        return f"<AsyncDataset {self.h5path!r} shape={self.shape} dtype={self.dtype} chunks={self.chunks}>"
+    meta: DatasetMeta
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -358,6 +352,18 @@ class AsyncDataset:
     @property
     def fillvalue(self) -> Any:
         return self.meta.fill_element[()]
+
+
+class AsyncDataset(_DatasetInfo):
+    """A dataset of an open domain."""
+
+    def __init__(self, domain: AsyncDomain, meta: DatasetMeta, h5path: str) -> None:
+        self.domain = domain
+        self.meta = meta
+        self.h5path = h5path
+
+    def __repr__(self) -> str:
+        return f"<AsyncDataset {self.h5path!r} shape={self.shape} dtype={self.dtype} chunks={self.chunks}>"
 
     def plan(self, selection: Any = None, *, fields: Sequence[str] | str | None = None) -> ReadPlan:
         return plan_hyperslab(self.meta, to_selection(selection, self.shape), fields)
@@ -501,35 +507,16 @@ class Domain:
         self.close()
 
 
-class Dataset:
+class Dataset(_DatasetInfo):
     """Synchronous view of an :class:`AsyncDataset`; ``d[...]`` reads a numpy-style index."""
 
     def __init__(self, domain: Domain, adset: AsyncDataset) -> None:
         self._domain = domain
         self.async_dataset = adset
+        self.meta = adset.meta
 
     def __repr__(self) -> str:
         return repr(self.async_dataset).replace("AsyncDataset", "Dataset")
-
-    @property
-    def meta(self) -> DatasetMeta:
-        return self.async_dataset.meta
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.async_dataset.shape
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        return self.async_dataset.dtype
-
-    @property
-    def chunks(self) -> tuple[int, ...]:
-        return self.async_dataset.chunks
-
-    @property
-    def fillvalue(self) -> Any:
-        return self.async_dataset.fillvalue
 
     def __getitem__(self, key: Any) -> np.ndarray[Any, Any]:
         if isinstance(key, str):

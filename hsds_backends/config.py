@@ -142,30 +142,30 @@ def as_size(key: str, value: Any, source: str) -> int:
     return parse_size(value, key=key, source=source)
 
 
+def _from_text(key: str, value: Any, source: str, parse: Callable[[str], Any], what: str, hint: str) -> Any:
+    """``parse`` a text value; anything else (or a parse failure) is an error naming the key."""
+    if isinstance(value, str):
+        try:
+            return parse(value.strip())
+        except ValueError:
+            pass
+    raise _bad(key, value, source, what, hint)
+
+
 def as_int(key: str, value: Any, source: str) -> int:
-    if isinstance(value, bool):
-        raise _bad(key, value, source, "an integer", "use a whole number such as 4")
-    if isinstance(value, int):
+    """An integer: an int, an integral float, or digits."""
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            pass
-    raise _bad(key, value, source, "an integer", "use a whole number such as 4")
+    return int(_from_text(key, value, source, int, "an integer", "use a whole number such as 4"))  # a bool is an error
 
 
 def as_float(key: str, value: Any, source: str) -> float:
+    """A number as a float."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            pass
-    raise _bad(key, value, source, "a number", "use a number such as 0.5")
+    return float(_from_text(key, value, source, float, "a number", "use a number such as 0.5"))
 
 
 def as_number(key: str, value: Any, source: str) -> int | float:

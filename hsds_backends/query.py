@@ -727,32 +727,25 @@ class _Parser:
         return expr, where
 
     def parse_or(self) -> _Node:
-        first = self.parse_and()
-        tok = self.peek()
-        if not (tok.kind == "|" or self.is_kw(tok, "OR")):
-            return first
-        items: list[_Cond] = []
-        self._extend(items, self.condition(first, f"left of {_show(tok.src)} at position {tok.pos}"), _Or)
-        while tok.kind == "|" or self.is_kw(tok, "OR"):
-            self.advance()
-            node = self.parse_and()
-            self._extend(items, self.condition(node, f"right of {_show(tok.src)} at position {tok.pos}"), _Or)
-            tok = self.peek()
-        return _Or(tuple(items), _pos(first))
+        return self._chain(self.parse_and, "|", "OR", _Or)
 
     def parse_and(self) -> _Node:
-        first = self.parse_unary()
+        return self._chain(self.parse_unary, "&", "AND", _And)
+
+    def _chain(self, operand: Callable[[], _Node], symbol: str, word: str, kind: type[_And | _Or]) -> _Node:
+        """``operand (symbol|word operand)*`` as one flat ``kind`` node (or the lone operand)."""
+        first = operand()
         tok = self.peek()
-        if not (tok.kind == "&" or self.is_kw(tok, "AND")):
+        if not (tok.kind == symbol or self.is_kw(tok, word)):
             return first
         items: list[_Cond] = []
-        self._extend(items, self.condition(first, f"left of {_show(tok.src)} at position {tok.pos}"), _And)
-        while tok.kind == "&" or self.is_kw(tok, "AND"):
+        self._extend(items, self.condition(first, f"left of {_show(tok.src)} at position {tok.pos}"), kind)
+        while tok.kind == symbol or self.is_kw(tok, word):
             self.advance()
-            node = self.parse_unary()
-            self._extend(items, self.condition(node, f"right of {_show(tok.src)} at position {tok.pos}"), _And)
+            node = operand()
+            self._extend(items, self.condition(node, f"right of {_show(tok.src)} at position {tok.pos}"), kind)
             tok = self.peek()
-        return _And(tuple(items), _pos(first))
+        return kind(tuple(items), _pos(first))
 
     @staticmethod
     def _extend(items: list[_Cond], node: _Cond, kind: type[_And | _Or]) -> None:

@@ -84,24 +84,9 @@ def encode_linked_chunk(raw: Buffer, ops: FilterOps, itemsize: int) -> bytes:
     little-endian fletcher32 checksum if ``ops.fletcher32``. Used to build
     ``H5D_CHUNKED_REF`` test data (docs/hsds-format.md §3.5).
 
-    Parameters
-    ----------
-    raw : bytes, bytearray or memoryview
-        The chunk's raw bytes.
-    ops : FilterOps
-        From :func:`~hsds_backends.codecs.filter_ops`.
-    itemsize : int
-        Bytes per element (for shuffle and bitshuffle).
-
-    Returns
-    -------
-    bytes
-        The bytes an HDF5 file would hold for this chunk.
-
-    Raises
-    ------
-    UnsupportedFilterError
-        ``ops.unsupported`` is set.
+    Takes the arguments of :func:`encode_chunk` (``itemsize`` also drives the byte
+    shuffle here) and returns the bytes an HDF5 file would hold for this chunk; raises
+    :class:`UnsupportedFilterError` likewise.
     """
     _check_encodable(ops)
     data: Buffer = raw

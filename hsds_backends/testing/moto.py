@@ -44,6 +44,8 @@ __all__ = ["DUMMY_ACCESS_KEY_ID", "DUMMY_SECRET_ACCESS_KEY", "MotoServer"]
 #: Dummy credentials moto accepts; not secrets.
 DUMMY_ACCESS_KEY_ID: Final = "testing"
 DUMMY_SECRET_ACCESS_KEY: Final = "testing"
+#: The same, under the names of both config keys and client arguments.
+_DUMMY_KEYS: Final = {"aws_access_key_id": DUMMY_ACCESS_KEY_ID, "aws_secret_access_key": DUMMY_SECRET_ACCESS_KEY}
 
 # Loopback requests must never go through a proxy from the environment.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -102,21 +104,11 @@ class MotoServer:
 
     def config(self) -> dict[str, Any]:
         """Return HSDS config keys that point :class:`~hsds_backends.storage.S3Storage` here."""
-        return {
-            "aws_s3_gateway": self.endpoint_url,
-            "aws_region": self.region,
-            "aws_access_key_id": DUMMY_ACCESS_KEY_ID,
-            "aws_secret_access_key": DUMMY_SECRET_ACCESS_KEY,
-        }
+        return {"aws_s3_gateway": self.endpoint_url, "aws_region": self.region, **_DUMMY_KEYS}
 
     def client_kwargs(self) -> dict[str, Any]:
         """Return keyword arguments for ``session.create_client("s3", **kwargs)``."""
-        return {
-            "endpoint_url": self.endpoint_url,
-            "region_name": self.region,
-            "aws_access_key_id": DUMMY_ACCESS_KEY_ID,
-            "aws_secret_access_key": DUMMY_SECRET_ACCESS_KEY,
-        }
+        return {"endpoint_url": self.endpoint_url, "region_name": self.region, **_DUMMY_KEYS}
 
     def log(self) -> str:
         """Return what the server has written to stdout/stderr so far."""
