@@ -28,6 +28,12 @@ def simple(dims: list[int]) -> dict[str, Any]:
     return {"class": "H5S_SIMPLE", "dims": dims, "maxdims": dims}
 
 
+def contiguous_ref(shape: tuple[int, ...], type_json: Any, itemsize: int, uri: str, offset: int, **kw: Any) -> DatasetMeta:
+    """An ``H5D_CONTIGUOUS_REF`` dataset of ``shape`` whose bytes start at ``offset`` of file ``uri``."""
+    layout = {"class": "H5D_CONTIGUOUS_REF", "file_uri": uri, "offset": offset, "size": itemsize * math.prod(shape)}
+    return DatasetMeta.from_json(dj(type_json=type_json, shape=simple(list(shape)), creationProperties={"layout": layout}), **kw)
+
+
 def dj(type_json: Any = I32, shape: Any = None, **kw: Any) -> dict[str, Any]:
     d: dict[str, Any] = {
         "id": DSET,
@@ -461,20 +467,7 @@ def test_reference_without_file_uri() -> None:
 def test_contiguous_ref_offsets() -> None:
     # §3.5: offset + Σ_d index[d]·chunk[d]·stride[d], stride[d] = itemsize × Π dims after d
     shape = (3, 5000, 1000)
-    m = DatasetMeta.from_json(
-        dj(
-            shape=simple(list(shape)),
-            creationProperties={
-                "layout": {
-                    "class": "H5D_CONTIGUOUS_REF",
-                    "file_uri": "b/f.h5",
-                    "offset": 4096,
-                    "size": 4 * math.prod(shape),
-                }
-            },
-        ),
-        "b",
-    )
+    m = contiguous_ref(shape, I32, 4, "b/f.h5", 4096, bucket="b")
     assert m.layout_class == "H5D_CONTIGUOUS_REF"
     # getContiguousLayout: trailing dims full, one split dim (halved until < 4 MB), leading dims 1
     assert m.chunks == (1, 625, 1000)
@@ -496,20 +489,7 @@ def test_contiguous_ref_offsets() -> None:
 )
 def test_contiguous_ref_derived_chunks(shape: tuple[int, ...], itemsize: int, chunks: tuple[int, ...]) -> None:
     t = {1: "H5T_STD_U8LE", 2: "H5T_STD_I16LE", 4: "H5T_STD_I32LE", 8: "H5T_IEEE_F64LE"}[itemsize]
-    m = DatasetMeta.from_json(
-        dj(
-            type_json=t,
-            shape=simple(list(shape)),
-            creationProperties={
-                "layout": {
-                    "class": "H5D_CONTIGUOUS_REF",
-                    "file_uri": "b/f",
-                    "offset": 0,
-                    "size": itemsize * math.prod(shape),
-                }
-            },
-        )
-    )
+    m = contiguous_ref(shape, t, itemsize, "b/f", 0)
     assert m.chunks == chunks
     split = [d for d, (c, s) in enumerate(zip(m.chunks, shape, strict=False)) if c != s]
     if split:

@@ -620,13 +620,7 @@ def test_fuzz_parse_select_only_raises_our_errors(text: str, shape: list[int]) -
         hs = parse_select(text, shape)
     except HsdsBackendsError:
         return
-    # success: a valid selection of the right rank, in range
-    assert len(hs.dims) == len(shape)
-    for d, e in zip(hs.dims, shape, strict=False):
-        if isinstance(d, Slice):
-            assert 0 <= d.start < d.stop <= e and d.step >= 1
-        else:
-            assert ((d.values >= 0) & (d.values < e)).all()
+    _assert_in_range(hs, shape, empty=False)  # success: a valid selection of the right rank, in range
 
 
 _LEAF = st.one_of(
@@ -666,10 +660,15 @@ def test_fuzz_from_index_only_raises_our_errors(key: Any, shape: list[int]) -> N
         hs = from_index(key, shape)
     except HsdsBackendsError:
         return
+    _assert_in_range(hs, shape, empty=True)
+
+
+def _assert_in_range(hs: Any, shape: list[int], *, empty: bool) -> None:
+    """``hs`` has the rank of ``shape`` and selects only in-range elements (an empty slice only if ``empty``)."""
     assert len(hs.dims) == len(shape)
     for d, e in zip(hs.dims, shape, strict=False):
         if isinstance(d, Slice):
-            assert 0 <= d.start <= d.stop <= e and d.step >= 1
+            assert 0 <= d.start <= d.stop <= e and d.step >= 1 and (empty or d.start < d.stop)
         else:
             assert ((d.values >= 0) & (d.values < e)).all()
 

@@ -55,6 +55,18 @@ def write(root: str | Path, fn: Callable[[Writer], Any]) -> Any:
     return asyncio.run(go())
 
 
+def write_linked(
+    root: Path, name: str, data: Any, file_key: str, chunks: tuple[int, ...], filters: Any, fillvalue: Any, skip: tuple[int, ...]
+) -> Any:
+    """Write ``data`` as a linked (``H5D_CHUNKED_REF``) dataset whose chunk ``skip`` is never written."""
+    return write(
+        root,
+        lambda w: w.create_linked_dataset(
+            DOMAIN, name, data, file_key=file_key, chunks=chunks, filters=filters, fillvalue=fillvalue, skip_chunk=lambda i: i == skip
+        ),
+    )
+
+
 def snapshot(root: str | Path) -> dict[str, tuple[int, int]]:
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -340,18 +352,8 @@ def test_partition_count_keys_and_read(tmp_path: Path) -> None:
 
 def test_linked_chunked_ref_with_gzip_shuffle_fletcher32(tmp_path: Path) -> None:
     data = (np.arange(60 * 70) / 7).astype(">f4").reshape(60, 70)
-    meta = write(
-        tmp_path,
-        lambda w: w.create_linked_dataset(
-            DOMAIN,
-            "/ref",
-            data,
-            file_key="files/linked.h5",
-            chunks=(16, 32),
-            filters=["shuffle", ("gzip", 5), "fletcher32"],
-            fillvalue=-2.0,
-            skip_chunk=lambda i: i == (1, 1),
-        ),
+    meta = write_linked(
+        tmp_path, "/ref", data, "files/linked.h5", (16, 32), ["shuffle", ("gzip", 5), "fletcher32"], -2.0, (1, 1)
     )
     assert meta.layout_class == "H5D_CHUNKED_REF"
     dj = json.loads((tmp_path / BUCKET / object_key(meta.id)).read_text())
@@ -613,19 +615,7 @@ def test_a_read_never_writes(tmp_path: Path) -> None:
 def test_linked_chunked_ref_filters(tmp_path: Path, filters: list[str]) -> None:
     # linked HDF5 chunks are encoded by the HDF5 pipeline (shuffle → compress → fletcher32), §3.3 table
     data = (np.arange(37 * 23) * 3).astype(">i8").reshape(37, 23)
-    write(
-        tmp_path,
-        lambda w: w.create_linked_dataset(
-            DOMAIN,
-            "/r",
-            data,
-            file_key="x/f.h5",
-            chunks=(10, 7),
-            filters=filters,
-            fillvalue=5,
-            skip_chunk=lambda i: i == (0, 1),
-        ),
-    )
+    write_linked(tmp_path, "/r", data, "x/f.h5", (10, 7), filters, 5, (0, 1))
     expected = data.copy()
     expected[0:10, 7:14] = 5
     with hb.open_domain(DOMAIN, config=cfg(tmp_path)) as dom:
