@@ -7,7 +7,9 @@
   never outlives this process.
 - **One parent-death mechanism**: every child is started with Linux's
   ``PR_SET_PDEATHSIG`` = SIGTERM, so the kernel signals it the moment its parent dies,
-  however the parent dies (SIGKILL included). It works for programs we do not control
+  however the parent dies (SIGKILL included). Strictly, the kernel watches the *thread*
+  that started the child: start children from a thread that lives as long as they should
+  (an event loop's thread, the main thread), never from a short-lived worker thread. It works for programs we do not control
   (awslambdaric, moto, HSDS) as well as for ours, which handle SIGTERM by shutting down
   cleanly. A weakref finalizer and an ``atexit`` hook stop children of a parent that exits
   normally without closing them.
@@ -227,23 +229,12 @@ class ChildProcess:
                     seen.append(line)
 
     def _after_ready(self, out: IO[bytes]) -> None:
-        """Keep reading stdout after the ready line, so a chatty child never blocks on a full pipe."""
+        """Keep reading stdout after the ready line, so a chatty child never blocks on a full pipe.
 
-        def pump() -> None:
-            sink = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
-            try:
-                while chunk := out.read1(65536) if hasattr(out, "read1") else out.read(65536):
-                    if sink is not None:
-                        sink.write(chunk)
-                        sink.flush()
-            except (OSError, ValueError):
-                pass
-            finally:
-                if sink is not None:
-                    sink.close()
-                out.close()
-
-        threading.Thread(target=pump, name=f"{self.name} stdout", daemon=True).start()
+        The thread holds the pipe and the log path, not ``self``, so a ChildProcess that is
+        dropped without being stopped is still collected (and its finalizer kills the child).
+        """
+        threading.Thread(target=_pump, args=(out, self.log_path), name=f"{self.name} stdout", daemon=True).start()
 
     def _wait_exit(self, timeout: float) -> int | None:
         assert self.proc is not None
@@ -328,6 +319,21 @@ class ChildProcess:
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
+
+
+def _pump(out: IO[bytes], log_path: str | None) -> None:
+    sink = open(log_path, "ab") if log_path else None  # noqa: SIM115 - closed below
+    try:
+        while chunk := out.read1(65536) if hasattr(out, "read1") else out.read(65536):
+            if sink is not None:
+                sink.write(chunk)
+                sink.flush()
+    except (OSError, ValueError):
+        pass
+    finally:
+        if sink is not None:
+            sink.close()
+        out.close()
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:

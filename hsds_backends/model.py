@@ -177,7 +177,7 @@ class RequestStats:
     """Backend-specific figures, by backend name (``extra["lambda"]["invokes"]``)."""
 
     def add(self, backend: str, *, retries: int = 0, gb_seconds: float = 0.0, dollars: float = 0.0, **figures: int | float) -> None:
-        """Add a backend's figures for this request: the common ones, and its own under ``extra[backend]``.
+        """Add a backend's figures for this request: the common ones, and its own (and its retries) under ``extra[backend]``.
 
         The one way backends report (see :func:`add_stats`); figures add up over the
         calls a request makes (failover, hedging, split batches).
@@ -185,6 +185,8 @@ class RequestStats:
         self.retries += retries
         self.gb_seconds += gb_seconds
         self.dollars += dollars
+        if retries:  # also per backend: with failover or hedging, whose retries they were
+            figures = {"retries": retries, **figures}
         if figures:
             box = self.extra.setdefault(backend, {})
             for key, value in figures.items():

@@ -142,7 +142,7 @@ def test_stats_add_is_the_one_way_backends_report() -> None:
     finally:
         current_stats.reset(token)
     assert (stats.retries, stats.gb_seconds, stats.dollars) == (3, 0.5, 0.01)
-    assert stats.extra == {"lambda": {"invokes": 5, "billed_ms": 7}, "containers": {"reroutes": 1}}
+    assert stats.extra == {"lambda": {"retries": 1, "invokes": 5, "billed_ms": 7}, "containers": {"retries": 2, "reroutes": 1}}
 
 
 def test_status_is_a_declared_attribute_of_our_errors() -> None:

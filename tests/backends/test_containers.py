@@ -4,7 +4,7 @@ Every read goes client → real DN processes (``hsds-backends dn serve`` on unix
 sockets, started by the backend) → kernel, and is checked against the numpy
 oracles of :mod:`hsds_backends.testing`. A second class runs the same suite
 through the DNs' HSDS-style routes (``GET``/``POST /chunks/{id}``, the DN
-loading the dataset JSON itself, hsds-format.md §4) instead of the batch route.
+loading the dataset JSON itself, docs/hsds-format.md §4) instead of the batch route.
 """
 
 from __future__ import annotations
@@ -67,4 +67,4 @@ class TestContainersBackendHsdsRoutes(BackendTests[ContainersBackend]):
     def test_capabilities(self, backend: Backend) -> None:
         caps = backend.capabilities
         assert (caps.hyperslab, caps.points, caps.fields, caps.linked_chunks, caps.vlen) == (True,) * 5
-        assert not caps.query  # HSDS 1.0.2 DNs answer queries without the row index (§5.3)
+        assert not caps.query  # HSDS 1.0.2 DNs answer queries without the row index (docs/hsds-format.md §5.3)

@@ -102,7 +102,7 @@ Backend_t = ContainersBackend
 
 
 def _on_node(be: ContainersBackend, node: int) -> int:
-    """Chunks of the grid that HSDS's partitioning gives to DN ``node`` (§4.5)."""
+    """Chunks of the grid that HSDS's partitioning gives to DN ``node`` (docs/hsds-format.md §4.5)."""
     from hsds_backends.ids import chunk_id
 
     dset_id = _dset_id(be)
@@ -163,7 +163,12 @@ def test_per_request_stats_reach_the_reader(dns: ContainersBackend, runner: asyn
 
     res = runner.run(go())
     assert res.data.tobytes() == ARR.tobytes()
+    # retries are a common figure of the request (RequestStats.retries); this read's one is the containers
+    # backend's, and the backend's own figures reach the request under extra["containers"]
+    st = dns.last_stats
+    assert st is not None and st.retries == 1
     assert res.stats.retries == 1 and res.stats.extra["containers"]["retries"] == 1
+    assert res.stats.extra["containers"]["requests"] == st.requests
     assert res.stats.bytes_decoded > 0 or res.stats.bytes_fetched == 0  # cached chunks report nothing decoded
 
 
@@ -288,18 +293,18 @@ def test_results_the_caller_has_not_taken_are_bounded(
     dns: ContainersBackend, runner: asyncio.Runner, storage_cfg: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A slow consumer makes the DN streams wait instead of piling results up in the client."""
-    import hsds_backends_containers.backend as backend_mod
+    import hsds_backends_containers._scheduler as scheduler_mod
 
     cap = 20_000  # bytes; a chunk result is 8000 bytes
-    monkeypatch.setattr(backend_mod, "_BACKLOG", cap)
+    monkeypatch.setattr(scheduler_mod, "_BACKLOG", cap)
     peak = [0]
-    orig = backend_mod._Run.taken
+    orig = scheduler_mod.Fanout.taken
 
     def taken(self: Any, res: Any) -> None:
         peak[0] = max(peak[0], self.backlog)
         orig(self, res)
 
-    monkeypatch.setattr(backend_mod._Run, "taken", taken)
+    monkeypatch.setattr(scheduler_mod.Fanout, "taken", taken)
 
     async def go() -> np.ndarray[Any, Any]:
         async with hb.Reader(storage_cfg) as reader:

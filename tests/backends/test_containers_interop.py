@@ -3,9 +3,9 @@
 The interop domain is written by h5pyd through HSDS; our client then talks to
 HSDS's own DNs (unix sockets, ``server.dn_urls`` in node order): it detects
 them through ``GET /info`` (``dn_protocol: auto``), sends each chunk to
-``md5(chunk id)[:5] mod N`` (hsds-format.md §4.5; HSDS answers 500 to a chunk
+``md5(chunk id)[:5] mod N`` (docs/hsds-format.md §4.5; HSDS answers 500 to a chunk
 of another DN, so a wrong partition cannot pass), hyperslabs as ``GET
-/chunks/{id}?select=…`` (§4.2) and points as binary ``POST`` (§4.3); the DNs
+/chunks/{id}?select=…`` (docs/hsds-format.md §4.2) and points as binary ``POST`` (docs/hsds-format.md §4.3); the DNs
 load the dataset JSON themselves from ``bucket``. Every result must be byte
 identical to the numpy oracle the domain was written from.
 """
@@ -37,7 +37,7 @@ HYPERSLABS: list[tuple[str, Any]] = [
     ("be_ints", None),
     ("be_ints", s_[10:95:3, 7:55:5]),
     ("be_ints", s_[[5, 1, 3], 2:40:4]),
-    ("floats_fill", None),  # unwritten chunks: the DNs answer 404, we fill (§3.4)
+    ("floats_fill", None),  # unwritten chunks: the DNs answer 404, we fill (docs/hsds-format.md §3.4)
     ("floats_fill", s_[30:70:3, 25:75:2]),
     ("cube_u8", s_[3:19:4, ::7, 12:40:9]),
     ("gzip_shuffle", None),
@@ -133,7 +133,7 @@ def test_fields_from_hsds_dns(hsds: dict[str, Any], client: tuple[hb.Reader, Con
     got = runner.run(dset.read(s_[5:990:4], fields=["station", "id"], backend=client[1]))
     assert got.dtype.names == ("station", "id") and got.dtype.itemsize == 16
     assert got["station"].tobytes() == table["station"][5:990:4].tobytes() and got["id"].tobytes() == table["id"][5:990:4].tobytes()
-    # all fields reordered: HSDS would return the stored order (§5.4); the client reorders
+    # all fields reordered: HSDS would return the stored order (docs/hsds-format.md §5.4); the client reorders
     got = runner.run(dset.read(s_[:300], fields=["temp", "station", "id"], backend=client[1]))
     assert got.dtype.names == ("temp", "station", "id")
     for f in ("temp", "station", "id"):
@@ -160,7 +160,7 @@ def test_queries_are_refused_with_a_reason(hsds: dict[str, Any], client: tuple[h
 
 
 def test_wrong_dn_order_is_explained(hsds: dict[str, Any], runner: asyncio.Runner, client: tuple[hb.Reader, ContainersBackend]) -> None:
-    """HSDS DNs refuse chunks of other DNs with a 500 (§4.2); the error says what to fix."""
+    """HSDS DNs refuse chunks of other DNs with a 500 (docs/hsds-format.md §4.2); the error says what to fix."""
     server = hsds["server"]
     swapped = ContainersBackend({**hsds["cfg"], "dn_urls": list(reversed(server.dn_urls)), "dn_max_retries": 0, "timeout": 20})
     dset = _dset(client, runner, hsds["manifest"], "be_ints")

@@ -33,7 +33,7 @@ from hsds_backends.storage import PosixStorage  # noqa: E402
 from hsds_backends.writer import Writer  # noqa: E402
 from hsds_backends_containers._cache import ChunkCache  # noqa: E402
 from hsds_backends_containers._client import NodeURL  # noqa: E402
-from hsds_backends_containers._wire import FRAME, MISSING, OK  # noqa: E402
+from hsds_backends_containers._batch import FRAME, MISSING, OK  # noqa: E402
 from hsds_backends_containers.backend import ContainersBackend  # noqa: E402
 
 try:
@@ -98,10 +98,10 @@ def _still_serving(sock: str, data: dict[str, Any]) -> None:
 
 
 def test_get_hyperslab_like_hsds(dn: str, data: dict[str, Any]) -> None:
-    """§4.2: chunk-relative select, the DN loads the dataset JSON from the bucket."""
+    """docs/hsds-format.md §4.2: chunk-relative select, the DN loads the dataset JSON from the bucket."""
     status, headers, body = _req(dn, "GET", f"/chunks/{_cid(data['grid'], 1, 2)}", params={"bucket": "hsdstest", "select": "[0:2,0:3]"})
     assert status == 200 and headers["Content-Type"] == "application/octet-stream"
-    assert body == GRID[40:42, 100:103].tobytes()  # big-endian bytes as stored (§2.2)
+    assert body == GRID[40:42, 100:103].tobytes()  # big-endian bytes as stored (docs/hsds-format.md §2.2)
     status, _, body = _req(dn, "GET", f"/chunks/{_cid(data['grid'], 0, 0)}", params={"bucket": "hsdstest"})
     assert status == 200 and body == GRID[0:40, 0:50].tobytes()  # no select: the whole chunk
     status, _, body = _req(dn, "GET", f"/chunks/{_cid(data['grid'], 0, 0)}")
@@ -111,7 +111,7 @@ def test_get_hyperslab_like_hsds(dn: str, data: dict[str, Any]) -> None:
 
 
 def test_post_points_and_json_select(dn: str, data: dict[str, Any]) -> None:
-    """§4.3: uint64 absolute coordinates (octet-stream) or a JSON select."""
+    """docs/hsds-format.md §4.3: uint64 absolute coordinates (octet-stream) or a JSON select."""
     pts = np.array([[40, 100], [79, 119], [41, 101]], dtype="<u8")
     status, _, body = _req(
         dn, "POST", f"/chunks/{_cid(data['grid'], 1, 2)}", params={"bucket": "hsdstest", "count": 3},
@@ -131,7 +131,7 @@ def test_fields_query_and_missing_chunk(dn: str, data: dict[str, Any]) -> None:
     status, _, body = _req(dn, "GET", f"/chunks/{_cid(t, 2)}", params={"bucket": "hsdstest", "query": "(temp > 17) & (id < 40)", "Limit": "2"})
     rows = np.frombuffer(body, dtype=[("index", "<u8"), ("id", "<i8"), ("temp", "<f4"), ("station", "S4")])
     assert status == 200 and rows["index"].tolist() == [35, 36] and rows["id"].tolist() == [35, 36]
-    # an unwritten chunk is a bare 404 (the caller fills, §3.4): no JSON error body
+    # an unwritten chunk is a bare 404 (the caller fills, docs/hsds-format.md §3.4): no JSON error body
     status, _, body = _req(dn, "GET", f"/chunks/{_cid(data['grid'], 2, 2)}", params={"bucket": "hsdstest"})
     assert status == 404 and b"not found" in body and not body.startswith(b"{")
 
@@ -140,7 +140,7 @@ def test_batch_route_with_http11_client(dn: str, data: dict[str, Any]) -> None:
     """Our extension, spoken by a plain HTTP/1.1 client (the answer is then chunked; frames are the same)."""
     from hsds_backends.plan import plan_hyperslab
     from hsds_backends.selection import parse_select
-    from hsds_backends_containers._wire import encode_batch
+    from hsds_backends_containers._batch import encode_batch
 
     plan = plan_hyperslab(data["grid"], parse_select("[30:90:3, 45:110]", GRID.shape))
     status, headers, body = _req(dn, "POST", "/batch", body=encode_batch(plan.tasks, "t1"), headers={"Content-Type": "application/json"})
@@ -286,7 +286,7 @@ def test_plugin_import_is_cheap() -> None:
 
 
 def test_partitioning_is_hsds_md5() -> None:
-    """§4.5: DN number = int(md5(chunk id)[0:5], 16) mod N, over the exact (partitioned) id."""
+    """docs/hsds-format.md §4.5: DN number = int(md5(chunk id)[0:5], 16) mod N, over the exact (partitioned) id."""
     be = ContainersBackend({"dn_urls": [f"http://127.0.0.1:{6101 + i}" for i in range(3)]})
     for cid in ["c-147ada2c-2ffb2839-39b5-e935ed-e55bf0_0_3_1", "c12-147ada2c-2ffb2839-39b5-e935ed-e55bf0_3_4"]:
         want = int(hashlib.md5(cid.encode()).hexdigest()[:5], 16) % 3
@@ -308,11 +308,11 @@ def test_node_urls() -> None:
 def test_config_errors() -> None:
     from hsds_backends.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="dn_protocol 'grpc' is not valid; use one of"):
+    with pytest.raises(ConfigError, match=r"config key 'dn_protocol': 'grpc' from config is not valid; use one of \['auto', 'batch', 'hsds'\]"):
         ContainersBackend({"dn_protocol": "grpc"})
-    with pytest.raises(ConfigError, match="dn_transport 'pipe' is not valid"):
+    with pytest.raises(ConfigError, match=r"config key 'dn_transport': 'pipe' from config is not valid; use one of \['unix', 'tcp'\]"):
         ContainersBackend({"dn_transport": "pipe"})
-    with pytest.raises(ConfigError, match="'dn_batch_size': 'lots' is not a valid int"):
+    with pytest.raises(ConfigError, match="config key 'dn_batch_size': 'lots' from config is not an integer; use a whole number"):
         ContainersBackend({"dn_batch_size": "lots"})
     embedded = ContainersBackend({})
     assert not embedded.capabilities.configured  # auto selection never starts processes by surprise
@@ -395,7 +395,7 @@ def test_s3_credentials_reach_dns_only_through_their_environment(moto_server: An
     """Secrets never appear on a DN's command line, in /info or in a task payload."""
     import hsds_backends as hb
     from hsds_backends.testing.fixtures import create_bucket
-    from hsds_backends_containers._wire import encode_batch
+    from hsds_backends_containers._batch import encode_batch
 
     secret = "s3cr3t-Zq8xv"
     cfg = {**moto_server.config(), "aws_access_key_id": "AKIDCONTAINERS", "aws_secret_access_key": secret, "bucket_name": "dn-secrets"}

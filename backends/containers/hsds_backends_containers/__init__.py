@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["ContainersBackend", "DataNode", "__version__"]
+from ._version import __version__
 
-__version__ = "0.1.0"
+__all__ = ["ContainersBackend", "DataNode", "__version__"]
 
 if TYPE_CHECKING:
     from .backend import ContainersBackend

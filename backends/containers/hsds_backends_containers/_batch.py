@@ -1,4 +1,4 @@
-"""The batch route's wire format (our extension of HSDS's DN API, hsds-format.md §4).
+"""Our batch route: its wire format, the client's request and the DN's frames (docs/hsds-format.md §4 extended).
 
 Request: ``POST /batch`` with a JSON body::
 
@@ -23,19 +23,27 @@ empty payload) or :data:`ERROR` (payload: JSON of
 the client receives each payload straight into its own buffer. ``fetched``
 and ``decoded`` are the stored and decoded bytes the DN handled for the task
 (0 when the chunk came from its cache), for the request statistics.
+
+The client's side is :func:`read_batch`; the DN's side is :func:`decode_batch`
+and :func:`frame` (the service writes the frames).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 from typing import TYPE_CHECKING, Any, Final
 
-from hsds_backends.errors import HsdsBackendsError, TaskError
-from hsds_backends.tasks import ChunkTask
+from hsds_backends.errors import BackendError, HsdsBackendsError, TaskError
+from hsds_backends.tasks import ChunkResult, ChunkTask, error_from_wire, error_to_wire
+
+from ._client import Fatal, NodeUnreachable, answer_error, json_body, open_request
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
+
+    from ._client import NodeURL
 
 __all__ = [
     "BATCH_PATH",
@@ -47,6 +55,8 @@ __all__ = [
     "SERVICE",
     "decode_batch",
     "encode_batch",
+    "frame",
+    "read_batch",
 ]
 
 #: Frame header: task index, status, payload length, stored bytes fetched, bytes decoded.
@@ -57,8 +67,14 @@ ERROR: Final = 2
 
 BATCH_PATH: Final = "/batch"
 FRAMES_CONTENT_TYPE: Final = "application/x-hsds-backends-frames"
-#: What ``GET /info`` of our DN reports as ``service`` (how a client tells ours from HSDS's DNs).
+#: What ``GET /info`` of our DN reports as ``service`` (how a client tells ours, which serve
+#: the batch route, from HSDS's DNs).
 SERVICE: Final = "hsds-backends-dn"
+
+_HEADERS: Final = {"Content-Type": "application/json", "Accept": FRAMES_CONTENT_TYPE}
+
+
+# ---------------------------------------------------------------------------- the format
 
 
 def encode_batch(tasks: Sequence[ChunkTask], tag: str = "") -> bytes:
@@ -123,6 +139,88 @@ def decode_batch(body: bytes) -> tuple[list[ChunkTask], str]:
 
 
 def _bad(msg: str) -> TaskError:
-    err = TaskError(msg)
-    err.status = 400  # type: ignore[attr-defined]
-    return err
+    return TaskError(msg, status=400)
+
+
+# ---------------------------------------------------------------------------- the DN's side
+
+
+def frame(j: int, res: ChunkResult | BaseException, cid: str) -> tuple[bytes, bytes | bytearray | memoryview]:
+    """Return the frame header and payload answering task ``j`` (chunk ``cid``) with ``res``.
+
+    The two are written separately: the payload goes to the socket as it is, never
+    concatenated.
+    """
+    if isinstance(res, BaseException):
+        payload: bytes | bytearray | memoryview = json.dumps(error_to_wire(res, cid)).encode()
+        return FRAME.pack(j, ERROR, len(payload), 0, 0), payload
+    if res.status == "missing":
+        return FRAME.pack(j, MISSING, 0, 0, 0), b""
+    return FRAME.pack(j, OK, len(res.data), res.fetched, res.decoded), res.data
+
+
+# ---------------------------------------------------------------------------- the client's side
+
+
+async def read_batch(
+    url: NodeURL,
+    tasks: Sequence[ChunkTask],
+    idxs: Sequence[int],
+    *,
+    tag: str,
+    token: str | None,
+    timeout: float,
+    deliver: Callable[[int, ChunkResult], None],
+    room: asyncio.Event,
+) -> None:
+    """Send ``tasks[i] for i in idxs`` to one of our DNs as one batch; ``deliver(i, result)`` as frames arrive.
+
+    Waits for ``room`` between frames: while it is clear (the caller is behind) no
+    frame is taken, the connection pauses and the DN waits.
+
+    Raises
+    ------
+    Fatal
+        The read must end: a per-task error (rebuilt with the class ``inline``
+        raises), a 4xx, a DN without the batch route, a broken answer.
+    Retryable
+        A 5xx answer.
+    NodeUnreachable, NodeTimeout
+        The DN refused, reset or cut the connection, or sent nothing for ``timeout`` seconds.
+    """
+    body = encode_batch([tasks[i] for i in idxs], tag)
+    resp = await open_request(
+        url, "POST", BATCH_PATH, body=body, headers=_HEADERS, token=token, timeout=timeout, frame=FRAME
+    )
+    try:
+        await resp.wait_head()
+        if resp.status != 200:
+            raise _answer_error(url, resp.status, bytes(await resp.wait_body()), tasks[idxs[0]].chunk_id)
+        n = len(idxs)
+        for got in range(n):
+            f = await resp.next_frame()
+            if f is None:
+                raise NodeUnreachable(f"the stream ended after {got} of {n} results")
+            j, status, payload, fetched, decoded = f
+            if j >= n:
+                raise Fatal(BackendError(f"DN {url} answered task {j} of a batch of {n}"))
+            i = idxs[j]
+            cid = tasks[i].chunk_id
+            if status == ERROR:
+                doc = json_body(payload) or {"message": bytes(payload[:300]).decode("utf-8", "replace")}
+                raise Fatal(error_from_wire(doc, cid))
+            if status == MISSING:
+                deliver(i, ChunkResult(cid, "missing"))
+            else:
+                deliver(i, ChunkResult(cid, "ok", payload, fetched, decoded))
+            if not room.is_set():
+                await room.wait()  # stop taking frames: the connection pauses, the DN waits
+    finally:
+        resp.close()  # close the connection now, whatever happened
+
+
+def _answer_error(url: NodeURL, status: int, body: bytes, cid: str) -> Exception:
+    doc = json_body(body)
+    if status == 404 and not (doc and doc.get("error_type")):
+        return Fatal(BackendError(f"DN {url} has no /batch route (a real HSDS DN?); set dn_protocol: hsds"))
+    return answer_error(url, status, body, cid, BATCH_PATH)

@@ -1,4 +1,4 @@
-"""The DN's decoded-chunk cache (HSDS ``chunk_mem_cache_size``, hsds-format.md §4.6).
+"""The DN's decoded-chunk cache (HSDS ``chunk_mem_cache_size``, docs/hsds-format.md §4.6).
 
 An LRU of decoded chunk arrays, bounded in bytes. Like HSDS's chunk cache it
 saves both the storage read and the decode when a chunk is read again (a
@@ -19,8 +19,9 @@ Used from the DN's event loop only (no locking).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any, Hashable
+from typing import Any
 
 import numpy as np
 

@@ -1,4 +1,4 @@
-"""A small HTTP/1.0 client for DNs that receives result bytes in place.
+"""A small HTTP/1.0 client for DNs that receives result bytes in place, and how DN answers are sorted.
 
 Results are received by an :class:`asyncio.BufferedProtocol`, which hands the
 kernel each result's own buffer (``recv_into``): a chunk's bytes are copied
@@ -7,11 +7,14 @@ Nothing is read in small pieces and joined, decoded from base64 or copied
 again; only frame headers and the HTTP head pass through a small staging
 buffer.
 
-- :func:`stream_batch` posts a batch (:mod:`._wire`) and yields its frames as
-  they arrive.
+- :func:`open_request` sends one request and returns its :class:`Response`,
+  whose body is either one payload (``Content-Length`` known: received in
+  place) or a stream of length-prefixed frames (the batch route,
+  :mod:`._batch`).
 - :func:`request` does one plain request (``GET /info``, HSDS-style
-  ``GET``/``POST /chunks/{id}``); a body with ``Content-Length`` is received in
-  place too.
+  ``GET``/``POST /chunks/{id}``) and returns its whole answer.
+- :class:`Fatal`, :class:`Retryable` and :func:`answer_error` sort a DN's
+  non-success answer for the scheduler (retry, or end the read).
 
 Requests are HTTP/1.0, so a DN answers without chunked transfer encoding and
 ends a streamed body by closing the connection (one connection per request;
@@ -24,17 +27,30 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import struct
 import urllib.parse
 from collections import deque
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numpy as np
 
-from ._wire import BATCH_PATH, FRAME
+from hsds_backends.errors import BackendError, TaskError
+from hsds_backends.tasks import error_from_wire
 
-__all__ = ["HttpStatusError", "NodeTimeout", "NodeURL", "NodeUnreachable", "request", "stream_batch"]
+__all__ = [
+    "Fatal",
+    "NodeTimeout",
+    "NodeURL",
+    "NodeUnreachable",
+    "Response",
+    "Retryable",
+    "answer_error",
+    "json_body",
+    "open_request",
+    "request",
+]
 
 _STAGING: Final = 256 * 1024
 _MAX_HEAD: Final = 64 * 1024
@@ -68,8 +84,7 @@ class NodeURL:
                 return cls(t, "unix", path=path, prefix=_prefix(prefix))
         elif t.startswith("unix:"):
             path = t[len("unix:") :]
-            if path.startswith("//"):
-                path = path[2:]
+            path = path.removeprefix("//")
             if path:
                 return cls(t, "unix", path=path)
         else:
@@ -107,16 +122,16 @@ class NodeTimeout(TimeoutError):
     """The DN sent nothing for the timeout (connecting included)."""
 
 
-class HttpStatusError(Exception):
-    """The DN answered a batch with a non-200 status."""
+class Fatal(Exception):
+    """Wraps an error that ends the read (no retry, no reroute)."""
 
-    def __init__(self, status: int, body: bytes) -> None:
-        self.status = status
-        self.body = body
-        super().__init__(f"HTTP {status}: {body[:300]!r}")
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(str(exc))
+        self.exc = exc
 
-    def json(self) -> dict[str, Any] | None:
-        return json_body(self.body)
+
+class Retryable(Exception):
+    """The DN answered with a 5xx/503: worth retrying there."""
 
 
 def json_body(body: bytes | bytearray | memoryview) -> dict[str, Any] | None:
@@ -128,18 +143,41 @@ def json_body(body: bytes | bytearray | memoryview) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-class _Protocol(asyncio.BufferedProtocol):
-    """Parses one HTTP/1.0 response: the head, then frames (``frames=True`` and 200) or a body.
+def answer_error(url: NodeURL, status: int, body: bytes | bytearray | memoryview, cid: str, route: str) -> Exception:
+    """Sort a DN's non-success answer: :class:`Retryable` (5xx), or :class:`Fatal` with the DN's message.
+
+    An answer carrying our JSON error body (``error_type``) is the error the kernel
+    raised there, rebuilt with the class ``inline`` raises (even a 5xx: a corrupt
+    chunk is not worth another try).
+    """
+    doc = json_body(body)
+    typed = bool(doc and doc.get("error_type"))
+    if status >= 500 and not typed:
+        return Retryable(f"HTTP {status} from {route}")
+    if status == 401:
+        return Fatal(BackendError(
+            f"DN {url} answered 401 (unauthorized): {(doc or {}).get('message', '')}; set dn_token to the DNs' token"
+        ))
+    if doc and typed:
+        return Fatal(error_from_wire(doc, cid))
+    text = bytes(body[:300]).decode("utf-8", "replace").strip()
+    return Fatal(TaskError(f"chunk {cid}: DN {url} answered {status} to {route}: {text}", status=status))
+
+
+class Response(asyncio.BufferedProtocol):
+    """Parses one HTTP/1.0 response: the head, then frames (``frame`` given and 200) or a body.
 
     Payloads (frame payloads, and bodies whose length is known) land in their
     own numpy buffers through ``recv_into``; an idle timer fails the response
-    when nothing arrives for ``timeout`` seconds.
+    when nothing arrives for ``timeout`` seconds. A frame is a header of the
+    struct ``frame`` (fields: index, status, payload length, then two figures)
+    followed by the payload.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, *, frames: bool) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, *, frame: struct.Struct | None) -> None:
         self._loop = loop
         self._timeout = timeout
-        self._want_frames = frames
+        self._frame_header = frame
         self._stage = bytearray(_STAGING)
         self._view = memoryview(self._stage)
         self._start = 0  # unparsed bytes are _stage[_start:_end]
@@ -165,7 +203,7 @@ class _Protocol(asyncio.BufferedProtocol):
 
     # -- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast("asyncio.Transport", transport)  # a stream connection's transport
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._dest is not None:
@@ -221,7 +259,7 @@ class _Protocol(asyncio.BufferedProtocol):
             self._read_head(bytes(self._stage[self._start : i]))
             self._start = i + 4
             self.head_done = True
-            if self._want_frames and self.status == 200:
+            if self._frame_header is not None and self.status == 200:
                 self._mode = "frames"
             elif "content-length" in self.headers:
                 try:
@@ -241,9 +279,11 @@ class _Protocol(asyncio.BufferedProtocol):
             if self._end > self._start and self._dest is None:
                 raise NodeUnreachable("the DN sent more bytes than its Content-Length")
             return
-        hs = FRAME.size
+        header = self._frame_header
+        assert header is not None
+        hs = header.size
         while self._dest is None and self._end - self._start >= hs:
-            j, status, n, fetched, decoded = FRAME.unpack_from(self._stage, self._start)
+            j, status, n, fetched, decoded = header.unpack_from(self._stage, self._start)
             self._start += hs
             self._receive(n, (j, status, fetched, decoded))
         if self._dest is None:
@@ -369,11 +409,31 @@ class _Protocol(asyncio.BufferedProtocol):
             self.transport.close()
 
 
-async def _open(
-    url: NodeURL, method: str, target: str, body: bytes, headers: Mapping[str, str], token: str | None, timeout: float, *, frames: bool
-) -> _Protocol:
+async def open_request(
+    url: NodeURL,
+    method: str,
+    target: str,
+    *,
+    body: bytes = b"",
+    headers: Mapping[str, str] | None = None,
+    token: str | None = None,
+    timeout: float = 30.0,
+    frame: struct.Struct | None = None,
+) -> Response:
+    """Connect to ``url`` and send one request; return the :class:`Response` being received.
+
+    The caller waits on it (:meth:`Response.wait_head`, then :meth:`Response.wait_body`
+    or :meth:`Response.next_frame`) and closes it.
+
+    Raises
+    ------
+    NodeUnreachable
+        Connection refused or reset.
+    NodeTimeout
+        No connection within ``timeout`` seconds.
+    """
     loop = asyncio.get_running_loop()
-    proto = _Protocol(loop, timeout, frames=frames)
+    proto = Response(loop, timeout, frame=frame)
     try:
         async with asyncio.timeout(timeout):
             if url.unix:
@@ -388,7 +448,7 @@ async def _open(
         proto.close()
         raise NodeUnreachable(f"cannot connect: {exc}") from exc
     lines = [f"{method} {url.prefix}{target} HTTP/1.0", f"Host: {'localhost' if url.unix else url.host}"]
-    lines += [f"{k}: {v}" for k, v in headers.items()]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     if body or method == "POST":
         lines.append(f"Content-Length: {len(body)}")
     if token:
@@ -414,42 +474,15 @@ async def request(
 
     Raises
     ------
-    NodeUnreachable, NodeTimeout
-        As :func:`stream_batch`.
+    NodeUnreachable
+        Connection refused, reset or closed before the whole answer, or a protocol violation.
+    NodeTimeout
+        Nothing arrived for ``timeout`` seconds (connecting included).
     """
-    proto = await _open(url, method, target, body, headers or {}, token, timeout, frames=False)
+    proto = await open_request(url, method, target, body=body, headers=headers, token=token, timeout=timeout)
     try:
         await proto.wait_head()
         data = await proto.wait_body()
         return proto.status, proto.headers, data
-    finally:
-        proto.close()
-
-
-async def stream_batch(
-    url: NodeURL, body: bytes, *, expected: int, token: str | None, timeout: float
-) -> AsyncGenerator[tuple[int, int, memoryview, int, int], None]:
-    """POST a batch to ``url``; yield ``(index, status, payload, fetched, decoded)`` frames as they arrive.
-
-    Raises
-    ------
-    NodeUnreachable
-        Connection refused, reset or closed before ``expected`` frames, or a protocol violation.
-    NodeTimeout
-        Nothing arrived for ``timeout`` seconds (connecting included).
-    HttpStatusError
-        A non-200 answer (its body attached).
-    """
-    headers = {"Content-Type": "application/json", "Accept": "application/x-hsds-backends-frames"}
-    proto = await _open(url, "POST", BATCH_PATH, body, headers, token, timeout, frames=True)
-    try:
-        await proto.wait_head()
-        if proto.status != 200:
-            raise HttpStatusError(proto.status, bytes(await proto.wait_body()))
-        for got in range(expected):
-            frame = await proto.next_frame()
-            if frame is None:
-                raise NodeUnreachable(f"the stream ended after {got} of {expected} results")
-            yield frame
     finally:
         proto.close()

@@ -37,13 +37,12 @@ def dn() -> None:
 @click.option("--bucket", help="Bucket for requests that name none (HSDS bucket_name).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="config.yml to load (storage keys, chunk_mem_cache_size).")
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False), help="File holding the bearer token; or set HSDS_BACKENDS_DN_TOKEN.")
-@click.option("--parent-pid", type=int, hidden=True, help="Stop when this process is gone (embedded DNs).")
 def serve(
     port: int | None, socket_path: str | None, host: str, node_number: int, node_count: int, workers: int | None,
     cache_size: str | None, root_dir: str | None, s3_gateway: str | None, region: str | None, bucket: str | None,
-    config_file: str | None, token_file: str | None, parent_pid: int | None,
+    config_file: str | None, token_file: str | None,
 ) -> None:
-    """Serve HSDS's DN read API (GET/POST /chunks/{id}), /batch and /info until SIGTERM.
+    """Serve HSDS's DN read API (GET/POST /chunks/{id}), /batch and /info until SIGTERM (a clean stop).
 
     Binds 127.0.0.1:6101 unless told otherwise. Prints 'READY <url>' on stdout
     once it accepts requests. S3 credentials are read from the environment
@@ -56,19 +55,24 @@ def serve(
         raise click.UsageError(f"--node-number {node_number} must be less than --node-count {node_count}")
     import asyncio
 
-    from hsds_backends.config import load_config, parse_size
+    from hsds_backends.config import load_config, option, parse_size
     from hsds_backends.errors import HsdsBackendsError
     from hsds_backends.model import default_workers
     from hsds_backends.storage import storage_from_config
 
-    from .service import FAULTS_ENV, TOKEN_ENV, DataNode, bind_socket, serve as serve_node
+    from .backend import ContainersBackend
+    from .service import FAULTS_ENV, TOKEN_ENV, DataNode, bind_socket
+    from .service import serve as serve_node
 
     overrides: dict[str, Any] = {"root_dir": root_dir, "aws_s3_gateway": s3_gateway, "aws_region": region, "bucket_name": bucket}
     try:
         cfg = load_config(config_file, overrides={k: v for k, v in overrides.items() if v is not None})
         if s3_gateway and not root_dir:
             cfg = cfg.with_overrides(root_dir=None)  # an explicit S3 endpoint wins over a ROOT_DIR from the environment
-        cache_bytes = parse_size(cache_size if cache_size is not None else cfg.get("chunk_mem_cache_size", "128m"), key="--cache-size")
+        if cache_size is not None:
+            cache_bytes = parse_size(cache_size, key="--cache-size")
+        else:
+            cache_bytes = option(cfg, "chunk_mem_cache_size", ContainersBackend.config_keys["chunk_mem_cache_size"])
     except HsdsBackendsError as exc:
         raise click.ClickException(str(exc)) from exc
     token = os.environ.get(TOKEN_ENV) or None
@@ -97,7 +101,7 @@ def serve(
         print(f"READY {url}", flush=True)
 
     try:
-        asyncio.run(serve_node(node, sock, parent_pid=parent_pid, ready=ready))
+        asyncio.run(serve_node(node, sock, ready=ready))
     except KeyboardInterrupt:  # pragma: no cover - interactive stop
         pass
 

@@ -1,7 +1,8 @@
 """Hook implementations of the ``containers`` backend (entry point ``containers`` in group ``hsds_backends``).
 
-Cheap to import: :mod:`.backend` imports aiohttp only when a backend first
-talks to a DN, so ``hsds-backends backends`` lists this backend without it.
+Cheap to import: the client (:mod:`.backend` and what it uses) needs no aiohttp; the
+DN service, which does, is imported only where a DN runs (and when a backend starts
+local DNs), so ``hsds-backends backends`` lists this backend without it.
 """
 
 from __future__ import annotations

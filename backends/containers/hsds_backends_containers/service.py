@@ -1,31 +1,39 @@
-"""The data-node (DN) service: HSDS's DN read API (hsds-format.md §4) running our kernel.
+"""The data-node (DN) service: HSDS's DN read API (docs/hsds-format.md §4) running our kernel.
 
 Routes (aiohttp):
 
 ``GET /chunks/{chunk_id}``
-    HSDS's hyperslab and query read (§4.2): ``bucket``, ``select``, ``fields``
-    (``a:b``), ``query``, ``Limit``, ``s3path``/``s3offset``/``s3size``. The
+    HSDS's hyperslab and query read (docs/hsds-format.md §4.2): ``bucket``, ``select``,
+    ``fields`` (``a:b``), ``query``, ``Limit``, ``s3path``/``s3offset``/``s3size``. The
     DN loads the dataset JSON itself from ``bucket`` (dataset id from the chunk
     id, key from :func:`hsds_backends.ids.object_key`), as HSDS's DN does.
 ``POST /chunks/{chunk_id}``
-    HSDS's point read (§4.3): ``count`` and a body of ``count`` × rank uint64
-    absolute coordinates (``application/octet-stream``), or a JSON body
-    ``{"select": ..., "fields": ...}`` for long selections.
+    HSDS's point read (docs/hsds-format.md §4.3): ``count`` and a body of ``count`` ×
+    rank uint64 absolute coordinates (``application/octet-stream``), or a JSON body
+    ``{"select": ..., "fields": ...}`` for long selections. Both routes' parameters are
+    parsed by :func:`hsds_backends_containers._hsds.task_from_request`.
 ``POST /batch``
     Our extension: many chunk tasks (full wire form, dataset JSON included, so no
     metadata lookup) in one request; results stream back as length-prefixed
-    frames in completion order (:mod:`hsds_backends_containers._wire`).
+    frames in completion order (:mod:`hsds_backends_containers._batch`).
 ``GET /info``
     Node number and count, load, chunk-cache figures, version.
 
-Answers are ``application/octet-stream`` (the selected bytes, §4.2) or 404 for
-a chunk that does not exist. Unlike HSDS, every bad input is a 4xx with a JSON
+Every route runs its tasks through the kernel's one entry point
+(:func:`hsds_backends.kernel.run_task`) in a thread pool, with the DN's decoded-chunk
+cache plugged in (:class:`_CacheSlot`).
+
+Answers are ``application/octet-stream`` (the selected bytes, docs/hsds-format.md §4.2)
+or 404 for a chunk that does not exist. Unlike HSDS, every bad input is a 4xx with a JSON
 body ``{"statusCode", "error_type", "message", "chunk_id"}`` naming what is
 wrong (HSDS answers a bad ``select`` with a bare 500); a 404 that is an error
 (dataset JSON missing) carries that body too, while "chunk not written" has a
 plain-text body. Any DN serves any chunk: node number and count are
-informational (HSDS answers 500 for a chunk of another node, §4.2), which is
-what lets a client move a dead node's chunks elsewhere.
+informational (HSDS answers 500 for a chunk of another node, docs/hsds-format.md §4.2),
+which is what lets a client move a dead node's chunks elsewhere.
+
+The DN stops cleanly on SIGTERM or SIGINT; an embedded DN gets SIGTERM from the kernel
+when the process that started it dies (:class:`hsds_backends._proc.ChildProcess`).
 
 A bearer token, when configured, is required on every route. With the
 environment variable ``HSDS_BACKENDS_DN_FAULTS=1`` (tests only) the DN also
@@ -41,7 +49,6 @@ import os
 import signal
 import socket
 import stat
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -53,33 +60,37 @@ import numpy as np
 from aiohttp import web
 
 from hsds_backends import __version__ as core_version
-from hsds_backends.dataset import ChunkLocation, DatasetMeta
+from hsds_backends._aio import ResultQueue, cancel_and_wait
+from hsds_backends._proc import loopback_socket
+from hsds_backends.dataset import DatasetMeta
 from hsds_backends.errors import DatasetJsonError, HsdsBackendsError, NotFoundError, TaskError
-from hsds_backends.ids import chunk_index, chunk_key, dataset_id_of, object_key
+from hsds_backends.ids import chunk_index, dataset_id_of, object_key
 from hsds_backends.kernel import run_task
 from hsds_backends.storage import Storage, check_bucket
-from hsds_backends.tasks import ChunkResult, ChunkTask, error_to_wire, split_s3path
+from hsds_backends.tasks import ChunkResult, ChunkTask, error_to_wire
 
-from . import __version__
+from ._batch import BATCH_PATH, FRAMES_CONTENT_TYPE, SERVICE, decode_batch, frame
 from ._cache import ChunkCache
-from ._wire import BATCH_PATH, ERROR, FRAME, FRAMES_CONTENT_TYPE, MISSING, OK, SERVICE, decode_batch
+from ._hsds import OCTETS, task_from_request
+from ._version import __version__
 
 if TYPE_CHECKING:
     from collections.abc import Hashable
 
-__all__ = ["DataNode", "FAULTS_ENV", "TOKEN_ENV", "serve"]
+__all__ = ["FAULTS_ENV", "TOKEN_ENV", "DataNode", "serve"]
 
 #: Environment variable that enables the fault-injection route (tests only).
 FAULTS_ENV: Final = "HSDS_BACKENDS_DN_FAULTS"
 #: Environment variable holding the bearer token (never passed on a command line).
 TOKEN_ENV: Final = "HSDS_BACKENDS_DN_TOKEN"
 
-#: HSDS's SN switches to POST for selects longer than half of http_max_url_length (§4.4);
-#: a batch of point tasks can be large, so the body limit is generous.
+#: HSDS's SN switches to POST for selects longer than half of http_max_url_length
+#: (docs/hsds-format.md §4.4); a batch of point tasks can be large, so the body limit is generous.
 MAX_BODY: Final = 512 * 1024 * 1024
-
-_JSON = "application/json"
-_OCTETS = "application/octet-stream"
+#: Seconds a batch whose client went away waits for its cancelled tasks.
+_CANCEL_TIMEOUT_S: Final = 5.0
+#: Connections a DN's listening socket queues (a read opens up to max_tasks_per_node_per_request at once).
+_BACKLOG: Final = 512
 
 
 @dataclass
@@ -226,7 +237,7 @@ class DataNode:
                 hang=bool(doc.get("hang")),
             )
         except (ValueError, TypeError, AttributeError) as exc:
-            return _error_response(TaskError(f"bad faults body: {exc}; send {{'status', 'count', 'delay_ms', 'hang'}}"), None, 400)
+            return _error_response(TaskError(f"bad faults body: {exc}; send {{'status', 'count', 'delay_ms', 'hang'}}", status=400), None)
         return web.json_response(self.faults.__dict__)
 
     async def _get_chunk(self, request: web.Request) -> web.StreamResponse:
@@ -253,89 +264,43 @@ class DataNode:
             return self._failed(exc, None)
         resp = web.StreamResponse(status=200, headers={"Content-Type": FRAMES_CONTENT_TYPE})
         await resp.prepare(request)
-        done: asyncio.Queue[tuple[int, ChunkResult | BaseException]] = asyncio.Queue()
+        # a task's error is an answer (its frame), not a failure of the batch
+        done: ResultQueue[tuple[int, ChunkResult | BaseException]] = ResultQueue()
 
         async def one(j: int, task: ChunkTask) -> None:
             try:
                 res: ChunkResult | BaseException = await self.run(task, tag)
             except Exception as exc:  # noqa: BLE001 - reported to the client in its frame
                 res = exc
-            done.put_nowait((j, res))
+            done.put((j, res))
 
         runners = [asyncio.create_task(one(j, t)) for j, t in enumerate(tasks)]
         try:
-            for _ in range(len(tasks)):
-                j, res = await done.get()
-                fetched = decoded = 0
+            async for j, res in done.drain(len(tasks)):
                 if isinstance(res, BaseException):
                     self.counters["errors"] += 1
-                    payload: bytes | bytearray | memoryview = json.dumps(error_to_wire(res, tasks[j].chunk_id)).encode()
-                    status = ERROR
-                elif res.status == "missing":
-                    payload, status = b"", MISSING
-                else:
-                    payload, status, fetched, decoded = res.data, OK, res.fetched, res.decoded
+                header, payload = frame(j, res, tasks[j].chunk_id)
                 # two writes, no concatenation: the payload goes to the socket as it is
-                await resp.write(FRAME.pack(j, status, len(payload), fetched, decoded))
+                await resp.write(header)
                 if len(payload):
                     await resp.write(payload)
             await resp.write_eof()
         except ConnectionError:
             pass  # the client went away (a cancelled read): stop working for it
         finally:
-            for r in runners:
-                r.cancel()
+            left = [r for r in runners if not r.done()]
+            await cancel_and_wait(left, timeout=_CANCEL_TIMEOUT_S, what="batch tasks")
         return resp
 
     # ---------------------------------------------------------- HSDS requests
     async def _hsds_task(self, request: web.Request, cid: str, body: bytes | None) -> ChunkTask:
-        """Build a chunk task from an HSDS-style request (§4.2, §4.3); the DN loads the dataset JSON."""
+        """Build the chunk task of an HSDS-style request; the DN loads the dataset JSON (docs/hsds-format.md §4.2, §4.3)."""
         params = request.query
         index = chunk_index(cid)  # validates the chunk id (StoragePathError → 400)
         bucket = check_bucket(params.get("bucket") or self.default_bucket or "")
         meta = await self._dataset(bucket, dataset_id_of(cid))
-        if len(index) != len(meta.chunks):
-            raise _bad(f"chunk id {cid!r} has {len(index)} indices; dataset {meta.id} has rank {len(meta.chunks)}")
-        location = self._location(params, bucket, cid)
-        fields = [f for f in params["fields"].split(":") if f] if params.get("fields") else None
-        select = params.get("select")
-        points = None
-        kind = "query" if params.get("query") else "hyperslab"
-        if body is not None:
-            ctype = request.headers.get("Content-Type", _JSON).split(";")[0].strip().lower()
-            if ctype == _OCTETS:
-                points = _points(body, params.get("count"), max(meta.rank, 1))
-                kind = "points"
-            elif ctype == _JSON:
-                select, body_fields = _json_select(body)
-                if body_fields is not None:
-                    if fields:
-                        raise _bad("fields given both as a query parameter and in the JSON body; give one")
-                    fields = body_fields
-            else:
-                raise _bad(f"Content-Type {ctype!r} is not supported; use {_OCTETS!r} (points) or {_JSON!r} ({{'select': ...}})")
-        limit = None
-        if params.get("Limit"):
-            try:
-                limit = int(params["Limit"])
-            except ValueError as exc:
-                raise _bad(f"Limit {params['Limit']!r} is not an integer") from exc
-            if limit < 0:
-                raise _bad(f"Limit {limit} must be >= 0 (0 = no limit)")
-        return ChunkTask(
-            cid, meta, location, kind,  # type: ignore[arg-type]
-            select=select, points=points, fields=tuple(fields) if fields else None,
-            query=params.get("query") or None, limit=limit or None,
-        )
-
-    def _location(self, params: Any, bucket: str, cid: str) -> ChunkLocation | None:
-        if not params.get("s3path"):
-            return ChunkLocation(bucket, chunk_key(cid))
-        b, k = split_s3path(params["s3path"])
-        offset, size = _int_param(params, "s3offset"), _int_param(params, "s3size")
-        if not size:
-            return None  # Σ size = 0: nothing stored for this chunk (§4.2 → 404)
-        return ChunkLocation(b, k, offset or 0, size, True)
+        ctype = request.headers.get("Content-Type")
+        return task_from_request(cid, index, meta, bucket, params, content_type=ctype, body=body)
 
     async def _dataset(self, bucket: str, dset_id: str) -> DatasetMeta:
         key = (bucket, dset_id)
@@ -473,93 +438,51 @@ def _big_send_buffer(request: web.Request) -> None:
 
 def _octets(res: ChunkResult) -> web.Response:
     if res.status == "missing":
-        # a bare 404 (no JSON error body): "chunk not written", the caller fills (§3.4)
+        # a bare 404 (no JSON error body): "chunk not written", the caller fills (docs/hsds-format.md §3.4)
         return web.Response(status=404, text=f"chunk {res.chunk_id} not found")
-    return web.Response(body=res.data, content_type=_OCTETS)
+    return web.Response(body=res.data, content_type=OCTETS)
 
 
-def _error_response(exc: HsdsBackendsError, cid: str | None, status: int | None = None) -> web.Response:
+def _error_response(exc: HsdsBackendsError, cid: str | None) -> web.Response:
     doc = error_to_wire(exc, cid)
-    if status is not None:
-        doc["statusCode"] = status
     return web.json_response(doc, status=int(doc["statusCode"]))
-
-
-def _bad(msg: str) -> TaskError:
-    err = TaskError(msg)
-    err.status = 400  # type: ignore[attr-defined]
-    return err
-
-
-def _int_param(params: Any, name: str) -> int | None:
-    v = params.get(name)
-    if v is None or v == "":
-        return None
-    if ":" in v:
-        raise _bad(f"{name} {v!r} is a list (hyperchunks of H5D_CHUNKED_REF_INDIRECT), which this DN does not read")
-    try:
-        return int(v)
-    except ValueError as exc:
-        raise _bad(f"{name} {v!r} is not an integer") from exc
-
-
-def _points(body: bytes, count: str | None, rank: int) -> np.ndarray[Any, np.dtype[np.uint64]]:
-    if count is None:
-        raise _bad("a binary POST needs the 'count' query parameter (number of points, §4.3)")
-    try:
-        n = int(count)
-    except ValueError as exc:
-        raise _bad(f"count {count!r} is not an integer") from exc
-    if n < 0 or len(body) != n * rank * 8:
-        raise _bad(f"body has {len(body)} bytes; count={n} points of rank {rank} need {max(n, 0) * rank * 8} (uint64 coordinates)")
-    return np.frombuffer(body, dtype="<u8").reshape(n, rank)
-
-
-def _json_select(body: bytes) -> tuple[str | None, list[str] | None]:
-    try:
-        doc = json.loads(body) if body else {}
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _bad(f"JSON body is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("select"), str):
-        raise _bad('a JSON POST needs a body {"select": "[...]"} (§4.3)')
-    fields = doc.get("fields")
-    if isinstance(fields, str):
-        fields = [f for f in fields.split(":") if f]
-    if fields is not None and (not isinstance(fields, list) or not all(isinstance(f, str) for f in fields)):
-        raise _bad(f"'fields' must be a list of names or 'a:b', got {fields!r}")
-    return doc["select"], fields
 
 
 # ---------------------------------------------------------------- running
 
 
 def bind_socket(*, host: str = "127.0.0.1", port: int | None = None, path: str | None = None) -> socket.socket:
-    """Return a listening socket: a unix socket at ``path`` (mode 0600) or TCP ``host:port`` (0 = any free port)."""
-    if path is not None:
-        if os.path.exists(path):
-            if not stat.S_ISSOCK(os.stat(path).st_mode):
-                raise OSError(f"{path} exists and is not a socket")
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(path)
-            except OSError:
-                os.unlink(path)  # a stale socket file of a dead DN
-            else:
-                raise OSError(f"another process listens on {path}")
-            finally:
-                probe.close()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    """Return a listening socket: a unix socket at ``path`` (mode 0600) or TCP ``host:port`` (0 = any free port).
+
+    Bound and listening before the DN announces its URL, so nothing else can take the
+    address in between.
+    """
+    if path is None:
+        return loopback_socket(port or 0, host=host, backlog=_BACKLOG)
+    if os.path.exists(path):
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            raise OSError(f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # a stale socket file of a dead DN
+        else:
+            raise OSError(f"another process listens on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
         old = os.umask(0o177)
         try:
             sock.bind(path)
         finally:
             os.umask(old)
-    else:
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port or 0))
-    sock.listen(512)
-    sock.setblocking(False)
+        sock.listen(_BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
@@ -571,8 +494,11 @@ def socket_url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def serve(node: DataNode, sock: socket.socket, *, parent_pid: int | None = None, ready: Callable[[str], None] | None = None) -> None:
-    """Serve ``node`` on ``sock`` until SIGTERM/SIGINT (or until ``parent_pid`` is gone)."""
+async def serve(node: DataNode, sock: socket.socket, *, ready: Callable[[str], None] | None = None) -> None:
+    """Serve ``node`` on ``sock`` until SIGTERM or SIGINT, then shut down cleanly.
+
+    ``ready(url)`` is called once requests are accepted (the CLI prints ``READY <url>``).
+    """
     runner = web.AppRunner(node.app(), access_log=None, shutdown_timeout=1.0, handle_signals=False)
     await runner.setup()
     site = web.SockSite(runner, sock)
@@ -584,14 +510,11 @@ async def serve(node: DataNode, sock: socket.socket, *, parent_pid: int | None =
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - not on the main thread
             pass
-    watch = asyncio.create_task(_watch_parent(parent_pid, stop)) if parent_pid else None
     if ready is not None:
         ready(socket_url(sock))
     try:
         await stop.wait()
     finally:
-        if watch is not None:
-            watch.cancel()
         path = sock.getsockname() if sock.family == socket.AF_UNIX else None
         await runner.cleanup()
         if path:
@@ -599,13 +522,3 @@ async def serve(node: DataNode, sock: socket.socket, *, parent_pid: int | None =
                 os.unlink(path)
             except OSError:
                 pass
-
-
-async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
-    """Stop when the process that started us is gone (so embedded DNs never outlive their client)."""
-    while True:
-        await asyncio.sleep(0.5)
-        if os.getppid() != pid:
-            print(f"hsds-backends dn: parent {pid} is gone; stopping", file=sys.stderr)
-            stop.set()
-            return
