@@ -239,7 +239,7 @@ class ConfigKey:
     cast: Caster
     """``cast(key, value, source)`` → the typed value, or :class:`ConfigError` naming all three."""
     doc: str = ""
-    """What the key means (shown by ``hsds-backends config``)."""
+    """What the key means (one line, for READMEs and error hints)."""
 
 
 #: The core's keys. Names follow HSDS's ``admin/config/config.yml`` where HSDS has the key

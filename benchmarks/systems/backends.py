@@ -185,11 +185,9 @@ async def extras(name: str, reader: Reader, column: BackendColumn, ctx: BenchCon
             return list(await dn_extras(reader, grid, sel.chunk, ctx.expected, ctx.repeat))
         except Exception as exc:  # noqa: BLE001
             return [f"containers extras failed: {type(exc).__name__}: {exc}"]
-    if name == "lambda":  # per-invoke overhead and the AWS cost/latency model (hsds_backends_lambda.cost)
+    if name == "lambda":  # per-invoke overhead and the AWS cost/latency model (hsds_backends_lambda.bench)
         try:
-            # Public API needed: bench_extras is not in hsds_backends_lambda.cost.__all__, and its
-            # invoke-overhead figure reaches the backend's invoke client through a private method.
-            from hsds_backends_lambda.cost import bench_extras  # type: ignore[import-not-found, unused-ignore]
+            from hsds_backends_lambda.bench import bench_extras  # type: ignore[import-not-found, unused-ignore]
 
             return list(await bench_extras(reader, grid, table, sel, ctx.expected, ctx.data.hsds_root, BUCKET, QUERY))
         except Exception as exc:  # noqa: BLE001

@@ -17,10 +17,11 @@ import pytest
 pytest.importorskip("hsds_backends_lambda")
 pytest.importorskip("awslambdaric")
 
+from hsds_backends_lambda.backend import LambdaBackend  # noqa: E402
+from hsds_backends_lambda.local import RuntimeProcess  # noqa: E402
+
 from hsds_backends.model import Backend  # noqa: E402
 from hsds_backends.testing import BackendTests  # noqa: E402
-from hsds_backends_lambda._process import RuntimeProcess  # noqa: E402
-from hsds_backends_lambda.backend import LambdaBackend  # noqa: E402
 
 
 class TestLambdaBackend(BackendTests[LambdaBackend]):
@@ -54,3 +55,26 @@ class TestLambdaBackend(BackendTests[LambdaBackend]):
         assert meter.invocations > 0 and meter.gb_s > 0
         assert backend.stats.invokes >= meter.invocations - meter.throttles
         assert backend.stats.dollars > 0  # what AWS would have charged
+
+    def test_started_once_its_client_is_up(self, reader_and_backend: Any, runner: asyncio.Runner) -> None:
+        """Remote, yet started once running: a read then starts nothing, and the reader measures it."""
+        reader, backend = reader_and_backend
+        assert isinstance(backend, LambdaBackend)
+        self._read(reader_and_backend, runner, "be_i4")  # starts it, whatever ran before
+        assert backend.started and backend.runtime is not None
+        self._read(reader_and_backend, runner, "be_i4")  # from a started state: recorded
+        dset = self._dset(reader_and_backend, runner, "be_i4")
+        shape = reader.request(dset.plan(None)).shape
+        assert reader.ledger.latency(backend).lookup(shape) is not None
+
+        gateway = LambdaBackend({"aws_lambda_gateway": "http://127.0.0.1:9"})  # nothing to start but the client
+
+        async def go() -> tuple[bool, bool, bool]:
+            before = gateway.started
+            client = await gateway.client()
+            up = gateway.started and client is await gateway.client()
+            await gateway.aclose()
+            return before, up, gateway.started
+
+        assert runner.run(go()) == (False, True, False)
+

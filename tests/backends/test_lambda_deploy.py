@@ -139,10 +139,11 @@ def test_build_zip_runs_in_the_local_runtime(tmp_path: Path) -> None:
     assert probe.stdout.strip().startswith(str(code))
 
     # and it answers through the local runtime, handler lambda_function.lambda_handler
+    from hsds_backends_lambda.backend import LambdaBackend
+    from hsds_backends_lambda.local import FunctionSpec, LocalLambdaRuntime
+
     from hsds_backends.storage import PosixStorage
     from hsds_backends.writer import Writer
-    from hsds_backends_lambda.backend import LambdaBackend
-    from hsds_backends_lambda.runtime import FunctionSpec, LocalLambdaRuntime
 
     data = tmp_path / "data"
     arr = np.arange(64 * 48, dtype="<f4").reshape(64, 48)

@@ -2,7 +2,7 @@
 
 One runtime (two warm awslambdaric workers, function timeout 2 s) serves the whole module;
 the backend talks to it through ``aws_lambda_gateway`` as it would to AWS. Faults are scripted
-per call with :class:`hsds_backends_lambda.runtime.Faults`; every test asserts the bytes read.
+per call with :class:`hsds_backends_lambda.local.Faults`; every test asserts the bytes read.
 """
 
 from __future__ import annotations
@@ -21,15 +21,16 @@ import pytest
 pytest.importorskip("hsds_backends_lambda")
 pytest.importorskip("awslambdaric")
 
+from hsds_backends_lambda.backend import LambdaBackend, split_task  # noqa: E402
+from hsds_backends_lambda.handler import _State, handle_event  # noqa: E402
+from hsds_backends_lambda.local import FunctionSpec, LocalLambdaRuntime  # noqa: E402
+
 from hsds_backends import vlen_dtype  # noqa: E402
 from hsds_backends.api import Reader  # noqa: E402
 from hsds_backends.errors import BackendError, ChunkDecodeError  # noqa: E402
 from hsds_backends.storage import PosixStorage  # noqa: E402
 from hsds_backends.testing.data import CONFORMANCE_DOMAIN, ConformanceData, write_conformance_domain  # noqa: E402
 from hsds_backends.writer import Writer  # noqa: E402
-from hsds_backends_lambda.backend import LambdaBackend, split_task  # noqa: E402
-from hsds_backends_lambda.handler import _State, handle_event  # noqa: E402
-from hsds_backends_lambda.runtime import FunctionSpec, LocalLambdaRuntime  # noqa: E402
 
 BUCKET = "hsdstest"
 

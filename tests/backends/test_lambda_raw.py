@@ -2,7 +2,7 @@
 
 The client asks for raw answers by default (``aws_lambda_answer: raw``); ``base64`` keeps the
 2021 JSON form. Both must give the bytes the kernel gives. The embedded runtime runs in a child
-process (:class:`hsds_backends_lambda._process.RuntimeProcess`).
+process (:class:`hsds_backends_lambda.local.RuntimeProcess`).
 """
 
 from __future__ import annotations
@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,12 +23,13 @@ import pytest
 pytest.importorskip("hsds_backends_lambda")
 pytest.importorskip("awslambdaric")
 
-from hsds_backends_lambda._process import MALLOC_ENV, RuntimeProcess  # noqa: E402
 from hsds_backends_lambda.backend import LambdaBackend  # noqa: E402
-from hsds_backends_lambda.client import InvokeClient, InvokeStats, parse_answer, parse_raw_answer  # noqa: E402
-from hsds_backends_lambda.handler import RAW_MAGIC, _State, dumps_answer, handle_event  # noqa: E402
-from hsds_backends_lambda.runtime import FunctionSpec, LocalLambdaRuntime  # noqa: E402
+from hsds_backends_lambda.client import InvokeClient, InvokeStats, parse_answer  # noqa: E402
+from hsds_backends_lambda.handler import _State, dumps_answer, handle_event  # noqa: E402
+from hsds_backends_lambda.local import FunctionSpec, LocalLambdaRuntime, RuntimeProcess  # noqa: E402
+from hsds_backends_lambda.wire import RAW_MAGIC, parse_raw_answer  # noqa: E402
 
+from hsds_backends._proc import MALLOC_ENV  # noqa: E402
 from hsds_backends.api import Reader  # noqa: E402
 from hsds_backends.errors import BackendError, ConfigError  # noqa: E402
 from hsds_backends.kernel import fetch, process  # noqa: E402
@@ -206,7 +210,7 @@ def test_local_process_setting_is_parsed_as_a_config_boolean() -> None:
 def test_runtime_process_serves_meters_and_stops(data: Any, runner: asyncio.Runner) -> None:
     spec = FunctionSpec("chunk_read", env={"ROOT_DIR": str(data[0]), "HSDS_LAMBDA_THREADS": "1"}, concurrency=1, warm=1)
 
-    async def go() -> tuple[Any, Any, int | None, int]:
+    async def go() -> tuple[Any, Any, int, int]:
         rt = await RuntimeProcess(spec).start()
         pid = rt.pid
         assert rt.url.startswith("http://127.0.0.1:") and pid != os.getpid()
@@ -229,17 +233,49 @@ def test_runtime_process_serves_meters_and_stops(data: Any, runner: asyncio.Runn
         os.kill(pid, 0)
 
 
-def test_runtime_process_exits_when_its_parent_goes(data: Any, runner: asyncio.Runner) -> None:
-    spec = FunctionSpec("chunk_read", env={"ROOT_DIR": str(data[0])}, concurrency=1, warm=0)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal and subreapers are Linux features")
+def test_runtime_process_exits_when_its_parent_goes(data: Any) -> None:
+    """A SIGKILLed parent's runtime process gets SIGTERM from the kernel and shuts down cleanly (exit code 0).
 
-    async def go() -> int | None:
-        rt = await RuntimeProcess(spec).start()
-        proc = rt._proc
-        assert proc is not None and proc.stdin is not None
-        proc.stdin.close()  # what the parent's death does to the pipe
-        return await asyncio.wait_for(proc.wait(), 15)
+    The runtime process is the parent's child, so only a subreaper can see its exit code: a
+    helper process declares itself one, starts the parent, kills it and collects the orphan.
+    """
+    parent_code = textwrap.dedent(
+        f"""
+        import asyncio
+        from hsds_backends_lambda.local import FunctionSpec, RuntimeProcess
 
-    assert runner.run(go()) == 0
+        async def main():
+            spec = FunctionSpec("chunk_read", env={{"ROOT_DIR": {str(data[0])!r}}}, concurrency=1, warm=0)
+            rt = await RuntimeProcess(spec).start()
+            print(rt.pid, flush=True)
+            await asyncio.sleep(60)
+
+        asyncio.run(main())
+        """
+    )
+    reaper_code = textwrap.dedent(
+        f"""
+        import ctypes, os, signal, subprocess, sys, time
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans become our children
+        parent = subprocess.Popen([sys.executable, "-c", {parent_code!r}], stdout=subprocess.PIPE, text=True)
+        pid = int(parent.stdout.readline())
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                print(os.waitstatus_to_exitcode(status))
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            print("still running")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", reaper_code], capture_output=True, text=True, timeout=120, check=False)
+    assert out.stdout.strip() == "0", out.stdout + out.stderr
 
 
 def test_runtime_process_start_failure_is_explained(runner: asyncio.Runner) -> None:

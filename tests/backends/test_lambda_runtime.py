@@ -19,9 +19,9 @@ pytest.importorskip("hsds_backends_lambda")
 pytest.importorskip("awslambdaric")
 
 from botocore.exceptions import ClientError  # noqa: E402
+from hsds_backends_lambda.local import FunctionSpec, LocalLambdaRuntime  # noqa: E402
 
 from hsds_backends.errors import ConfigError  # noqa: E402
-from hsds_backends_lambda.runtime import FunctionSpec, LocalLambdaRuntime  # noqa: E402
 
 HANDLER = '''
 import json, os, time

@@ -3,21 +3,21 @@
 Tasks are batched (several per invoke, bounded by Lambda's 6 MB payload limits and by the
 expected result size) and fanned out with at most ``aws_lambda_max_invoke`` invokes in flight
 (:class:`~hsds_backends_lambda.client.InvokeClient`). With no ``aws_lambda_gateway``
-configured, the backend starts a :class:`~hsds_backends_lambda.runtime.LocalLambdaRuntime` on
-a free loopback port on first use, with the handler from the installed packages, and stops
+configured, the backend starts the local Lambda runtime (:mod:`hsds_backends_lambda.local`)
+on a free loopback port on first use, with the handler from the installed packages, and stops
 it on :meth:`LambdaBackend.aclose`.
 
 Results over the 6 MB response limit
 ------------------------------------
-A task's result travels as base64 in the JSON answer, so about 4.5 MB of raw bytes fit in
-one 6,291,556-byte response. We **split the task's selection** rather than have the function
-write the result to S3 and return its key, because splitting
+One 6,291,556-byte response holds about 6.2 MB of result in a raw answer, 4.5 MB in base64
+(:mod:`hsds_backends_lambda.wire`). For a larger result we **split the task's selection**
+rather than have the function write the result to S3 and return its key, because splitting
 
 - keeps a read a read: the function needs no write permission, no scratch bucket, no
   lifecycle rule to delete orphans, and works the same on posix storage (local runtime);
 - keeps retries idempotent (a retried S3-spill invoke would write again and bill a PUT);
 - costs no extra round trip: an S3 spill adds a PUT in the function and a GET in the client
-  (each tens of ms, §3) to every large result, while a split runs its halves in parallel.
+  (each tens of ms, docs/aws-lambda.md §3) to every large result, while a split runs its halves in parallel.
 
 Fixed-size hyperslab and point results have a known size, so such tasks are split before
 they are sent. Variable-length and query results are only known in the function: it answers
@@ -37,52 +37,41 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
-from hsds_backends.config import ConfigKey, as_int, as_str, at_least, optional, parse_bool
+from hsds_backends._aio import ResultQueue, cancel_and_wait
+from hsds_backends._proc import MALLOC_ENV
+from hsds_backends.config import ConfigKey, credentials_env, is_unset, option
 from hsds_backends.errors import BackendError, ConfigError, TaskError
-from hsds_backends.model import Backend, Capabilities, CostEstimate, ReadRequest, add_stats, default_workers
+from hsds_backends.model import Backend, Capabilities, CostEstimate, ReadRequest, Sink, add_stats, default_workers
 from hsds_backends.selection import Coords, Slice, format_select, parse_select
 from hsds_backends.tasks import ChunkResult, ChunkTask, error_from_wire, field_dtype, query_dtype
 
-from .client import (
+from ._config import CONFIG_KEYS, DEFAULT_FUNCTION, DEFAULT_LOG_LEVEL
+from .client import InvokeClient, InvokeRequestTooLarge, InvokeResponseTooLarge, InvokeStats, b64decode
+from .wire import (
+    ANSWERS,
+    MAX_REQUEST_BYTES,
+    MAX_RESPONSE_BYTES,
     PRICE_GB_S,
-    PRICE_REQUEST,
-    InvokeClient,
-    InvokeRequestTooLarge,
-    InvokeResponseTooLarge,
-    InvokeStats,
-    b64decode,
+    RAW_RESULT_BUDGET,
+    REQUEST_BUDGET,
+    RESULT_BUDGET,
+    RESULT_TOO_LARGE,
 )
-from .runtime import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Mapping, Sequence
 
-    from ._process import RuntimeProcess
-    from .runtime import LocalLambdaRuntime
+    from .local import LocalLambdaRuntime, RuntimeProcess
 
-__all__ = ["LambdaBackend", "worker_env", "split_task", "expected_result_bytes", "DEFAULT_FUNCTION", "RESULT_BUDGET", "RAW_RESULT_BUDGET"]
+__all__ = ["LambdaBackend", "expected_result_bytes", "split_task", "worker_env"]
 
-DEFAULT_FUNCTION: Final = "chunk_read"
-#: Result bytes one raw (binary) answer can carry, with room for its JSON header.
-RAW_RESULT_BUDGET: Final = MAX_RESPONSE_BYTES - 64 * 1024
-#: Result bytes one base64 answer can carry: base64 makes 4 bytes of 3, and the JSON around them.
-RESULT_BUDGET: Final = RAW_RESULT_BUDGET * 3 // 4
-#: Answer encodings the client can ask for (config ``aws_lambda_answer``).
-ANSWERS: Final = ("raw", "base64")
-#: Request bytes one invoke may carry, with room for the JSON wrapper.
-REQUEST_BUDGET: Final = MAX_REQUEST_BYTES - 16 * 1024
 #: Guess for one variable-length element when planning batches (the function corrects it).
 _VLEN_GUESS: Final = 64
 
 
-def _opt(config: Mapping[str, Any], key: str, default: Any, cast: Any = None) -> Any:
-    """Config key, else env ``HSDS_BACKENDS_<KEY>`` / ``<KEY>`` (keys outside the core's table), else default."""
-    value = config.get(key)
-    if value in (None, ""):
-        value = os.environ.get("HSDS_BACKENDS_" + key.upper()) or os.environ.get(key.upper())
-    if value in (None, ""):
-        return default
-    return cast(value) if cast else value
+def _setting(config: Mapping[str, Any], key: str) -> Any:
+    """Key ``key`` of this backend's table, cast (see :mod:`hsds_backends_lambda._config`)."""
+    return option(config, key, CONFIG_KEYS[key])
 
 
 def _loopback(url: str | None) -> bool:
@@ -146,11 +135,9 @@ def worker_env(config: Mapping[str, Any], workers: int = 1) -> dict[str, str]:
     (the worker processes' environment; payloads never carry credentials). Also
     ``BUCKET_NAME``, ``LOG_LEVEL`` (config ``log_level``, default ``WARNING``) and
     ``HSDS_LAMBDA_THREADS`` (the cores shared among ``workers`` environments), and the glibc
-    malloc settings of :data:`~hsds_backends_lambda._process.MALLOC_ENV`.
+    malloc settings of :data:`hsds_backends._proc.MALLOC_ENV`.
     """
-    from ._process import MALLOC_ENV
-
-    env: dict[str, str] = {"LOG_LEVEL": str(_opt(config, "log_level", "WARNING")), "BUCKET_NAME": str(config.get("bucket_name") or "")}
+    env: dict[str, str] = {"LOG_LEVEL": str(_setting(config, "log_level") or DEFAULT_LOG_LEVEL), "BUCKET_NAME": str(config.get("bucket_name") or "")}
     env.update(MALLOC_ENV)
     env["HSDS_LAMBDA_THREADS"] = str(max(1, default_workers() // max(1, workers)))
     root = config.get("root_dir")
@@ -159,20 +146,14 @@ def worker_env(config: Mapping[str, Any], workers: int = 1) -> dict[str, str]:
         return env
     if config.get("aws_s3_gateway"):
         env["AWS_S3_GATEWAY"] = str(config["aws_s3_gateway"])
-    for key, var in (
-        ("aws_access_key_id", "AWS_ACCESS_KEY_ID"),
-        ("aws_secret_access_key", "AWS_SECRET_ACCESS_KEY"),
-        ("aws_session_token", "AWS_SESSION_TOKEN"),
-    ):
-        if config.get(key) not in (None, "", "xxx"):
-            env[var] = str(config[key])
+    env.update(credentials_env(config))
     return env
 
 
 class _Node:
     """A task, or a part of a split task, on its way through invokes."""
 
-    __slots__ = ("task", "index", "parent", "slot", "parts", "done", "expected")
+    __slots__ = ("done", "expected", "index", "parent", "parts", "slot", "task")
 
     def __init__(self, task: ChunkTask, index: int, parent: _Node | None = None, slot: int = 0) -> None:
         self.task = task
@@ -207,9 +188,11 @@ class _Lease:
 
 @dataclass
 class _Run:
-    out: asyncio.Queue[tuple[int, ChunkResult] | BaseException]
+    """One :meth:`LambdaBackend.read_chunks` call: where results go, and its figures."""
+
+    out: ResultQueue[tuple[int, ChunkResult]]
     stats: InvokeStats
-    sink: Callable[[int, ChunkResult], object] | None = None
+    sink: Sink | None = None
 
 
 class LambdaBackend(Backend):
@@ -218,18 +201,16 @@ class LambdaBackend(Backend):
     Parameters
     ----------
     config
-        Reads ``aws_lambda_chunkread_function`` (default ``chunk_read``), ``aws_lambda_gateway``
-        (unset: an embedded local runtime), ``aws_lambda_max_invoke`` (invokes in flight, default
-        1000), ``aws_lambda_threshold`` (auto selection: fewer chunks never pick Lambda),
-        ``aws_region``, the credential keys, and the Lambda keys of this plugin:
-        ``aws_lambda_timeout`` (s, 60), ``aws_lambda_memory_mb`` (1769), ``aws_lambda_arch``,
-        ``aws_lambda_price_gb_s``, ``aws_lambda_price_request``, ``aws_lambda_batch_tasks``
-        (most tasks per invoke, 64), ``aws_lambda_max_attempts`` (8), ``aws_lambda_retry_base``
-        (s, 0.05), ``aws_lambda_local_workers`` (environments of the embedded runtime, default
-        the cores + 1, at most 4), ``aws_lambda_local_process`` (true: the embedded runtime runs in a
-        child process; false: on this event loop), ``aws_lambda_answer`` (``raw``, the default: results come back as
-        binary; ``base64``: base64 in JSON, as HSDS's 2021 protocol). Storage keys (``root_dir``, ``aws_s3_gateway``, …) go to the embedded
-        runtime's workers as environment variables, never in payloads.
+        Reads the keys of :attr:`config_keys` (:mod:`hsds_backends_lambda._config`):
+        ``aws_lambda_chunkread_function`` (default ``chunk_read``), ``aws_lambda_gateway``
+        (unset: an embedded local runtime), ``aws_lambda_max_invoke`` (invokes in flight),
+        ``aws_lambda_threshold`` (auto selection: fewer chunks never pick Lambda), the
+        function's settings and prices, batching, retries, the embedded runtime's environments
+        and process, the answer form; and the core's ``aws_region``, credential and storage
+        keys. Storage keys (``root_dir``, ``aws_s3_gateway``, …) go to the embedded runtime's
+        workers as environment variables, never in payloads.
+    runtime
+        A local runtime already running, to talk to instead of starting one (tests).
 
     See Also
     --------
@@ -237,12 +218,7 @@ class LambdaBackend(Backend):
     """
 
     name: ClassVar[str] = "lambda"
-    config_keys: ClassVar[Mapping[str, ConfigKey]] = {
-        "aws_lambda_chunkread_function": ConfigKey(None, optional(as_str), "the chunk_read function's name or ARN"),
-        "aws_lambda_threshold": ConfigKey(4, at_least(as_int, 0), "hsds2021: Lambda from this many chunks per DN"),
-        "aws_lambda_max_invoke": ConfigKey(1000, at_least(as_int, 1), "invokes in flight at once"),
-        "aws_lambda_gateway": ConfigKey(None, optional(as_str), "Lambda endpoint URL (unset: the embedded local runtime)"),
-    }
+    config_keys: ClassVar[Mapping[str, ConfigKey]] = CONFIG_KEYS
     description: ClassVar[str] = "the chunk_read AWS Lambda function (or an embedded local Lambda runtime)"
     url: ClassVar[str] = "https://github.com/hsds-backends/hsds-backends/tree/main/backends/lambda"
     static_capabilities: ClassVar[Capabilities] = Capabilities(
@@ -258,34 +234,37 @@ class LambdaBackend(Backend):
     def __init__(self, config: Mapping[str, Any] | None = None, *, runtime: LocalLambdaRuntime | None = None) -> None:
         super().__init__(config)
         cfg = self.config
-        self.function = str(cfg.get("aws_lambda_chunkread_function") or DEFAULT_FUNCTION)
-        self.gateway: str | None = cfg.get("aws_lambda_gateway") or None
+        self.function = str(_setting(cfg, "aws_lambda_chunkread_function") or DEFAULT_FUNCTION)
+        self.gateway: str | None = _setting(cfg, "aws_lambda_gateway") or None
         self.embedded = self.gateway is None and runtime is None
-        self.max_invoke = int(cfg.get("aws_lambda_max_invoke") or 1000)
-        threshold = cfg.get("aws_lambda_threshold")
-        self.threshold = int(threshold) if threshold is not None else 4
-        self.timeout_s = float(_opt(cfg, "aws_lambda_timeout", 60.0, float))
-        self.memory_mb = int(_opt(cfg, "aws_lambda_memory_mb", 1769, int))
-        self.arch = str(_opt(cfg, "aws_lambda_arch", "x86_64"))
-        self.price_gb_s = float(_opt(cfg, "aws_lambda_price_gb_s", PRICE_GB_S.get(self.arch, PRICE_GB_S["x86_64"]), float))
-        self.price_request = float(_opt(cfg, "aws_lambda_price_request", PRICE_REQUEST, float))
-        self.batch_tasks = max(1, int(_opt(cfg, "aws_lambda_batch_tasks", 64, int)))
-        self.max_attempts = int(_opt(cfg, "aws_lambda_max_attempts", 8, int))
-        self.retry_base = float(_opt(cfg, "aws_lambda_retry_base", 0.05, float))
+        self.max_invoke: int = _setting(cfg, "aws_lambda_max_invoke")
+        self.threshold: int = _setting(cfg, "aws_lambda_threshold")
+        self.timeout_s: float = _setting(cfg, "aws_lambda_timeout")
+        self.memory_mb: int = _setting(cfg, "aws_lambda_memory_mb")
+        self.arch: str = _setting(cfg, "aws_lambda_arch")
+        price: float | None = _setting(cfg, "aws_lambda_price_gb_s")
+        self.price_gb_s: float = price if price is not None else PRICE_GB_S.get(self.arch, PRICE_GB_S["x86_64"])
+        self.price_request: float = _setting(cfg, "aws_lambda_price_request")
+        self.batch_tasks: int = max(1, _setting(cfg, "aws_lambda_batch_tasks"))
+        self.max_attempts: int = _setting(cfg, "aws_lambda_max_attempts")
+        self.retry_base: float = _setting(cfg, "aws_lambda_retry_base")
+        workers: int | None = _setting(cfg, "aws_lambda_local_workers")
         # one environment more than cores: while one sends its answer, the others keep the cores decoding
-        self.local_workers = int(_opt(cfg, "aws_lambda_local_workers", min(4, default_workers() + 1), int))
-        self.answer = str(_opt(cfg, "aws_lambda_answer", "raw")).lower()
+        self.local_workers: int = workers if workers is not None else min(4, default_workers() + 1)
+        self.answer: str = _setting(cfg, "aws_lambda_answer")
         if self.answer not in ANSWERS:
             raise ConfigError(f"aws_lambda_answer={self.answer!r} is not one of {', '.join(ANSWERS)}; use raw (binary results) or base64")
         self.raw = self.answer == "raw"
-        self.result_budget = int(_opt(cfg, "aws_lambda_result_bytes", RAW_RESULT_BUDGET if self.raw else RESULT_BUDGET, int))
-        self.local_process = parse_bool(_opt(cfg, "aws_lambda_local_process", True), key="aws_lambda_local_process", source="config")
+        budget: int | None = _setting(cfg, "aws_lambda_result_bytes")
+        self.result_budget: int = budget if budget is not None else (RAW_RESULT_BUDGET if self.raw else RESULT_BUDGET)
+        self.local_process: bool = _setting(cfg, "aws_lambda_local_process")
         self._buffers: list[bytearray] = []
         """Answer buffers for reads with direct placement, reused across invokes (see :meth:`_send_inner`)."""
         self._runtime: LocalLambdaRuntime | RuntimeProcess | None = runtime
         self._own_runtime = runtime is None and self.embedded
         self._client: InvokeClient | None = None
         self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
         self.stats = InvokeStats()
         """Figures summed over every read of this backend."""
         self.last_stats = InvokeStats()
@@ -311,10 +290,20 @@ class LambdaBackend(Backend):
         )
 
     @property
+    def started(self) -> bool:
+        """Whether the invoke client is up (and the embedded local runtime, if this backend runs one).
+
+        Lambda is remote, so the default would be "never started"; once its client is up a read
+        starts nothing, and the reader records what the read took (the selector's measured
+        latency).
+        """
+        return self._client is not None and (self._runtime is not None or not self.embedded)
+
+    @property
     def runtime(self) -> LocalLambdaRuntime | RuntimeProcess | None:
         """The local runtime this backend talks to (embedded or given), if any.
 
-        The embedded one is a :class:`~hsds_backends_lambda._process.RuntimeProcess` (a child
+        The embedded one is a :class:`~hsds_backends_lambda.local.RuntimeProcess` (a child
         process) unless ``aws_lambda_local_process`` is false.
         """
         return self._runtime
@@ -350,66 +339,83 @@ class LambdaBackend(Backend):
         """Environment of the embedded runtime's workers: storage and credentials (never payloads)."""
         return worker_env(self.config, self.local_workers)
 
-    async def _ensure(self) -> InvokeClient:
+    async def client(self) -> InvokeClient:
+        """Return the invoke client, starting the embedded local runtime first if this backend runs one.
+
+        The client belongs to the running event loop; called from another loop, it is made
+        anew. A call after :meth:`aclose` starts everything again.
+
+        Raises
+        ------
+        BackendError
+            The embedded local runtime did not start.
+        """
         if self._closed:
             self._closed = False  # a read after aclose reopens lazily, as S3Storage does
         loop = asyncio.get_running_loop()
-        if self._client is not None and self._client._loop in (None, loop):
-            return self._client
-        if self._lock is None or getattr(self._lock, "_hsds_loop", None) is not loop:
-            self._lock = asyncio.Lock()
-            self._lock._hsds_loop = loop  # type: ignore[attr-defined]
+        client = self._client
+        if client is not None and client.loop in (None, loop):
+            return client
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock, self._lock_loop = asyncio.Lock(), loop
         async with self._lock:
-            if self._client is not None and self._client._loop in (None, loop):
-                return self._client
-            cfg = self.config
+            client = self._client
+            if client is not None and client.loop in (None, loop):
+                return client
             if self.embedded and self._runtime is None:
-                from ._process import RuntimeProcess
-                from .runtime import FunctionSpec, LocalLambdaRuntime
+                self._runtime = await self._start_runtime()
+            self._client = client = self._make_client()
+            return client
 
-                spec = FunctionSpec(
-                    self.function,
-                    env=self.worker_env(),
-                    memory_mb=self.memory_mb,
-                    timeout_s=self.timeout_s,
-                    concurrency=self.local_workers,
-                    warm=self.local_workers,
-                )
-                region = str(cfg.get("aws_region") or "us-east-1")
-                rt: LocalLambdaRuntime | RuntimeProcess
-                if self.local_process:
-                    rt = RuntimeProcess(spec, region)
-                else:
-                    rt = LocalLambdaRuntime(region=region)
-                    rt.add_function(spec)
-                await rt.start()
-                self._runtime = rt
-            if self._runtime is not None and not self.gateway:
-                endpoint: str | None = self._runtime.url
-                creds: tuple[str | None, str | None, str | None] = ("local", "local", None)  # any key signs for the local runtime
+    async def _start_runtime(self) -> LocalLambdaRuntime | RuntimeProcess:
+        from .local import FunctionSpec, LocalLambdaRuntime, RuntimeProcess
+
+        spec = FunctionSpec(
+            self.function,
+            env=self.worker_env(),
+            memory_mb=self.memory_mb,
+            timeout_s=self.timeout_s,
+            concurrency=self.local_workers,
+            warm=self.local_workers,
+        )
+        region = str(self.config.get("aws_region") or "us-east-1")
+        rt: LocalLambdaRuntime | RuntimeProcess
+        if self.local_process:
+            rt = RuntimeProcess(spec, region)
+        else:
+            rt = LocalLambdaRuntime(region=region)
+            rt.add_function(spec)
+        await rt.start()
+        return rt
+
+    def _make_client(self) -> InvokeClient:
+        cfg = self.config
+        creds: tuple[str | None, str | None, str | None]
+        if self._runtime is not None and not self.gateway:
+            endpoint: str | None = self._runtime.url
+            creds = ("local", "local", None)  # any key signs for the local runtime
+        else:
+            endpoint = self.gateway
+            key, secret = cfg.get("aws_access_key_id"), cfg.get("aws_secret_access_key")
+            if not is_unset(key) and not is_unset(secret):
+                creds = (key, secret, cfg.get("aws_session_token"))
+            elif _loopback(endpoint):
+                creds = ("local", "local", None)  # a local runtime checks no signature
             else:
-                endpoint = self.gateway
-                key, secret = cfg.get("aws_access_key_id"), cfg.get("aws_secret_access_key")
-                if key not in (None, "", "xxx") and secret not in (None, "", "xxx"):
-                    creds = (key, secret, cfg.get("aws_session_token"))
-                elif _loopback(endpoint):
-                    creds = ("local", "local", None)  # a local runtime checks no signature
-                else:
-                    creds = (None, None, None)  # the AWS credential chain
-            self._client = InvokeClient(
-                self.function,
-                endpoint,
-                region=str(cfg.get("aws_region") or "us-east-1"),
-                credentials=creds,
-                max_in_flight=self.in_flight_cap,
-                function_timeout_s=self.timeout_s,
-                max_attempts=self.max_attempts,
-                backoff_base_s=self.retry_base,
-                memory_mb=self.memory_mb,
-                price_gb_s=self.price_gb_s,
-                price_request=self.price_request,
-            )
-            return self._client
+                creds = (None, None, None)  # the AWS credential chain
+        return InvokeClient(
+            self.function,
+            endpoint,
+            region=str(cfg.get("aws_region") or "us-east-1"),
+            credentials=creds,
+            max_in_flight=self.in_flight_cap,
+            function_timeout_s=self.timeout_s,
+            max_attempts=self.max_attempts,
+            backoff_base_s=self.retry_base,
+            memory_mb=self.memory_mb,
+            price_gb_s=self.price_gb_s,
+            price_request=self.price_request,
+        )
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
@@ -421,14 +427,7 @@ class LambdaBackend(Backend):
         await super().aclose()
 
     # ------------------------------------------------------------------ execution
-    async def read_chunk(self, task: ChunkTask) -> ChunkResult:
-        async for _, res in self.read_chunks([task]):
-            return res
-        raise BackendError(f"chunk {task.chunk_id}: no result")  # pragma: no cover
-
-    async def read_chunks(
-        self, tasks: Sequence[ChunkTask], sink: Callable[[int, ChunkResult], object] | None = None
-    ) -> AsyncIterator[tuple[int, ChunkResult]]:
+    async def read_chunks(self, tasks: Sequence[ChunkTask], *, sink: Sink | None = None) -> AsyncIterator[tuple[int, ChunkResult]]:
         """Yield ``(i, result)`` as batches complete; the first error cancels the rest and is raised.
 
         With ``sink`` (direct placement), each answer's results are handed to ``sink(i, result)``
@@ -438,22 +437,17 @@ class LambdaBackend(Backend):
         t0 = time.perf_counter()
         stats = InvokeStats(tasks=len(tasks))
         self.last_stats = stats
-        client = await self._ensure()
-        run = _Run(asyncio.Queue(), stats, sink)
+        client = await self.client()
+        run = _Run(ResultQueue(), stats, sink)
         nodes: list[_Node] = []
         for i, t in enumerate(tasks):
             nodes.extend(self._presplit(_Node(t, i)))
         jobs = [asyncio.create_task(self._send(client, run, batch)) for batch in self._batches(nodes, len(nodes))]
         try:
-            for _ in range(len(tasks)):
-                item = await run.out.get()
-                if isinstance(item, BaseException):
-                    raise item
+            async for item in run.out.drain(len(tasks)):
                 yield item
         finally:
-            for j in jobs:
-                j.cancel()
-            await asyncio.gather(*jobs, return_exceptions=True)
+            await cancel_and_wait(jobs, what="lambda invokes")
             stats.seconds = time.perf_counter() - t0
             self.stats.add(stats)
             _report(stats)
@@ -543,14 +537,16 @@ class LambdaBackend(Backend):
                         except BufferError:
                             released = False
         for item in items:
-            run.out.put_nowait(item)
+            run.out.put(item)
         return released
 
     async def _send(self, client: InvokeClient, run: _Run, nodes: list[_Node]) -> None:
         try:
             await self._send_inner(client, run, nodes)
+        except asyncio.CancelledError:
+            raise
         except BaseException as exc:  # noqa: BLE001 - forwarded to the consumer
-            run.out.put_nowait(exc)
+            run.out.fail(exc)
 
     async def _send_inner(self, client: InvokeClient, run: _Run, nodes: list[_Node]) -> None:
         payload = self._payload(nodes)
@@ -586,7 +582,7 @@ class LambdaBackend(Backend):
         again: list[_Node] = []
         done: list[tuple[int, ChunkResult]] = []
         for node, r in zip(nodes, results, strict=True):
-            if isinstance(r, dict) and r.get("statusCode") == 413 and r.get("error_type") == "ResultTooLarge":
+            if isinstance(r, dict) and r.get("statusCode") == 413 and r.get("error_type") == RESULT_TOO_LARGE:
                 node.expected = int(r.get("nbytes") or node.expected)
                 if len(nodes) == 1 or node.expected > self.result_budget:
                     run.stats.split += 1
@@ -640,7 +636,7 @@ def _result(d: Any, chunk_id: str) -> ChunkResult:
             return ChunkResult(cid, "ok", b64decode(body if body is not None else b""), **sizes)
         except (ValueError, TypeError) as exc:
             raise TaskError(f"chunk {cid}: result body is not valid base64: {exc}") from exc
-    if status == 404 and not d.get("error_type"):  # a bare 404: the chunk was never written, fill (§6.4)
+    if status == 404 and not d.get("error_type"):  # a bare 404: the chunk was never written, fill (docs/hsds-format.md §6.4)
         return ChunkResult(cid, "missing")
     raise error_from_wire(d, cid)
 

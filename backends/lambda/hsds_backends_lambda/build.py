@@ -10,7 +10,7 @@ line and config files and are left out.
 Wheels are downloaded once into a cache folder (default ``<cwd>/.cache/lambda-wheels``) and
 installed from it offline afterwards. The zip is deterministic (sorted entries, fixed
 timestamps), so an unchanged build has an unchanged ``CodeSha256`` and ``deploy`` uploads
-nothing. Size limits (aws-lambda.md §1.4): 50 MB zipped for a direct upload, 250 MB
+nothing. Size limits (docs/aws-lambda.md §1.4): 50 MB zipped for a direct upload, 250 MB
 unzipped; botocore's service models other than S3/STS and the test suites of numpy are
 pruned to stay well inside them.
 """
@@ -32,11 +32,11 @@ from typing import Final
 
 from hsds_backends.errors import HsdsBackendsError
 
-__all__ = ["BuildError", "BuildResult", "build_zip", "requirements", "MAX_ZIPPED_BYTES", "MAX_UNZIPPED_BYTES", "RUNTIME_GLIBC"]
+__all__ = ["MAX_UNZIPPED_BYTES", "MAX_ZIPPED_BYTES", "RUNTIME_GLIBC", "BuildError", "BuildResult", "build_zip", "requirements"]
 
-#: Direct-upload limit of a zip (aws-lambda.md §1.4).
+#: Direct-upload limit of a zip (docs/aws-lambda.md §1.4).
 MAX_ZIPPED_BYTES: Final = 50 * 1024 * 1024
-#: Unzipped limit, layers included (aws-lambda.md §1.4).
+#: Unzipped limit, layers included (docs/aws-lambda.md §1.4).
 MAX_UNZIPPED_BYTES: Final = 250 * 1024 * 1024
 #: glibc of each Python runtime's OS: python3.9–3.11 run on Amazon Linux 2, 3.12+ on AL2023.
 RUNTIME_GLIBC: Final = {"3.9": 26, "3.10": 26, "3.11": 26, "3.12": 34, "3.13": 34, "3.14": 34}
@@ -47,6 +47,8 @@ _EXTRA: Final = ("pybase64>=1.3",)
 _ARCH: Final = {"x86_64": "x86_64", "arm64": "aarch64"}
 _BOTOCORE_KEEP: Final = frozenset({"s3", "sts"})
 _EPOCH: Final = (1980, 1, 1, 0, 0, 0)
+#: This package's folder, copied into the zip whole (the function needs handler, wire and client).
+_PACKAGE_DIR: Final = Path(__file__).resolve().parent
 
 LAMBDA_FUNCTION_PY: Final = '''"""Entry module of the chunk_read function (handler lambda_function.lambda_handler)."""
 
@@ -240,7 +242,6 @@ def build_zip(
     cache.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     import hsds_backends
-    import hsds_backends_lambda
 
     with tempfile.TemporaryDirectory(prefix="chunk_read-") as tmp:
         root = Path(tmp) / "pkg"
@@ -248,7 +249,7 @@ def build_zip(
         _install_deps(root, requirements(arch, python), arch, python, cache, echo)
         _prune(root)
         _copy_package(Path(hsds_backends.__file__).parent, root / "hsds_backends", skip=("testing",))
-        _copy_package(Path(hsds_backends_lambda.__file__).parent, root / "hsds_backends_lambda")
+        _copy_package(_PACKAGE_DIR, root / "hsds_backends_lambda")
         (root / "lambda_function.py").write_text(LAMBDA_FUNCTION_PY)
         versions = _versions(root)
         files, unzipped = _write_zip(root, out)

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from hsds_backends.config import is_unset
 from hsds_backends.errors import HsdsBackendsError
 
 __all__ = ["lambda_"]
@@ -91,7 +92,7 @@ def deploy(
             variables["BUCKET_ALLOWLIST"] = bucket_allowlist
         variables.update(_env_pairs(env))
         key, secret = cfg.get("aws_access_key_id"), cfg.get("aws_secret_access_key")
-        creds = (key, secret, cfg.get("aws_session_token")) if key not in (None, "", "xxx") and secret not in (None, "", "xxx") else None
+        creds = (key, secret, cfg.get("aws_session_token")) if not is_unset(key) and not is_unset(secret) else None
         res = do_deploy(
             zip_path,
             function=function or cfg.get("aws_lambda_chunkread_function") or "chunk_read",
@@ -129,7 +130,7 @@ def serve_local(
 ) -> None:
     """Run the local Lambda runtime: the Invoke API on HOST:PORT, awslambdaric workers behind it."""
     from .backend import worker_env
-    from .runtime import DEFAULT_HANDLER, FunctionSpec, LocalLambdaRuntime
+    from .local import DEFAULT_HANDLER, FunctionSpec, LocalLambdaRuntime
 
     cfg = _config(config, root_dir=root_dir)
     name = function or cfg.get("aws_lambda_chunkread_function") or "chunk_read"

@@ -1,19 +1,22 @@
 """The Invoke client: aiobotocore, bounded fan-out, retries, and per-request figures.
 
-Facts it depends on (aws-lambda.md):
+Facts it depends on (docs/aws-lambda.md):
 
-- botocore's own retries do not read Lambda's ``Retry-After`` (§2) and its legacy mode
-  retries a read timeout, running the handler twice (§2); so botocore retries are off
+- botocore's own retries do not read Lambda's ``Retry-After``, and its legacy mode retries a
+  read timeout, running the handler twice (docs/aws-lambda.md §2); so botocore retries are off
   (``total_max_attempts=1``) and this client retries by itself: 429 and 5xx from the Invoke
   API, connection failures, and the environment failures ``Sandbox.Timedout``,
   ``Runtime.ExitError`` and ``Runtime.OutOfMemory`` (chunk reads are idempotent), with full
   jitter backoff (``uniform(0, min(cap, base·2^n))``) that waits at least ``Retry-After``.
-- ``FunctionError`` is always checked: a sync invoke answers 200 for function errors (§1.2).
-- 413 is matched on the HTTP status, not the error code (§1.3: the wire code differs from the model).
-- ``read_timeout`` > the function timeout (§2) and ``max_pool_connections`` ≥ invokes in
-  flight (§2: the default pool of 10 serialises a fan-out).
-- Billed duration is only reported in the ``Tail`` log's ``REPORT`` line (§1.2), so every
-  invoke asks for ``LogType=Tail`` and the client parses it into GB-s and dollars.
+- ``FunctionError`` is always checked: a sync invoke answers 200 for function errors
+  (docs/aws-lambda.md §1.2).
+- 413 is matched on the HTTP status, not the error code (docs/aws-lambda.md §1.3: the wire
+  code differs from the model).
+- ``read_timeout`` > the function timeout, and ``max_pool_connections`` ≥ invokes in flight:
+  the default pool of 10 serialises a fan-out (docs/aws-lambda.md §2).
+- Billed duration is only reported in the ``Tail`` log's ``REPORT`` line
+  (docs/aws-lambda.md §1.2), so every invoke asks for ``LogType=Tail`` and the client parses
+  it into GB-s and dollars.
 """
 
 from __future__ import annotations
@@ -32,30 +35,23 @@ from typing import Any, Final
 
 from hsds_backends.errors import BackendError, BackendTimeoutError
 
-from .handler import RAW_MAGIC  # the function defines the raw answer format ("Raw answers")
+from .wire import PRICE_GB_S, PRICE_REQUEST, is_raw_answer, parse_raw_answer
 
 __all__ = [
-    "parse_answer",
-    "parse_raw_answer",
-    "RAW_MAGIC",
-    "b64decode",
-    "InvokeStats",
+    "RETRYABLE_FUNCTION_ERRORS",
+    "FunctionFailed",
     "InvokeClient",
     "InvokeRequestTooLarge",
     "InvokeResponseTooLarge",
-    "FunctionFailed",
-    "RETRYABLE_FUNCTION_ERRORS",
-    "PRICE_GB_S",
-    "PRICE_REQUEST",
+    "InvokeStats",
+    "b64decode",
+    "parse_answer",
 ]
 
 log = logging.getLogger("hsds_backends_lambda.client")
 
-#: Function errors caused by the environment, not by the task: retried (aws-lambda.md §1.2).
+#: Function errors caused by the environment, not by the task: retried (docs/aws-lambda.md §1.2).
 RETRYABLE_FUNCTION_ERRORS: Final = frozenset({"Sandbox.Timedout", "Runtime.ExitError", "Runtime.OutOfMemory"})
-#: Dollars per GB-s and per request, x86 us-east-1 (aws-lambda.md §3); arm64: 0.0000133334.
-PRICE_GB_S: Final = {"x86_64": 0.0000166667, "arm64": 0.0000133334}
-PRICE_REQUEST: Final = 0.20 / 1e6
 
 try:  # SIMD base64: decoding results is the client's biggest cost after the network
     from pybase64 import b64decode as _pyb64decode
@@ -71,40 +67,6 @@ except ImportError:  # pragma: no cover - pybase64 is a dependency; keep working
         return base64.b64decode(bytes(data) if isinstance(data, memoryview) else data, validate=True)
 
 
-
-
-def parse_raw_answer(raw: bytes) -> dict[str, Any]:
-    """Parse a raw batch answer: each 200 result gets ``"data"``, a zero-copy ``memoryview`` of ``raw``.
-
-    Raises
-    ------
-    ValueError
-        The answer is cut short or its header does not match its bodies.
-    """
-    view = memoryview(raw)
-    start = len(RAW_MAGIC) + 4
-    if len(raw) < start:
-        raise ValueError(f"raw answer of {len(raw)} bytes is shorter than its {start}-byte preamble")
-    hlen = int.from_bytes(view[len(RAW_MAGIC) : start], "little")
-    if start + hlen > len(raw):
-        raise ValueError(f"raw answer of {len(raw)} bytes is cut short: its header alone is {hlen} bytes")
-    doc = json.loads(view[start : start + hlen].tobytes())
-    results = doc.get("results") if isinstance(doc, dict) else None
-    if not isinstance(results, list):
-        raise ValueError(f"raw answer header has no results list: {str(doc)[:200]}")
-    pos = start + hlen
-    for r in results:
-        if isinstance(r, dict) and r.get("statusCode") == 200:
-            n = r.get("nbytes")
-            if not isinstance(n, int) or n < 0 or pos + n > len(raw):
-                raise ValueError(f"raw answer: result {r.get('chunk_id')!r} claims {n!r} bytes at offset {pos} of {len(raw)}")
-            r["data"] = view[pos : pos + n]
-            pos += n
-    if pos != len(raw):
-        raise ValueError(f"raw answer: {len(raw) - pos} bytes after the last result")
-    return doc
-
-
 def parse_answer(raw: bytes) -> Any:
     """Parse an answer: a raw one (:func:`parse_raw_answer`), or JSON, leaving each ``"body"`` string as a zero-copy ``memoryview`` of ``raw``.
 
@@ -113,7 +75,7 @@ def parse_answer(raw: bytes) -> Any:
     Python string only to be decoded again. Anything unexpected (an escaped body, a count
     mismatch) falls back to :func:`json.loads`, which gives ``str`` bodies.
     """
-    if raw[: len(RAW_MAGIC)] == RAW_MAGIC:
+    if is_raw_answer(raw):
         return parse_raw_answer(raw)
     spans: list[tuple[int, int]] = []
     pieces: list[bytes] = []
@@ -295,6 +257,11 @@ class InvokeClient:
     def __repr__(self) -> str:
         return f"InvokeClient({self.function!r}, endpoint_url={self.endpoint_url or 'AWS'!r}, max_in_flight={self.max_in_flight})"
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the aiobotocore client lives on (``None`` before the first invoke, or after :meth:`aclose`)."""
+        return self._loop
+
     async def _get(self) -> tuple[Any, asyncio.Semaphore]:
         loop = asyncio.get_running_loop()
         if self._client is not None and self._loop is loop:
@@ -388,14 +355,15 @@ class InvokeClient:
                     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
                     err = exc.response.get("Error", {})
                     code, msg = err.get("Code", "?"), err.get("Message", "")
-                    if status == 413:  # matched on the status: the wire code differs from the model (§1.3)
+                    if status == 413:  # matched on the status: the wire code differs from the model (docs/aws-lambda.md §1.3)
                         raise InvokeRequestTooLarge(
-                            f"lambda {self.function!r}: request of {len(payload)} bytes refused (413 {code}): {msg}"
+                            f"lambda {self.function!r}: request of {len(payload)} bytes refused (413 {code}): {msg}", status=status
                         ) from exc
                     if status != 429 and status < 500:
                         hint = "; check aws_lambda_chunkread_function and that the function is deployed" if status == 404 else ""
                         raise BackendError(
-                            f"lambda {self.function!r} at {self.endpoint_url or 'AWS'}: invoke failed with HTTP {status} {code}: {msg}{hint}"
+                            f"lambda {self.function!r} at {self.endpoint_url or 'AWS'}: invoke failed with HTTP {status} {code}: {msg}{hint}",
+                            status=status or None,
                         ) from exc
                     if status == 429:
                         stats.throttled += 1
@@ -416,16 +384,18 @@ class InvokeClient:
             stats.response_bytes += len(body)
             if not resp.get("FunctionError"):
                 try:
-                    if isinstance(body, memoryview) and body[: len(RAW_MAGIC)] != RAW_MAGIC:
-                        body = body.tobytes()  # JSON answers are parsed from bytes
+                    if isinstance(body, memoryview):  # received into a reused buffer
+                        # a raw answer is parsed where it lies; JSON answers are parsed from bytes
+                        return parse_raw_answer(body) if is_raw_answer(body) else parse_answer(body.tobytes())
                     return parse_answer(body)
                 except ValueError as exc:
-                    raise BackendError(f"lambda {self.function!r} answered with an unreadable payload ({exc}): {body[:200]!r}") from exc
+                    raise BackendError(f"lambda {self.function!r} answered with an unreadable payload ({exc}): {bytes(body[:200])!r}") from exc
             stats.failed += 1
+            text = bytes(body)  # an error payload is never received into a buffer: no copy
             try:
-                err = json.loads(body)
+                err = json.loads(text)
             except ValueError:
-                err = {"errorType": "Unknown", "errorMessage": body[:300].decode("utf-8", "replace")}
+                err = {"errorType": "Unknown", "errorMessage": text[:300].decode("utf-8", "replace")}
             etype = str(err.get("errorType") or "Unhandled")
             emsg = str(err.get("errorMessage") or "")
             if etype == "Function.ResponseSizeTooLarge":
@@ -448,7 +418,7 @@ class InvokeClient:
         mm = _MEMORY.search(text)
         mem = int(mm.group(1)) if mm else self.memory_mb
         mi = _INIT.search(text)
-        if mi:  # INIT is billed for zip runtimes since 2025-08-01 (aws-lambda.md §3)
+        if mi:  # INIT is billed for zip runtimes since 2025-08-01 (docs/aws-lambda.md §3)
             billed += round(float(mi.group(1)))
         gbs = billed / 1000 * mem / 1024
         stats.billed_ms += billed

@@ -4,7 +4,7 @@ Idempotent: the zip's SHA-256 is compared with the function's ``CodeSha256`` and
 uploaded only when they differ; the configuration (runtime, handler, role, memory, timeout,
 environment) is updated only when it differs. Every change is followed by a wait until the
 function is ``Active`` with ``LastUpdateStatus`` ``Successful`` (an invoke or a second
-update during ``InProgress`` answers 409 ``ResourceConflictException``, aws-lambda.md §1.3).
+update during ``InProgress`` answers 409 ``ResourceConflictException``, docs/aws-lambda.md §1.3).
 Works against AWS or any endpoint that speaks the Lambda control plane (moto server).
 """
 
@@ -111,7 +111,7 @@ def deploy(
     role
         Execution role ARN; required to create, optional to update.
     memory_mb, timeout_s, environment, arch, runtime, handler
-        Function settings (128–10,240 MB; 1–900 s, aws-lambda.md §1.4).
+        Function settings (128–10,240 MB; 1–900 s, docs/aws-lambda.md §1.4).
     region, endpoint_url, credentials
         Where and as whom (``endpoint_url`` ``None`` = AWS; credentials ``None`` = the AWS chain).
 

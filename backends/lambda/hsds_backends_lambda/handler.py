@@ -6,7 +6,7 @@ re-exports it, as HSDS's 2021 ``awslambda/chunkread/lambda_function.py`` did).
 Payloads (JSON objects)
 -----------------------
 - **One task**: our :meth:`hsds_backends.tasks.ChunkTask.to_wire` form, or the 2021 HSDS
-  payload (hsds-format.md §6.3): ``chunk_id``, ``dset_json``, ``bucket``, ``select``,
+  payload (docs/hsds-format.md §6.3): ``chunk_id``, ``dset_json``, ``bucket``, ``select``,
   ``s3path``/``s3offset``/``s3size``, ``point_arr`` + ``num_points``, ``query``/``Limit``
   (``action`` and ``count`` are accepted and ignored, as in 2021).
 - **A batch**: ``{"tasks": [task, ...]}``; keys given next to ``tasks`` (typically
@@ -16,7 +16,7 @@ Payloads (JSON objects)
 
 Answers
 -------
-One task: ``{"statusCode", "body", "chunk_id"}`` as HSDS did (§6.4): 200 with the selected
+One task: ``{"statusCode", "body", "chunk_id"}`` as HSDS did (docs/hsds-format.md §6.4): 200 with the selected
 bytes in base64; 404 with an empty body when the chunk does not exist (the caller fills); an
 error carries ``statusCode`` (400 bad payload, 403 bucket not allowed or access denied,
 404 linked file missing, 500 undecodable chunk or storage failure), ``error_type`` (the
@@ -27,18 +27,13 @@ our own payloads get the packed rows in base64.
 A batch: ``{"statusCode": 200, "results": [answer, ...]}`` in task order. Results that
 would push the response over Lambda's 6,291,556-byte limit come back as
 ``{"statusCode": 413, "error_type": "ResultTooLarge", "nbytes": N}``: the caller re-sends them
-in another invoke, splitting a task whose own result is too large (see ``client.py``).
+in another invoke, splitting a task whose own result is too large (see ``backend.py``).
 
 Raw answers
 -----------
 A batch with ``"answer": "raw"`` (what this package's client sends) is answered in binary
 instead of base64 in JSON, which saves the encode, the decode and a quarter of the bytes on
-the wire: :data:`RAW_MAGIC` (8 bytes), the length of a JSON header as a 4-byte little-endian
-unsigned integer, the header ``{"statusCode": 200, "results": [...]}`` with each result as
-above but without ``body`` and with ``nbytes`` for a 200, then the bodies of the 200 results
-back to back in task order. The Python runtime passes a handler's ``bytes`` through
-unchanged (awslambdaric ``LambdaMarshaller.marshal_response``) and the Invoke API returns
-them as the payload, so this works on AWS as it does locally. A batch the function cannot
+the wire; the format is in :mod:`hsds_backends_lambda.wire`. A batch the function cannot
 parse at all is still answered in JSON (``statusCode`` 400), so a caller checks the magic.
 
 The handler never raises for a bad payload or a bad chunk; an exception escaping it would be a
@@ -71,29 +66,27 @@ try:  # SIMD base64, ~3x the standard library's speed (the protocol is base64 in
 except ImportError:  # pragma: no cover - pybase64 is a dependency; keep working without it
     from base64 import b64encode as _b64encode  # type: ignore[assignment]
 
-from hsds_backends.errors import HsdsBackendsError, StorageError, TaskError
+from hsds_backends.errors import StorageError, TaskError
 from hsds_backends.kernel import run_task
 from hsds_backends.storage import Storage, storage_from_config
 from hsds_backends.tasks import ChunkResult, ChunkTask, error_to_wire, query_dtype
 
+from .wire import MAX_RESPONSE_BYTES, RAW_MAGIC, RESULT_TOO_LARGE, pack_raw_answer
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["lambda_handler", "MAX_RESPONSE_BYTES", "RAW_MAGIC", "handle_event", "reset_state", "dumps_answer"]
+__all__ = ["dumps_answer", "handle_event", "lambda_handler", "reset_state"]
 
 log = logging.getLogger("hsds_backends_lambda")
 
-#: Lambda's synchronous response limit (aws-lambda.md §1.4).
-MAX_RESPONSE_BYTES: Final = 6_291_556
 #: Room kept for the JSON around the base64 bodies of a batch answer.
 _ENVELOPE: Final = 256
 _PER_RESULT: Final = 160
-#: First bytes of a raw (binary) batch answer; see "Raw answers" above.
-RAW_MAGIC: Final = b"HSDSRAW1"
 
 
 class _State:
-    """What survives between warm invocations of one environment (aws-lambda.md §1.4)."""
+    """What survives between warm invocations of one environment (docs/aws-lambda.md §1.4)."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = dict(env)
@@ -168,7 +161,7 @@ def dumps_answer(answer: dict[str, Any]) -> bytes:
     """Serialise an answer of :func:`handle_event` to bytes: JSON (bodies may be base64 bytes), or a raw answer."""
     raw = answer.pop("_raw", None)
     if raw is not None:
-        return _dumps_raw(answer, raw)
+        return pack_raw_answer(answer, raw)
     out: list[bytes] = []
     results = answer.get("results")
     if not isinstance(results, list):
@@ -184,11 +177,6 @@ def dumps_answer(answer: dict[str, Any]) -> bytes:
     return b"".join(out)
 
 
-def _dumps_raw(answer: dict[str, Any], bodies: list[bytes | bytearray | memoryview]) -> bytes:
-    header = json.dumps(answer, separators=(",", ":")).encode()
-    return b"".join([RAW_MAGIC, len(header).to_bytes(4, "little"), header, *bodies])  # the one copy of the bodies
-
-
 def _ok(res: ChunkResult) -> dict[str, Any]:
     """``ChunkResult.to_wire`` with the base64 body kept as bytes."""
     if res.status == "missing":
@@ -201,7 +189,7 @@ def handle_event(event: Any, state: _State) -> dict[str, Any]:
     t0 = time.perf_counter()
     state.invocations += 1
     if not isinstance(event, dict):
-        return _error(TaskError(f"the event must be a JSON object (a chunk task or {{'tasks': [...]}}), got {type(event).__name__}"), None, 400)
+        return _error(TaskError(f"the event must be a JSON object (a chunk task or {{'tasks': [...]}}), got {type(event).__name__}", status=400), None)
     if event.get("ping"):
         import sys
 
@@ -220,7 +208,7 @@ def handle_event(event: Any, state: _State) -> dict[str, Any]:
 
 def _parse(d: Any, state: _State, shared: Mapping[str, Any] | None = None) -> ChunkTask:
     if not isinstance(d, dict):
-        raise _status(TaskError(f"a chunk task must be a JSON object, got {type(d).__name__}: {str(d)[:80]!r}"), 400)
+        raise TaskError(f"a chunk task must be a JSON object, got {type(d).__name__}: {str(d)[:80]!r}", status=400)
     if shared:
         d = {**shared, **d}
     if not d.get("bucket") and state.default_bucket and "s3path" not in d:
@@ -238,26 +226,18 @@ def _check_allowed(task: ChunkTask, state: _State) -> None:
         buckets.add(task.location.bucket)
     for b in sorted(buckets):
         if b not in state.allowlist:
-            raise _status(
-                StorageError(
-                    f"chunk {task.chunk_id}: bucket {b!r} is not in this function's allow-list {sorted(state.allowlist)};"
-                    " read an allowed bucket or add it to the function's BUCKET_ALLOWLIST"
-                ),
-                403,
+            raise StorageError(
+                f"chunk {task.chunk_id}: bucket {b!r} is not in this function's allow-list {sorted(state.allowlist)};"
+                " read an allowed bucket or add it to the function's BUCKET_ALLOWLIST",
+                status=403,
             )
 
 
-def _status(exc: HsdsBackendsError, status: int) -> HsdsBackendsError:
-    exc.status = status  # type: ignore[attr-defined]
-    return exc
-
-
-def _error(exc: BaseException, chunk_id: str | None, status: int | None = None) -> dict[str, Any]:
-    if isinstance(exc, StorageError) and not getattr(exc, "status", None) and str(exc).startswith("access denied"):
-        exc.status = 403  # type: ignore[attr-defined]  # HSDS §6.4: AccessDenied/401/403 → 403
+def _error(exc: BaseException, chunk_id: str | None) -> dict[str, Any]:
+    """The answer for ``exc``: the status it carries, else 403 for a denied access, else its class's."""
     d = error_to_wire(exc, chunk_id)
-    if status is not None and not getattr(exc, "status", None):
-        d["statusCode"] = status
+    if isinstance(exc, StorageError) and not exc.status and str(exc).startswith("access denied"):
+        d["statusCode"] = 403  # docs/hsds-format.md §6.4: AccessDenied/401/403 answer 403
     d["body"] = d["message"]
     if d["statusCode"] >= 500:
         log.warning("chunk %s: %s", chunk_id, d["message"])
@@ -298,7 +278,7 @@ def _single(event: dict[str, Any], state: _State) -> dict[str, Any]:
 def _too_large(cid: str, nbytes: int, state: _State) -> dict[str, Any]:
     return {
         "statusCode": 413,
-        "error_type": "ResultTooLarge",
+        "error_type": RESULT_TOO_LARGE,
         "chunk_id": cid,
         "nbytes": nbytes,
         "message": (
@@ -312,7 +292,7 @@ def _too_large(cid: str, nbytes: int, state: _State) -> dict[str, Any]:
 def _batch(event: dict[str, Any], state: _State) -> dict[str, Any]:
     raw = event["tasks"]
     if not isinstance(raw, list):
-        return _error(TaskError(f"'tasks' must be a list of chunk tasks, got {type(raw).__name__}"), None, 400)
+        return _error(TaskError(f"'tasks' must be a list of chunk tasks, got {type(raw).__name__}", status=400), None)
     shared = {k: v for k, v in event.items() if k not in ("tasks", "answer")}
     parsed: list[ChunkTask | dict[str, Any]] = []
     for d in raw:
@@ -376,7 +356,7 @@ def _jsonable(v: Any) -> Any:
 
 
 def _query_json(task: ChunkTask, data: bytes | bytearray | memoryview) -> str:
-    """Return the 2021 query body ``{"index": [...], "value": [...]}`` (hsds-format.md §6.4)."""
+    """Return the 2021 query body ``{"index": [...], "value": [...]}`` (docs/hsds-format.md §6.4)."""
     import numpy as np
 
     qdt = query_dtype(task.dset.dtype, task.fields)

@@ -1,7 +1,7 @@
 """Hook implementations of the ``lambda`` backend (entry point ``lambda`` in group ``hsds_backends``).
 
 Only hookimpls live here, and importing this module stays cheap: the backend module imports
-aiobotocore and aiohttp only when a backend starts (STYLE.md §9).
+aiobotocore and aiohttp only when a backend starts (docs/architecture.md §2).
 """
 
 from __future__ import annotations
