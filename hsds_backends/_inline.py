@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._aio import cancel_and_wait
-from .hookspecs import hookimpl
 from .kernel import fetch, run_task, run_task_sync
 from .model import Backend, Capabilities, Sink, default_workers
+from .plugins import backend_hooks
 from .storage import Storage, storage_from_config
 from .tasks import ChunkResult
 
@@ -130,13 +130,6 @@ class InlineBackend(Backend):
         await super().aclose()
 
 
-@hookimpl
-def hsds_backends_backend_classes() -> list[type[Backend]]:
-    return [InlineBackend]
-
-
-@hookimpl
-def hsds_backends_make_backend(name: str, config: Mapping[str, Any], storage: Storage | None) -> Backend | None:
-    if name == InlineBackend.name:
-        return InlineBackend(config, storage=storage)  # the reader's storage: no second connection pool
-    return None
+hsds_backends_backend_classes, hsds_backends_make_backend = backend_hooks(
+    InlineBackend.name, InlineBackend, with_storage=True  # the reader's storage: no second connection pool
+)

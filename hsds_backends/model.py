@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 from ._aio import map_unordered
 from .errors import BackendError
 from ._latency import ShapeKey, shape_key
+from .config import option
 
 if TYPE_CHECKING:
     from ._ledger import Ledger
@@ -365,6 +366,10 @@ class Backend(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+    def option(self, key: str) -> Any:
+        """Return config ``key`` of this backend's :attr:`config_keys`, resolved and cast (:func:`hsds_backends.config.option`)."""
+        return option(self.config, key, self.config_keys[key])
 
     # ------------------------------------------------------------ description
     @property

@@ -32,7 +32,7 @@ from ._version import __version__
 from .errors import BackendNotInstalledError, PluginError, UnknownBackendError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from .config import ConfigKey
     from .model import Backend, Capabilities
@@ -46,6 +46,7 @@ __all__ = [
     "list_backends",
     "backend_names",
     "backend_config_keys",
+    "backend_hooks",
     "make_backend",
     "ENTRY_POINT_GROUP",
     "build_plugin_manager",
@@ -226,6 +227,51 @@ def _classes(state: _State) -> dict[str, tuple[type[Backend], str]]:
                 continue
             out[cls.name] = (cls, impl.plugin_name)
     return out
+
+
+def backend_hooks(
+    backend_name: str, target: str | type[Backend], *, with_storage: bool = False
+) -> tuple[Callable[[], list[type[Backend]]], Callable[..., Backend | None]]:
+    """Return the two hooks of a plugin that provides one backend class.
+
+    A backend's ``plugin.py`` is then::
+
+        from hsds_backends.plugins import backend_hooks
+
+        hsds_backends_backend_classes, hsds_backends_make_backend = backend_hooks(
+            "mybackend", "hsds_backends_mybackend.backend:MyBackend"
+        )
+
+    Parameters
+    ----------
+    backend_name
+        The backend's name (= its entry-point name).
+    target
+        The backend class, or ``"module:Class"`` to import it on first use (keeps the
+        plugin module cheap to import).
+    with_storage
+        Pass the reader's storage to the constructor (``storage=``): for in-process backends.
+    """
+
+    def backend_class() -> type[Backend]:
+        if not isinstance(target, str):
+            return target
+        module, _, attr = target.partition(":")
+        cls: type[Backend] = getattr(importlib.import_module(module), attr)
+        return cls
+
+    @hookspecs.hookimpl
+    def hsds_backends_backend_classes() -> list[type[Backend]]:
+        return [backend_class()]
+
+    @hookspecs.hookimpl
+    def hsds_backends_make_backend(name: str, config: Mapping[str, Any], storage: Storage | None) -> Backend | None:
+        if name != backend_name:
+            return None
+        cls: Any = backend_class()
+        return cls(config, storage=storage) if with_storage else cls(config)  # type: ignore[no-any-return]
+
+    return hsds_backends_backend_classes, hsds_backends_make_backend
 
 
 def backend_config_keys(pm: pluggy.PluginManager | None = None) -> dict[str, ConfigKey]:

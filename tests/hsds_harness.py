@@ -387,17 +387,11 @@ class HsdsServer:
             raise ValueError(f"invalid bucket name: {bucket!r}")
         if dn_count < 1:
             raise ValueError("dn_count must be >= 1")
-        self.root_dir = root
-        self.bucket = bucket
-        self.username = username
-        self.password = password
-        self.dn_count = dn_count
+        self.root_dir, self.bucket, self.dn_count = root, bucket, dn_count
+        self.username, self.password = username, password
         self.config = dict(config or {})
-        self.log_level = log_level
-        self.start_timeout = start_timeout
-        self._venv_arg = venv
-        self._socket_dir_arg = socket_dir
-        self._keep_run_dir = keep_run_dir
+        self.log_level, self.start_timeout = log_level, start_timeout
+        self._venv_arg, self._socket_dir_arg, self._keep_run_dir = venv, socket_dir, keep_run_dir
         self._own_socket_dir = False
         self._proc: subprocess.Popen | None = None
         self._child: ChildProcess | None = None

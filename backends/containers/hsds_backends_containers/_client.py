@@ -460,17 +460,11 @@ async def open_request(
     return proto
 
 
-async def request(
-    url: NodeURL,
-    method: str,
-    target: str,
-    *,
-    body: bytes = b"",
-    headers: Mapping[str, str] | None = None,
-    token: str | None = None,
-    timeout: float = 30.0,
-) -> tuple[int, dict[str, str], memoryview]:
+async def request(url: NodeURL, method: str, target: str, **options: Any) -> tuple[int, dict[str, str], memoryview]:
     """Send one request; return ``(status, headers, body)``.
+
+    ``options`` are those of :func:`open_request` (``body``, ``headers``, ``token``,
+    ``timeout``; not ``frame``: the whole body is read).
 
     Raises
     ------
@@ -479,7 +473,7 @@ async def request(
     NodeTimeout
         Nothing arrived for ``timeout`` seconds (connecting included).
     """
-    proto = await open_request(url, method, target, body=body, headers=headers, token=token, timeout=timeout)
+    proto = await open_request(url, method, target, **options)
     try:
         await proto.wait_head()
         data = await proto.wait_body()

@@ -103,13 +103,9 @@ class LocalNodes:
     ) -> None:
         if transport not in ("unix", "tcp"):
             raise BackendError(f"dn_transport {transport!r} is not valid; use 'unix' or 'tcp'")
-        self.count = count
-        self.config = config
-        self.transport = transport
-        self.workers = workers
-        self.cache_bytes = cache_bytes
-        self.token = token
-        self.start_timeout = start_timeout
+        self.count, self.config, self.transport = count, config, transport
+        # what every DN process is started with
+        self.workers, self.cache_bytes, self.token, self.start_timeout = workers, cache_bytes, token, start_timeout
         self.nodes = [LocalNode(i) for i in range(count)]
         self.run_dir = ""
         self._finalizer: weakref.finalize[Any, Any] | None = None

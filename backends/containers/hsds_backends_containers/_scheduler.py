@@ -155,12 +155,8 @@ class Fanout:
         placer: ThreadPoolExecutor | None = None,
         on_unreachable: Callable[[int], object] | None = None,
     ) -> None:
-        self.settings = settings
-        self.sink = sink
-        self.placer = placer
-        self.on_unreachable = on_unreachable
-        self.tasks = tasks
-        self.stats = stats
+        self.settings, self.tasks, self.stats = settings, tasks, stats
+        self.sink, self.placer, self.on_unreachable = sink, placer, on_unreachable  # placement, and who restarts DNs
         self.nodes: list[Node] = []
         self.out: ResultQueue[tuple[int, ChunkResult]] = ResultQueue()
         self.delivered = bytearray(len(tasks))

@@ -34,7 +34,6 @@ from hsds_backends.config import (
     as_size,
     as_str,
     at_least,
-    option,
     optional,
 )
 from hsds_backends.errors import BackendError, ConfigError
@@ -128,12 +127,7 @@ class ContainersBackend(Backend):
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         super().__init__(config)
-        cfg = self.config
-        keys = self.config_keys
-
-        def get(key: str) -> Any:
-            return option(cfg, key, keys[key])
-
+        get = self.option
         self.dn_urls: list[str] = get("dn_urls")
         self.embedded = not self.dn_urls
         self.protocol: str = get("dn_protocol")

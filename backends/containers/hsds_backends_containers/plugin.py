@@ -7,25 +7,6 @@ local DNs), so ``hsds-backends backends`` lists this backend without it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from hsds_backends.plugins import backend_hooks
 
-from hsds_backends import hookimpl
-
-from .backend import ContainersBackend
-
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    from hsds_backends.model import Backend
-
-
-@hookimpl
-def hsds_backends_backend_classes() -> list[type[Backend]]:
-    return [ContainersBackend]
-
-
-@hookimpl
-def hsds_backends_make_backend(name: str, config: Mapping[str, Any]) -> Backend | None:
-    if name == ContainersBackend.name:
-        return ContainersBackend(config)
-    return None
+hsds_backends_backend_classes, hsds_backends_make_backend = backend_hooks("containers", "hsds_backends_containers.backend:ContainersBackend")

@@ -35,7 +35,6 @@ from hsds_backends.config import (
     at_least,
     credentials_env,
     is_unset,
-    option,
     optional,
 )
 from hsds_backends.errors import BackendError, BackendTimeoutError, HsdsBackendsError
@@ -214,11 +213,7 @@ class DaskBackend(Backend):
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         super().__init__(config)
         cfg = self.config
-        keys = self.config_keys
-
-        def get(key: str) -> Any:
-            return option(cfg, key, keys[key])
-
+        get = self.option
         address = get("dask_scheduler")
         self.scheduler_address: str | None = address.strip() if address else None
         self.connect_timeout: float = get("dask_connect_timeout")

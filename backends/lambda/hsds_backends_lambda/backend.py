@@ -70,7 +70,7 @@ _VLEN_GUESS: Final = 64
 
 
 def _setting(config: Mapping[str, Any], key: str) -> Any:
-    """Key ``key`` of this backend's table, cast (see :mod:`hsds_backends_lambda._config`)."""
+    """Key ``key`` of this backend's table, cast, for code without a backend (see :mod:`hsds_backends_lambda._config`)."""
     return option(config, key, CONFIG_KEYS[key])
 
 
@@ -233,31 +233,30 @@ class LambdaBackend(Backend):
 
     def __init__(self, config: Mapping[str, Any] | None = None, *, runtime: LocalLambdaRuntime | None = None) -> None:
         super().__init__(config)
-        cfg = self.config
-        self.function = str(_setting(cfg, "aws_lambda_chunkread_function") or DEFAULT_FUNCTION)
-        self.gateway: str | None = _setting(cfg, "aws_lambda_gateway") or None
+        self.function = str(self.option("aws_lambda_chunkread_function") or DEFAULT_FUNCTION)
+        self.gateway: str | None = self.option("aws_lambda_gateway") or None
         self.embedded = self.gateway is None and runtime is None
-        self.max_invoke: int = _setting(cfg, "aws_lambda_max_invoke")
-        self.threshold: int = _setting(cfg, "aws_lambda_threshold")
-        self.timeout_s: float = _setting(cfg, "aws_lambda_timeout")
-        self.memory_mb: int = _setting(cfg, "aws_lambda_memory_mb")
-        self.arch: str = _setting(cfg, "aws_lambda_arch")
-        price: float | None = _setting(cfg, "aws_lambda_price_gb_s")
+        self.max_invoke: int = self.option("aws_lambda_max_invoke")
+        self.threshold: int = self.option("aws_lambda_threshold")
+        self.timeout_s: float = self.option("aws_lambda_timeout")
+        self.memory_mb: int = self.option("aws_lambda_memory_mb")
+        self.arch: str = self.option("aws_lambda_arch")
+        price: float | None = self.option("aws_lambda_price_gb_s")
         self.price_gb_s: float = price if price is not None else PRICE_GB_S.get(self.arch, PRICE_GB_S["x86_64"])
-        self.price_request: float = _setting(cfg, "aws_lambda_price_request")
-        self.batch_tasks: int = max(1, _setting(cfg, "aws_lambda_batch_tasks"))
-        self.max_attempts: int = _setting(cfg, "aws_lambda_max_attempts")
-        self.retry_base: float = _setting(cfg, "aws_lambda_retry_base")
-        workers: int | None = _setting(cfg, "aws_lambda_local_workers")
+        self.price_request: float = self.option("aws_lambda_price_request")
+        self.batch_tasks: int = max(1, self.option("aws_lambda_batch_tasks"))
+        self.max_attempts: int = self.option("aws_lambda_max_attempts")
+        self.retry_base: float = self.option("aws_lambda_retry_base")
+        workers: int | None = self.option("aws_lambda_local_workers")
         # one environment more than cores: while one sends its answer, the others keep the cores decoding
         self.local_workers: int = workers if workers is not None else min(4, default_workers() + 1)
-        self.answer: str = _setting(cfg, "aws_lambda_answer")
+        self.answer: str = self.option("aws_lambda_answer")
         if self.answer not in ANSWERS:
             raise ConfigError(f"aws_lambda_answer={self.answer!r} is not one of {', '.join(ANSWERS)}; use raw (binary results) or base64")
         self.raw = self.answer == "raw"
-        budget: int | None = _setting(cfg, "aws_lambda_result_bytes")
+        budget: int | None = self.option("aws_lambda_result_bytes")
         self.result_budget: int = budget if budget is not None else (RAW_RESULT_BUDGET if self.raw else RESULT_BUDGET)
-        self.local_process: bool = _setting(cfg, "aws_lambda_local_process")
+        self.local_process: bool = self.option("aws_lambda_local_process")
         self._buffers: list[bytearray] = []
         """Answer buffers for reads with direct placement, reused across invokes (see :meth:`_send_inner`)."""
         self._runtime: LocalLambdaRuntime | RuntimeProcess | None = runtime

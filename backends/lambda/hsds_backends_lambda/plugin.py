@@ -6,27 +6,6 @@ aiobotocore and aiohttp only when a backend starts (docs/architecture.md §2).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from hsds_backends.plugins import backend_hooks
 
-from hsds_backends import hookimpl
-
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    from hsds_backends.model import Backend
-
-
-@hookimpl
-def hsds_backends_backend_classes() -> list[type[Backend]]:
-    from .backend import LambdaBackend
-
-    return [LambdaBackend]
-
-
-@hookimpl
-def hsds_backends_make_backend(name: str, config: Mapping[str, Any]) -> Backend | None:
-    if name != "lambda":
-        return None
-    from .backend import LambdaBackend
-
-    return LambdaBackend(config)
+hsds_backends_backend_classes, hsds_backends_make_backend = backend_hooks("lambda", "hsds_backends_lambda.backend:LambdaBackend")
