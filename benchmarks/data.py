@@ -126,17 +126,9 @@ def make_grid(p: Profile) -> np.ndarray[Any, Any]:
 
 
 def make_table(p: Profile) -> np.ndarray[Any, Any]:
-    """Return the oracle table: ids, temperatures ~ N(15, 8) and 100 station names.
+    """Return the oracle table of ``p``'s size and seed: ``[('id','<i8'), ('temp','<f4'), ('station','S8')]``.
 
-    Parameters
-    ----------
-    p : Profile
-        Sizes and seed.
-
-    Returns
-    -------
-    numpy.ndarray
-        Structured array ``[('id','<i8'), ('temp','<f4'), ('station','S8')]``.
+    Ids count up, temperatures are ~ N(15, 8), and there are 100 station names.
     """
     rng = np.random.default_rng(p.seed + 2)
     t = np.empty(p.rows, dtype=[("id", "<i8"), ("temp", "<f4"), ("station", "S8")])

@@ -31,16 +31,20 @@ import numpy as np
 from timing import time_best
 
 
+#: What ``json`` cannot write itself, and how to write it.
+_TO_JSON: tuple[tuple[Any, Any], ...] = (
+    (np.generic, lambda o: o.item()),
+    (np.ndarray, lambda o: o.tolist()),
+    (bytes, lambda o: o.decode("latin-1")),
+    (set | tuple, list),
+)
+
+
 def _json_default(o: Any) -> Any:
     """Make numpy scalars and arrays, bytes, sets and tuples JSON-serialisable."""
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, bytes):
-        return o.decode("latin-1")
-    if isinstance(o, set | tuple):
-        return list(o)
+    for types, convert in _TO_JSON:
+        if isinstance(o, types):
+            return convert(o)
     raise TypeError(f"not JSON serialisable: {type(o)!r}")
 
 

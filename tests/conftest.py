@@ -7,19 +7,36 @@ sockets, from its own virtualenv) and ``hsds_backends.testing.fixtures`` (moto s
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hsds_backends.storage import PosixStorage
+from hsds_backends.testing.data import ConformanceData, write_conformance_domain
 from hsds_backends.writer import Writer
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 pytest_plugins = ["hsds_harness", "hsds_backends.testing.fixtures"]
+
+
+@pytest.fixture(scope="module")
+def runner() -> Iterator[asyncio.Runner]:
+    """One event loop for a test module: services it starts live on it across tests."""
+    with asyncio.Runner() as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def conformance_root(tmp_path_factory: pytest.TempPathFactory, runner: asyncio.Runner) -> tuple[Path, ConformanceData]:
+    """The conformance domain (:mod:`hsds_backends.testing.data`) in posix storage of this module."""
+    root = tmp_path_factory.mktemp("conformance")
+    return root, runner.run(write_conformance_domain(PosixStorage(root), "hsdstest"))
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from __future__ import annotations
 import atexit
 import base64
 import http.client
+import inspect
 import itertools
 import json
 import os
@@ -312,16 +313,21 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _json_default(o):
-    if isinstance(o, os.PathLike):
-        return os.fspath(o)
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
+def _jd(o):
+    """JSON for what scripts exchange: numpy scalars and arrays, bytes (latin-1), sets, tuples, paths."""
+    import os as _os
+
+    import numpy as _np
+
+    for types, to_json in ((_np.generic, _np.generic.item), (_np.ndarray, _np.ndarray.tolist), ((set, tuple), list), (_os.PathLike, _os.fspath)):
+        if isinstance(o, types):
+            return to_json(o)
     if isinstance(o, bytes):
         return o.decode("latin-1")
     raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+_json_default = _jd
 
 
 _H5PYD_PRELUDE = r'''
@@ -332,17 +338,7 @@ with open(_sys.argv[1]) as _f:
     args = _json.load(_f)
 kw = dict(endpoint=_os.environ["HS_ENDPOINT"], username=_os.environ["HS_USERNAME"],
           password=_os.environ["HS_PASSWORD"], bucket=_os.environ["HS_BUCKET"])
-def _jd(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, bytes):
-        return o.decode("latin-1")
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    raise TypeError("not JSON serialisable: %r" % type(o))
-def emit(obj):
+%(jd)sdef emit(obj):
     """Return obj (JSON) to the harness."""
     with open(_sys.argv[2], "w") as _f:
         _json.dump(obj, _f, default=_jd)
@@ -695,7 +691,7 @@ class HsdsServer:
         work.mkdir(parents=True, exist_ok=True)
         args_path, result_path, script_path = work / "args.json", work / "result.json", work / "script.py"
         args_path.write_text(json.dumps(json_args, default=_json_default))
-        script_path.write_text(_H5PYD_PRELUDE + textwrap.dedent(script))
+        script_path.write_text(_H5PYD_PRELUDE.replace("%(jd)s", inspect.getsource(_jd)) + textwrap.dedent(script))
         try:
             proc = subprocess.run(
                 [str(self.python), str(script_path), str(args_path), str(result_path)],

@@ -111,12 +111,6 @@ def hyperslabs(draw: st.DrawFn, shape: tuple[int, ...]) -> tuple[Any, ...]:
 # ------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="module")
-def runner() -> Iterator[asyncio.Runner]:
-    with asyncio.Runner() as r:
-        yield r
-
-
 @pytest.fixture(scope="module", params=["posix", "s3"])
 def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, runner: asyncio.Runner) -> Iterator[dict[str, Any]]:
     """A storage config, a writer and one reader whose backends serve every example."""

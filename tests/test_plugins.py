@@ -15,7 +15,7 @@ import pytest
 
 import hsds_backends as hb
 from hsds_backends import hookspecs, plugins
-from hsds_backends.errors import BackendNotInstalledError, NoBackendError, PluginError, UnknownBackendError
+from hsds_backends.errors import BackendNotInstalledError, NoBackendError, UnknownBackendError
 from hsds_backends.model import Choice
 
 FIXTURES = Path(__file__).parent / "plugin_fixtures"

@@ -32,13 +32,10 @@ class DaskArray(GridSystem):
 
         versions = {"dask": dist_version("dask")}
         cluster = self._stack.enter_context(
+            # two single-threaded process workers on loopback, no dashboard: the dask backend's setup
             LocalCluster(  # type: ignore[no-untyped-call]
-                n_workers=2,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address="127.0.0.1:0",
-                scheduler_kwargs={"dashboard": False},
+                n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False},
             )
         )
         self.client: Any = self._stack.enter_context(Client(cluster, set_as_default=False))  # type: ignore[no-untyped-call]

@@ -36,12 +36,6 @@ CHUNKS = (40, 50)  # 12 x 8 = 96 chunks
 
 
 @pytest.fixture(scope="module")
-def runner() -> Iterator[asyncio.Runner]:
-    with asyncio.Runner() as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
 def storage_cfg(tmp_path_factory: pytest.TempPathFactory, runner: asyncio.Runner) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("faults")
 

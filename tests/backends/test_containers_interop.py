@@ -51,12 +51,6 @@ POINTS = ["be_ints", "floats_fill", "cube_u8", "gzip_shuffle", "table", "vlen_st
 
 
 @pytest.fixture(scope="module")
-def runner() -> Iterator[asyncio.Runner]:
-    with asyncio.Runner() as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
 def hsds(hsds_server: H.HsdsServer, interop_manifest: dict[str, Any]) -> dict[str, Any]:
     cfg = {"root_dir": str(hsds_server.root_dir), "bucket_name": hsds_server.bucket}
     expected = {n: H.load_expected(interop_manifest, n) for n in interop_manifest["datasets"]}

@@ -38,12 +38,6 @@ GRID = np.arange(96 * 96, dtype="<f8").reshape(96, 96) * 0.5 - 7  # 144 chunks o
 
 
 @pytest.fixture(scope="module")
-def runner() -> Iterator[asyncio.Runner]:
-    with asyncio.Runner() as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
 def cluster(runner: asyncio.Runner) -> Iterator[Any]:
     """A 2-worker LocalCluster whose workers are slow per chunk and have no AWS credentials."""
     with pytest.MonkeyPatch.context() as mp:

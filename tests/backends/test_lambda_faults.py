@@ -29,35 +29,26 @@ from hsds_backends import vlen_dtype  # noqa: E402
 from hsds_backends.api import Reader  # noqa: E402
 from hsds_backends.errors import BackendError, ChunkDecodeError  # noqa: E402
 from hsds_backends.storage import PosixStorage  # noqa: E402
-from hsds_backends.testing.data import CONFORMANCE_DOMAIN, ConformanceData, write_conformance_domain  # noqa: E402
+from hsds_backends.testing.data import CONFORMANCE_DOMAIN, ConformanceData  # noqa: E402
 from hsds_backends.writer import Writer  # noqa: E402
 
 BUCKET = "hsdstest"
 
 
 @pytest.fixture(scope="module")
-def runner() -> Iterator[asyncio.Runner]:
-    with asyncio.Runner() as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory, runner: asyncio.Runner) -> tuple[Path, ConformanceData, dict[str, np.ndarray]]:
-    root = tmp_path_factory.mktemp("lambda-faults")
+def data(conformance_root: tuple[Path, ConformanceData], runner: asyncio.Runner) -> tuple[Path, ConformanceData, dict[str, np.ndarray]]:
+    root, cd = conformance_root
     rng = np.random.default_rng(7)
     big = rng.normal(size=(1024, 1024)).astype("<f8")  # one 8 MB chunk: over the 6 MB response limit
     words = np.empty(600, dtype=vlen_dtype(str))
     words[:] = ["%05d" % i + "é" * 6000 for i in range(600)]  # ~7 MB of vlen strings in one chunk
 
-    async def write() -> ConformanceData:
-        st = PosixStorage(root)
-        cd = await write_conformance_domain(st, BUCKET)
-        w = Writer(st, BUCKET, owner="conformance")
+    async def write() -> None:
+        w = Writer(PosixStorage(root), BUCKET, owner="conformance")
         await w.create_dataset(CONFORMANCE_DOMAIN, "/big", big, chunks=(1024, 1024), filters=[("gzip", 1)])
         await w.create_dataset(CONFORMANCE_DOMAIN, "/big_vlen", words, chunks=(600,))
-        return cd
 
-    cd = runner.run(write())
+    runner.run(write())
     return root, cd, {"big": big, "big_vlen": words}
 
 

@@ -35,21 +35,14 @@ from hsds_backends.errors import BackendError, ConfigError  # noqa: E402
 from hsds_backends.kernel import fetch, process  # noqa: E402
 from hsds_backends.storage import PosixStorage  # noqa: E402
 from hsds_backends.tasks import ChunkTask  # noqa: E402
-from hsds_backends.testing.data import CONFORMANCE_DOMAIN, ConformanceData, write_conformance_domain  # noqa: E402
+from hsds_backends.testing.data import CONFORMANCE_DOMAIN, ConformanceData  # noqa: E402
 
 BUCKET = "hsdstest"
 
 
 @pytest.fixture(scope="module")
-def runner() -> Iterator[asyncio.Runner]:
-    with asyncio.Runner() as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory, runner: asyncio.Runner) -> tuple[Path, ConformanceData]:
-    root = tmp_path_factory.mktemp("lambda-raw")
-    return root, runner.run(write_conformance_domain(PosixStorage(root), BUCKET))
+def data(conformance_root: tuple[Path, ConformanceData]) -> tuple[Path, ConformanceData]:
+    return conformance_root
 
 
 @pytest.fixture(scope="module")

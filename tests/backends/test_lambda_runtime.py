@@ -44,12 +44,6 @@ def handler(event, context):
 
 
 @pytest.fixture(scope="module")
-def runner() -> Iterator[asyncio.Runner]:
-    with asyncio.Runner() as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory, runner: asyncio.Runner) -> Iterator[LocalLambdaRuntime]:
     code = tmp_path_factory.mktemp("fn")
     (Path(code) / "app.py").write_text(HANDLER)
