@@ -277,11 +277,16 @@ class AsyncDomain:
     def __repr__(self) -> str:
         return f"<AsyncDomain {self.domain!r} bucket={self.bucket!r}>"
 
-    async def _obj(self, obj_id: str) -> Mapping[str, Any]:
+    async def _obj(self, obj_id: str, dataset: str | None = None) -> dict[str, Any]:
+        """Return object ``obj_id``'s JSON (``dataset``: the path it was reached by, for messages)."""
         j = await self.reader._get_json(self.bucket, object_key(obj_id))
         if j is None:
+            if dataset is not None:
+                raise DatasetNotFoundError(f"dataset {dataset!r} ({obj_id}) is missing from bucket {self.bucket!r}")
             raise NotFoundError(f"object {obj_id} of domain {self.domain!r} is missing from bucket {self.bucket!r}")
-        return j  # type: ignore[no-any-return]
+        if not isinstance(j, dict):
+            raise DatasetJsonError(f"object {obj_id} of domain {self.domain!r} is not a JSON object (got {type(j).__name__})")
+        return j
 
     async def resolve(self, h5path: str) -> str:
         """Return the object id at ``h5path`` (hard and soft links; a ``d-…`` id passes through)."""
@@ -324,10 +329,7 @@ class AsyncDomain:
         obj_id = await self.resolve(h5path)
         if not obj_id.startswith("d-"):
             raise DatasetNotFoundError(f"{h5path!r} in domain {self.domain!r} is not a dataset (id {obj_id})")
-        j = await self.reader._get_json(self.bucket, object_key(obj_id))
-        if j is None:
-            raise DatasetNotFoundError(f"dataset {h5path!r} ({obj_id}) is missing from bucket {self.bucket!r}")
-        j = dict(j)
+        j = dict(await self._obj(obj_id, h5path))
         j.setdefault("id", obj_id)
         return AsyncDataset(self, DatasetMeta.from_json(j, self.bucket), h5path)
 

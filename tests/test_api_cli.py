@@ -94,6 +94,20 @@ def test_unknown_domain_and_dataset(root: Path) -> None:
             dom["/group"]
 
 
+def test_an_object_that_is_not_a_json_object_is_a_clear_error(tmp_path: Path) -> None:
+    from hsds_backends.ids import object_key
+
+    async def write() -> str:
+        meta = await Writer(PosixStorage(tmp_path), "hsdstest").create_dataset(DOMAIN, "/d", np.arange(4), chunks=(2,))
+        return meta.id
+
+    did = asyncio.run(write())
+    (tmp_path / "hsdstest" / object_key(did)).write_text("[1, 2]")  # a dataset JSON that is a list
+    with hb.open_domain(DOMAIN, root_dir=str(tmp_path)) as dom:
+        with pytest.raises(hb.HsdsBackendsError, match=rf"object {did} of domain '{DOMAIN}' is not a JSON object \(got list\)"):
+            dom["/d"]
+
+
 def test_bad_paths_are_rejected(root: Path) -> None:
     with pytest.raises(hb.StoragePathError, match=r"domain '/home/\.\./etc' contains"):
         hb.open_domain("/home/../etc", root_dir=str(root))

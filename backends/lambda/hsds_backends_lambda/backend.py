@@ -506,7 +506,7 @@ class LambdaBackend(Backend):
             parent.done += 1
             if parent.done < len(parent.parts):
                 return None
-            res = _combine(parent.task, parent.parts)  # type: ignore[arg-type]
+            res = _combine(parent.task, parent.parts)
             node = parent
         return node.index, res
 
@@ -640,7 +640,10 @@ def _result(d: Any, chunk_id: str) -> ChunkResult:
     raise error_from_wire(d, cid)
 
 
-def _combine(task: ChunkTask, parts: list[ChunkResult]) -> ChunkResult:
+def _combine(task: ChunkTask, slots: list[ChunkResult | None]) -> ChunkResult:
+    parts = [p for p in slots if p is not None]
+    if len(parts) != len(slots):  # called once every part is in: a missing one is a bug, not data
+        raise BackendError(f"chunk {task.chunk_id}: {len(slots) - len(parts)} of {len(slots)} split parts never arrived")
     if any(p.status == "missing" for p in parts):
         return ChunkResult(task.chunk_id, "missing")
     data = b"".join(bytes(p.data) for p in parts)
