@@ -29,14 +29,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from .config import load_config
+from .config import CORE_KEYS, load_config, option
 from .dataset import DatasetMeta
 from .errors import DatasetJsonError, DatasetNotFoundError, DomainNotFoundError, NotFoundError, SelectionError
 from .ids import domain_key, object_key
 from .execute import Execution
 from ._ledger import BackendCounters, Ledger
 from .model import Backend, Choice, ReadRequest, RequestStats, current_stats
-from .plan import Assembler, ReadPlan, plan_hyperslab, plan_points, plan_query
+from .plan import Assembler, ReadLimits, ReadPlan, plan_hyperslab, plan_points, plan_query
 from .plugins import backend_names, get_plugin_manager, make_backend
 from .selection import Hyperslab, from_index, parse_select
 from .selector import candidates_for, estimate, only_core_implements, rank, select_backend
@@ -99,6 +99,9 @@ class Reader:
         self.storage = storage if storage is not None else storage_from_config(self.config)
         self._own_storage = storage is None
         self.pm = pm or get_plugin_manager()
+        self.limits = ReadLimits.from_config(self.config)
+        """Bounds on each read (config ``read_chunks_limit``, ``read_bytes_limit``)."""
+        self.chunk_bytes_limit: int = option(self.config, "chunk_bytes_limit", CORE_KEYS["chunk_bytes_limit"])
         self.ledger = Ledger()
         """The selector's measurements of this reader's backends (latency per plan shape, counters)."""
         self._backends: dict[str, Backend] = {}
@@ -331,7 +334,7 @@ class AsyncDomain:
             raise DatasetNotFoundError(f"{h5path!r} in domain {self.domain!r} is not a dataset (id {obj_id})")
         j = dict(await self._obj(obj_id, h5path))
         j.setdefault("id", obj_id)
-        return AsyncDataset(self, DatasetMeta.from_json(j, self.bucket), h5path)
+        return AsyncDataset(self, DatasetMeta.from_json(j, self.bucket, chunk_bytes_limit=self.reader.chunk_bytes_limit), h5path)
 
 
 class _DatasetInfo:
@@ -368,7 +371,7 @@ class AsyncDataset(_DatasetInfo):
         return f"<AsyncDataset {self.h5path!r} shape={self.shape} dtype={self.dtype} chunks={self.chunks}>"
 
     def plan(self, selection: Any = None, *, fields: Sequence[str] | str | None = None) -> ReadPlan:
-        return plan_hyperslab(self.meta, to_selection(selection, self.shape), fields)
+        return plan_hyperslab(self.meta, to_selection(selection, self.shape), fields, limits=self.domain.reader.limits)
 
     async def read_result(self, selection: Any = None, *, fields: Sequence[str] | str | None = None, **run: Any) -> ReadResult:
         """Read a hyperslab and return it with statistics. ``run`` goes to :meth:`Reader.run`."""
@@ -379,7 +382,7 @@ class AsyncDataset(_DatasetInfo):
         return (await self.read_result(selection, fields=fields, **run)).data
 
     async def read_points_result(self, points: Any, *, fields: Sequence[str] | str | None = None, **run: Any) -> ReadResult:
-        return await self.domain.reader.run(plan_points(self.meta, points, fields), **run)
+        return await self.domain.reader.run(plan_points(self.meta, points, fields, limits=self.domain.reader.limits), **run)
 
     async def read_points(self, points: Any, *, fields: Sequence[str] | str | None = None, **run: Any) -> np.ndarray[Any, Any]:
         """Read the values at (N, rank) absolute coordinates, in the order given."""
@@ -389,7 +392,7 @@ class AsyncDataset(_DatasetInfo):
         self, expr: str, *, select: Any = None, limit: int | None = None, fields: Sequence[str] | str | None = None, **run: Any
     ) -> ReadResult:
         sel = None if select is None else to_selection(select, self.shape)
-        return await self.domain.reader.run(plan_query(self.meta, expr, sel, limit, fields), **run)
+        return await self.domain.reader.run(plan_query(self.meta, expr, sel, limit, fields, limits=self.domain.reader.limits), **run)
 
     async def query(
         self, expr: str, *, select: Any = None, limit: int | None = None, fields: Sequence[str] | str | None = None, **run: Any

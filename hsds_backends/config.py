@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 #: Keys holding byte sizes: ``"128m"`` → 134217728 (docs/hsds-format.md §6.5 step 3: k/m/g are ×1024, 1024², 1024³).
-SIZE_KEYS: Final[frozenset[str]] = frozenset({"chunk_mem_cache_size"})
+SIZE_KEYS: Final[frozenset[str]] = frozenset({"chunk_mem_cache_size", "chunk_bytes_limit", "read_bytes_limit"})
 
 #: Keys whose values ``repr``/``to_dict(redact=True)`` hide. Any key whose name contains
 #: ``secret``, ``password`` or ``token`` is hidden too.
@@ -74,6 +74,9 @@ SECRET_KEYS: Final[frozenset[str]] = frozenset({"aws_access_key_id", "aws_secret
 
 #: Prefix of the env vars that win over the plain ``KEY.upper()`` ones.
 ENV_PREFIX: Final = "HSDS_BACKENDS_"
+
+#: The default of config ``chunk_bytes_limit`` (256 MiB; HDF5 itself allows chunks up to 4 GiB).
+DEFAULT_CHUNK_BYTES_LIMIT: Final = 256 * 1024 * 1024
 
 #: HSDS's ``config.yml`` ships this for keys it leaves unset (docs/hsds-format.md §6.1).
 HSDS_UNSET: Final = "xxx"
@@ -261,6 +264,13 @@ CORE_KEYS: Final[dict[str, ConfigKey]] = {
     # auto policy: run an unmeasured free candidate to measure it, if started or its estimate
     # (with cold start) is within this many times the best estimate; 0 = never explore
     "auto_explore": ConfigKey(3.0, at_least(as_float, 0), "auto: explore candidates up to this x the best estimate"),
+    # what services that run tasks from the network may read (hsds_backends.security)
+    "allowed_buckets": ConfigKey([], as_list, "buckets served to tasks from the network (empty: bucket_name; '*': any)"),
+    # bounds, checked before anything is allocated (names unlike HSDS's max_chunk_size / max_request_size,
+    # which mean a chunking target and a request body size)
+    "chunk_bytes_limit": ConfigKey(DEFAULT_CHUNK_BYTES_LIMIT, as_size, "largest chunk (chunk shape x item size) a dataset may declare"),
+    "read_bytes_limit": ConfigKey(None, optional(as_size), "largest output of one read (default: half the available memory)"),
+    "read_chunks_limit": ConfigKey(250_000, at_least(as_int, 1), "most chunks one read may touch"),
 }
 
 #: The core keys' defaults (a backend's keys are in its ``config_keys``; all: :func:`known_keys`).

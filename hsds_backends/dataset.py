@@ -12,16 +12,21 @@ import json
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
 from .codecs import FilterOps, filter_ops
 from .dtypes import dtype_from_type_json, has_vlen
-from .errors import DatasetJsonError, TypeJsonError
+from .config import DEFAULT_CHUNK_BYTES_LIMIT
+from .errors import DatasetJsonError, LimitError, TypeJsonError
 from .ids import chunk_id, chunk_key
 
 __all__ = ["DatasetMeta", "ChunkLocation", "LAYOUT_CLASSES"]
+
+#: Bytes counted per element of a variable-length type when bounding a chunk (its decoded
+#: form holds at least a pointer per element).
+_VLEN_ELEMENT_BYTES: Final = 8
 
 #: Layout classes we can read (§2.3).
 LAYOUT_CLASSES: tuple[str, ...] = ("H5D_CHUNKED", "H5D_CHUNKED_REF", "H5D_CONTIGUOUS_REF")
@@ -101,11 +106,21 @@ class DatasetMeta:
 
     # ------------------------------------------------------------------ parsing
     @classmethod
-    def from_json(cls, dset_json: dict[str, Any], bucket: str = "") -> DatasetMeta:
+    def from_json(
+        cls, dset_json: dict[str, Any], bucket: str = "", *, chunk_bytes_limit: int = DEFAULT_CHUNK_BYTES_LIMIT
+    ) -> DatasetMeta:
         """Parse a dataset JSON as written by hsds 1.0.2 or HSDS master (§2).
 
         Chunk dims come from top-level ``layout.dims``, else
         ``creationProperties.layout.dims`` (§2.3).
+
+        Raises
+        ------
+        DatasetJsonError
+            The JSON is malformed or inconsistent.
+        LimitError
+            A chunk would be larger than ``chunk_bytes_limit`` (config ``chunk_bytes_limit``):
+            refused here, before any read allocates one.
         """
         if not isinstance(dset_json, dict):
             raise DatasetJsonError(f"dataset JSON must be an object, got {type(dset_json).__name__}")
@@ -155,6 +170,15 @@ class DatasetMeta:
                 chunks = tuple(int(d) for d in dims)
             if len(chunks) != max(len(shape), 1) or any(c < 1 for c in chunks):
                 raise DatasetJsonError(f"dataset {did!r}: chunk dims {list(chunks)} do not fit shape {list(shape)}")
+            # bounded before anything is allocated for a chunk (a fill, a decode, a padded read)
+            element = max(dtype.itemsize, _VLEN_ELEMENT_BYTES) if has_vlen(dtype) else dtype.itemsize
+            chunk_bytes = math.prod(chunks) * element
+            if chunk_bytes > chunk_bytes_limit:
+                raise LimitError(
+                    f"dataset {did!r}: chunks of {list(chunks)} elements of {element} bytes "
+                    f"({chunk_bytes} bytes) exceed chunk_bytes_limit ({chunk_bytes_limit} bytes); "
+                    "raise config chunk_bytes_limit to read this dataset"
+                )
         except DatasetJsonError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:

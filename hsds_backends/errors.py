@@ -32,6 +32,7 @@ __all__ = [
     "ChunkDecodeError",
     "UnsupportedFilterError",
     "TaskError",
+    "LimitError",
 ]
 
 
@@ -148,3 +149,13 @@ class TaskError(HsdsBackendsError):
     same class the ``inline`` backend would raise when it is known (see
     :func:`hsds_backends.tasks.error_from_wire`); this class is the fallback.
     """
+
+
+class LimitError(HsdsBackendsError):
+    """A request or a dataset exceeds a configured bound (HTTP 413).
+
+    The message names the figure, the limit and the config key that raises it; nothing
+    was allocated for it.
+    """
+
+    status: int | None = 413

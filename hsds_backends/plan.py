@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
 
-from .errors import QueryError, SelectionError, TaskError
-from .selection import Hyperslab, Slice, check_points, dim_cuts, format_select
+from .config import CORE_KEYS, option
+from .errors import LimitError, QueryError, SelectionError, TaskError
+from .selection import Hyperslab, Slice, check_points, dim_chunk_count, dim_cuts, format_select
 from .tasks import ChunkResult, ChunkTask, field_dtype, query_dtype
 from .vlen import _VlenFormatError, decode_vlen
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from .dataset import DatasetMeta
 
@@ -71,6 +73,62 @@ class ReadPlan:
         return self.meta.chunk_nbytes if self.meta.itemsize else math.prod(self.meta.chunks) * 128
 
 
+@dataclass(frozen=True)
+class ReadLimits:
+    """Bounds on one read, checked before its tasks are built or its output allocated.
+
+    Parameters
+    ----------
+    chunks
+        Most chunks one read may touch (config ``read_chunks_limit``).
+    nbytes
+        Largest output of one read (config ``read_bytes_limit``); ``None``: half of the
+        memory available when the read is planned.
+    """
+
+    chunks: int = 250_000
+    nbytes: int | None = None
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ReadLimits:
+        """Build from config ``read_chunks_limit`` and ``read_bytes_limit``."""
+        chunks = option(config, "read_chunks_limit", CORE_KEYS["read_chunks_limit"])
+        return cls(chunks, option(config, "read_bytes_limit", CORE_KEYS["read_bytes_limit"]))
+
+    def check(self, meta: DatasetMeta, chunks: int, nbytes: int) -> None:
+        """Raise :class:`LimitError` if a read of ``chunks`` chunks and ``nbytes`` output bytes is over a bound."""
+        if chunks > self.chunks:
+            raise LimitError(
+                f"dataset {meta.id}: the selection touches {chunks} chunks, over read_chunks_limit ({self.chunks}); "
+                "read a smaller selection or raise config read_chunks_limit"
+            )
+        limit = self.nbytes if self.nbytes is not None else available_memory() // 2
+        if nbytes > limit:
+            source = "read_bytes_limit" if self.nbytes is not None else "half the available memory (default of read_bytes_limit)"
+            raise LimitError(
+                f"dataset {meta.id}: the result would be {nbytes} bytes, over {source} ({limit} bytes); "
+                "read a smaller selection or set config read_bytes_limit"
+            )
+
+
+def available_memory() -> int:
+    """Return the bytes of memory available to new allocations (Linux ``MemAvailable``, else physical memory)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (OSError, ValueError, AttributeError):  # pragma: no cover - not a POSIX system
+        return 2**63
+
+
+_DEFAULT_LIMITS: Final = ReadLimits()
+
+
 def _norm_fields(fields: Sequence[str] | str | None) -> tuple[str, ...] | None:
     if fields is None:
         return None
@@ -80,14 +138,21 @@ def _norm_fields(fields: Sequence[str] | str | None) -> tuple[str, ...] | None:
     return t or None
 
 
-def plan_hyperslab(meta: DatasetMeta, sel: Hyperslab, fields: Sequence[str] | str | None = None) -> ReadPlan:
-    """Plan a hyperslab read of ``sel`` (optionally projected onto ``fields``)."""
+def plan_hyperslab(
+    meta: DatasetMeta, sel: Hyperslab, fields: Sequence[str] | str | None = None, *, limits: ReadLimits = _DEFAULT_LIMITS
+) -> ReadPlan:
+    """Plan a hyperslab read of ``sel`` (optionally projected onto ``fields``), within ``limits``."""
     flds = _norm_fields(fields)
     out_dtype = field_dtype(meta.dtype, flds)
     if meta.is_scalar:
         sel = Hyperslab((Slice(0, 1, 1),), (True,))
     if len(sel.dims) != len(meta.data_shape):
         raise SelectionError(f"selection has rank {len(sel.dims)}, the dataset has rank {meta.rank}")
+    limits.check(
+        meta,
+        math.prod(dim_chunk_count(d, c) for d, c in zip(sel.dims, meta.chunks, strict=True)),
+        math.prod(sel.shape) * max(out_dtype.itemsize, 8 if out_dtype.hasobject else 0),
+    )
     per_dim = [dim_cuts(d, c) for d, c in zip(sel.dims, meta.chunks, strict=True)]
     tasks: list[ChunkTask] = []
     placements: list[Any] = []
@@ -101,12 +166,15 @@ def plan_hyperslab(meta: DatasetMeta, sel: Hyperslab, fields: Sequence[str] | st
     return ReadPlan(meta, "hyperslab", tasks, placements, sel.shape, sel.result_shape, out_dtype, flds)
 
 
-def plan_points(meta: DatasetMeta, points: Any, fields: Sequence[str] | str | None = None) -> ReadPlan:
-    """Plan a point read: group (N, rank) absolute coordinates by chunk (§5.2)."""
+def plan_points(
+    meta: DatasetMeta, points: Any, fields: Sequence[str] | str | None = None, *, limits: ReadLimits = _DEFAULT_LIMITS
+) -> ReadPlan:
+    """Plan a point read: group (N, rank) absolute coordinates by chunk (§5.2), within ``limits``."""
     flds = _norm_fields(fields)
     out_dtype = field_dtype(meta.dtype, flds)
     pts = check_points(points, meta.shape)
     n = pts.shape[0]
+    limits.check(meta, 0, n * out_dtype.itemsize)  # one task per touched chunk: at most n, checked below
     tasks: list[ChunkTask] = []
     placements: list[Any] = []
     if n:
@@ -114,6 +182,7 @@ def plan_points(meta: DatasetMeta, points: Any, fields: Sequence[str] | str | No
         lin = np.ravel_multi_index(tuple(cidx.T), meta.chunk_grid)
         order = np.argsort(lin, kind="stable")
         uniq, starts = np.unique(lin[order], return_index=True)
+        limits.check(meta, int(uniq.size), 0)
         ends = [*starts[1:].tolist(), n]
         for u, s, e in zip(uniq.tolist(), starts.tolist(), ends, strict=True):
             pos = order[s:e]
@@ -130,8 +199,10 @@ def plan_query(
     sel: Hyperslab | None = None,
     limit: int | None = None,
     fields: Sequence[str] | str | None = None,
+    *,
+    limits: ReadLimits = _DEFAULT_LIMITS,
 ) -> ReadPlan:
-    """Plan a query over a 1-d compound dataset, optionally within a stepped range (§5.3).
+    """Plan a query over a 1-d compound dataset, optionally within a stepped range (§5.3), within ``limits``.
 
     The query text is parsed here, so a bad query fails before any chunk is read.
     """
@@ -150,6 +221,7 @@ def plan_query(
     dim = sel.dims[0]
     if not isinstance(dim, Slice):
         raise SelectionError("a query's selection must be a range like [0:1000:2], not a coordinate list")
+    limits.check(meta, dim_chunk_count(dim, meta.chunks[0]), 0)  # its rows are counted as they arrive
     tasks: list[ChunkTask] = []
     for cut in dim_cuts(dim, meta.chunks[0]):
         cid = meta.chunk_id((cut.index,))

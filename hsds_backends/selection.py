@@ -343,6 +343,17 @@ class DimCut:
     out: slice | np.ndarray[Any, np.dtype[np.intp]]
 
 
+def dim_chunk_count(dim: Dim, c: int) -> int:
+    """Return how many chunks of size ``c`` ``dim`` touches, without listing them (for bounds)."""
+    if isinstance(dim, Slice):
+        if dim.count == 0:
+            return 0
+        if dim.step > c:  # consecutive points lie in different chunks
+            return dim.count
+        return (dim.start + (dim.count - 1) * dim.step) // c - dim.start // c + 1
+    return int(np.unique(dim.values // c).size) if dim.values.size else 0
+
+
 def dim_cuts(dim: Dim, c: int) -> list[DimCut]:
     """Return the cuts of ``dim`` against chunk size ``c``, in chunk order (§1.3)."""
     cuts: list[DimCut] = []

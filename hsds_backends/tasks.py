@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import errors as _errors
+from .config import DEFAULT_CHUNK_BYTES_LIMIT
 from .dataset import ChunkLocation, DatasetMeta
 from .errors import FieldError, HsdsBackendsError, TaskError
 from .ids import chunk_key
@@ -81,8 +82,8 @@ def query_dtype(dtype: np.dtype[Any], fields: tuple[str, ...] | None) -> np.dtyp
 
 
 @lru_cache(maxsize=256)
-def _meta_from_text(text: str, bucket: str) -> DatasetMeta:
-    return DatasetMeta.from_json(json.loads(text), bucket)
+def _meta_from_text(text: str, bucket: str, chunk_bytes_limit: int) -> DatasetMeta:
+    return DatasetMeta.from_json(json.loads(text), bucket, chunk_bytes_limit=chunk_bytes_limit)
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,13 +139,18 @@ class ChunkTask:
         return d
 
     @classmethod
-    def from_wire(cls, d: dict[str, Any]) -> ChunkTask:
+    def from_wire(cls, d: dict[str, Any], *, chunk_bytes_limit: int = DEFAULT_CHUNK_BYTES_LIMIT) -> ChunkTask:
         """Parse a payload made by :meth:`to_wire` (or the 2021 HSDS Lambda payload, §6.3).
+
+        ``chunk_bytes_limit`` bounds the chunks its dataset JSON may declare (config
+        ``chunk_bytes_limit``): a service refuses a larger one before allocating it.
 
         Raises
         ------
         TaskError
             A key is missing or has the wrong type; the message names it.
+        LimitError
+            The dataset's chunks exceed ``chunk_bytes_limit``.
         """
         from .storage import check_bucket, check_key
 
@@ -162,11 +168,11 @@ class ChunkTask:
             bucket = check_bucket(bucket)
         if isinstance(dset_json, str):
             try:
-                meta = _meta_from_text(dset_json, bucket)  # cached: parsed once per dataset, not per task
+                meta = _meta_from_text(dset_json, bucket, chunk_bytes_limit)  # cached: parsed once per dataset, not per task
             except json.JSONDecodeError as exc:
                 raise _bad(f"dset_json is not valid JSON: {exc}") from exc
         else:
-            meta = _meta_from_text(json.dumps(dset_json, sort_keys=True, separators=(",", ":")), bucket)
+            meta = _meta_from_text(json.dumps(dset_json, sort_keys=True, separators=(",", ":")), bucket, chunk_bytes_limit)
         location: ChunkLocation | None
         if "s3path" in d:
             b, k = split_s3path(d["s3path"])

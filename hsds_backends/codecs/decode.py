@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..config import DEFAULT_CHUNK_BYTES_LIMIT
 from ..errors import UnsupportedFilterError
 from ._common import Buffer, Fail
 from .bitshuffle import decode_bitshuffle
@@ -130,9 +131,11 @@ def decode_chunk(
             problem = size_problem(header, len(buf))
             if problem:
                 fail(problem)
+            if header.nbytes > _output_bound(nbytes):  # checked before decode_blosc allocates it
+                fail(f"holds a Blosc container of {header.nbytes} bytes, more than the {_output_bound(nbytes)} it may hold")
             out = decode_blosc(buf, header, ops, nbytes, fail)
         elif ops.compressor == "zlib":
-            inflated, rest = inflate(buf, fail)
+            inflated, rest = inflate(buf, fail, _output_bound(nbytes))
             if rest:
                 if not (may_trail and len(rest) == FLETCHER_BYTES):
                     fail(f"has {len(rest)} stray bytes after its zlib stream (corrupt object)")
@@ -180,3 +183,14 @@ def decode_chunk(
             f" {itemsize}): the object is truncated or corrupt"
         )
     return out
+
+
+def _output_bound(nbytes: int | None) -> int:
+    """The most bytes a chunk's stored form may decode to before unshuffling.
+
+    ``nbytes`` (the chunk's size) plus room for bitshuffle framing (a 12-byte header,
+    4 bytes per block, LZ4's worst case of 1/255 growth); for variable-length types,
+    whose size is not known, the default ``chunk_bytes_limit``.
+    """
+    bound = nbytes if nbytes is not None else DEFAULT_CHUNK_BYTES_LIMIT
+    return bound + bound // 64 + 4096

@@ -30,19 +30,22 @@ def zlib_module() -> ModuleType:
     return isal_zlib if isal_zlib is not None else zlib
 
 
-def inflate(buf: memoryview, fail: Fail) -> tuple[bytes, bytes]:
-    """Inflate a zlib-wrapped deflate stream; return (data, bytes after the stream).
+def inflate(buf: memoryview, fail: Fail, limit: int) -> tuple[bytes, bytes]:
+    """Inflate a zlib-wrapped deflate stream of at most ``limit`` bytes; return (data, bytes after the stream).
 
     A decompress object is used (not ``zlib.decompress``) so both zlib and isal
     report trailing bytes the same way instead of ignoring (zlib) or rejecting
-    (isal) them.
+    (isal) them. Output stops one byte past ``limit``: a stream that would inflate
+    further (corrupt, or a decompression bomb) fails without inflating the rest.
     """
     zmod = zlib_module()
     try:
         dec = zmod.decompressobj()
-        out = dec.decompress(buf)
+        out = dec.decompress(buf, limit + 1)
     except zmod.error as exc:  # zlib.error or isal's IsalError
         fail(f"is neither a Blosc container nor a valid zlib stream: {exc}", exc)
+    if len(out) > limit:
+        fail(f"inflates to more than the {limit} bytes it may hold (corrupt, or a decompression bomb); nothing more was inflated")
     if not dec.eof:
         fail(f"holds a zlib stream that ends early after {len(buf)} bytes (truncated object)")
     return out, bytes(dec.unused_data)

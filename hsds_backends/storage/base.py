@@ -44,7 +44,8 @@ _BUCKET_RE: re.Pattern[str] = re.compile(r"^[A-Za-z0-9_.-]+$")
 def check_bucket(bucket: str) -> str:
     """Return ``bucket`` with any ``s3://``/``file://`` prefix removed, or raise.
 
-    Rejects ``..``, ``/``, empty names and characters HSDS does not allow.
+    Rejects ``..``, ``/``, a leading ``.`` (a dot-folder under a posix root is never a
+    bucket), empty names and characters HSDS does not allow.
     """
     if not isinstance(bucket, str) or not bucket:
         raise StoragePathError(f"bucket {bucket!r} is empty; pass a bucket name such as 'hsdstest'")
@@ -52,10 +53,10 @@ def check_bucket(bucket: str) -> str:
     for prefix in ("s3://", "file://"):
         if name.startswith(prefix):
             name = name[len(prefix) :].rstrip("/")
-    if name in (".", "..") or not _BUCKET_RE.match(name):
+    if name.startswith(".") or not _BUCKET_RE.match(name):
         raise StoragePathError(
             f"bucket {bucket!r} is not a valid bucket name; use only letters, digits, '_', '.' and '-'"
-            " (no '/', no '..')"
+            " (no '/', and no leading '.': dot-folders are never buckets)"
         )
     return name
 

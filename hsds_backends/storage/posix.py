@@ -30,6 +30,8 @@ class PosixStorage(Storage):
 
     def __init__(self, root_dir: str | os.PathLike[str]) -> None:
         self.root_dir = os.path.abspath(os.fspath(root_dir))
+        # the root as the kernel sees it: paths are checked against it after resolving links
+        self._real_root = os.path.realpath(self.root_dir)
 
     def __repr__(self) -> str:
         return f"PosixStorage(root_dir={self.root_dir!r})"
@@ -41,7 +43,11 @@ class PosixStorage(Storage):
         p = os.path.normpath(os.path.join(self.root_dir, b, k))
         if not p.startswith(os.path.join(self.root_dir, b) + os.sep):
             raise StoragePathError(f"key {key!r} escapes bucket {bucket!r}")
-        return p
+        # resolve symbolic links (a bucket or folder linked elsewhere): the file must stay under the root
+        real = os.path.realpath(p)
+        if not real.startswith(os.path.join(self._real_root, b) + os.sep):
+            raise StoragePathError(f"bucket {bucket!r}, key {key!r} resolves outside the storage root (a symbolic link)", status=403)
+        return real
 
     def read_sync(self, bucket: str, key: str, offset: int | None = None, size: int | None = None) -> bytes | None:
         """Blocking read used by :meth:`get` and by executors that already run in a thread."""
