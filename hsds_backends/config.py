@@ -483,6 +483,8 @@ def _read_yml(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path!r} is not valid YAML: {exc}") from exc
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path!r}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path!r} is not UTF-8 text ({exc.reason}); pass a YAML file of key: value lines") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -11,18 +11,25 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
 from .api import Reader
+from .errors import StorageError
 from .plugins import backend_names
 from .storage import PosixStorage
 from .writer import Writer
 
-__all__ = ["run_demo", "sample_data", "DEMO_DOMAIN"]
+__all__ = ["DEMO_BUCKET", "DEMO_DOMAIN", "demo_dir_problem", "run_demo", "sample_data"]
 
 DEMO_DOMAIN = "/home/demo/sample.h5"
+DEMO_BUCKET = "hsdstest"
+
+# What the demo writes into its bucket (docs/hsds-format.md §1: domains under home/, objects
+# under db/): a bucket holding anything else is someone's data, never replaced.
+_DEMO_TOP: Final = frozenset({"home", "db"})
+_DEMO_HOME_DIRS: Final = {"home": {"demo"}, os.path.join("home", "demo"): {"sample.h5"}, os.path.join("home", "demo", "sample.h5"): set()}
 
 
 def sample_data(size: int) -> dict[str, np.ndarray[Any, Any]]:
@@ -39,20 +46,53 @@ def sample_data(size: int) -> dict[str, np.ndarray[Any, Any]]:
 
 async def _write(root_dir: str, size: int) -> None:
     st = PosixStorage(root_dir)
-    w = Writer(st, "hsdstest", owner="demo")
+    w = Writer(st, DEMO_BUCKET, owner="demo")
     data = sample_data(size)
     await w.create_dataset(DEMO_DOMAIN, "/grid", data["grid"], chunks=(256, 256), filters=["shuffle", ("gzip", 4)], fillvalue=-1.0)
     await w.create_dataset(DEMO_DOMAIN, "/table", data["table"], chunks=(25_000,), filters=[("gzip", 4)])
 
 
+def demo_dir_problem(root_dir: str) -> str | None:
+    """Why ``root_dir`` cannot take the demo (``None``: it can), creating it if missing.
+
+    The demo replaces ``root_dir/hsdstest``; it refuses one that holds anything but a
+    previous demo's domain, so a folder of real HSDS data is never deleted.
+    """
+    try:
+        os.makedirs(root_dir, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create the demo folder {root_dir!r}: {exc.strerror or exc}; choose another folder"
+    bucket = os.path.join(root_dir, DEMO_BUCKET)
+    if not os.path.lexists(bucket):
+        return None
+    foreign = f"{bucket!r} holds data the demo did not write; choose an empty folder (the demo replaces its {DEMO_BUCKET} bucket)"
+    if os.path.islink(bucket) or not os.path.isdir(bucket) or not set(os.listdir(bucket)) <= _DEMO_TOP:
+        return foreign
+    home = os.path.join(bucket, "home")
+    for dirpath, dirnames, filenames in os.walk(home):
+        rel = os.path.relpath(dirpath, bucket)
+        if rel not in _DEMO_HOME_DIRS or not set(dirnames) <= _DEMO_HOME_DIRS[rel] or not set(filenames) <= {".domain.json"}:
+            return foreign
+    return None
+
+
 def run_demo(root_dir: str, *, size: int = 2048, only: list[str] | None = None, echo: Callable[[str], None] = print) -> bool:
-    """Write the sample domain under ``root_dir`` and read it through each backend. Return True if all match."""
-    os.makedirs(root_dir, exist_ok=True)
+    """Write the sample domain under ``root_dir`` and read it through each backend. Return True if all match.
+
+    Raises
+    ------
+    StorageError
+        ``root_dir`` cannot be created, or its ``hsdstest`` bucket holds data the demo did
+        not write (see :func:`demo_dir_problem`).
+    """
+    problem = demo_dir_problem(root_dir)
+    if problem is not None:
+        raise StorageError(problem)
     t0 = time.perf_counter()
-    if os.path.isdir(os.path.join(root_dir, "hsdstest")):
+    if os.path.isdir(os.path.join(root_dir, DEMO_BUCKET)):
         import shutil
 
-        shutil.rmtree(os.path.join(root_dir, "hsdstest"))
+        shutil.rmtree(os.path.join(root_dir, DEMO_BUCKET))
     asyncio.run(_write(root_dir, size))
     data = sample_data(size)
     grid, table = data["grid"], data["table"]
@@ -74,7 +114,7 @@ def run_demo(root_dir: str, *, size: int = 2048, only: list[str] | None = None, 
 
     async def go() -> None:
         nonlocal ok
-        async with Reader({"root_dir": root_dir, "bucket_name": "hsdstest", "backend": "auto"}) as reader:
+        async with Reader({"root_dir": root_dir, "bucket_name": DEMO_BUCKET, "backend": "auto"}) as reader:
             dom = await reader.open(DEMO_DOMAIN)
             dsets = {"grid": await dom.get("/grid"), "table": await dom.get("/table")}
             echo(f"{'backend':<11} {'workload':<20} {'time':>9} {'MB/s':>9}  identical")

@@ -103,14 +103,26 @@ class Hyperslab:
 
 # ----------------------------------------------------------------- parsing
 
-_INT = re.compile(r"^-?\d+$")
+_INT = re.compile(r"^-?[0-9]+$")  # ASCII digits only: int() would also read other scripts' digits
+
+
+#: Digits an index may have: every extent is below 2**64 (20 digits), so more is always out of range.
+_MAX_DIGITS = 20
 
 
 def _int(text: str, what: str, sel: str) -> int:
     t = text.strip()
     if not _INT.match(t):
-        raise SelectionError(f"bad select {sel!r}: {what} {t!r} is not an integer")
+        raise SelectionError(f"bad select {_short(sel)}: {what} {_short(t)} is not an integer")
+    digits = len(t.lstrip("+-"))
+    if digits > _MAX_DIGITS:  # refused before int() turns thousands of digits into a number
+        raise SelectionError(f"bad select {_short(sel)}: {what} {_short(t)} has {digits} digits; an index has at most {_MAX_DIGITS}")
     return int(t)
+
+
+def _short(text: str, keep: int = 40) -> str:
+    """``repr`` of ``text``, shortened for messages when it is long."""
+    return repr(text) if len(text) <= keep else f"{text[:keep]!r}… ({len(text):,} characters)"
 
 
 def _split_top(text: str, sel: str) -> list[str]:

@@ -677,3 +677,11 @@ def test_parse_select_huge_coordinate_is_selection_error() -> None:
     # found by fuzzing: int64 overflow must not leak OverflowError
     with pytest.raises(SelectionError, match="99999999999999999999999"):
         parse_select("[[99999999999999999999999]]", (40,))
+
+
+def test_an_index_of_thousands_of_digits_is_refused_before_it_is_parsed() -> None:
+    huge = "9" * 5000
+    with pytest.raises(SelectionError, match=r"bad select '\[9{39}'… \(5,002 characters\): index '9{40}'… \(5,000 characters\) has 5000 digits; an index has at most 20"):
+        parse_select(f"[{huge}]", (40,))
+    with pytest.raises(SelectionError, match=r"is not an integer"):
+        parse_select("[\u0661:3]", (40,))  # an Arabic-Indic digit is not an index digit
