@@ -152,7 +152,7 @@ def test_build_zip_runs_in_the_local_runtime(tmp_path: Path) -> None:
         from hsds_backends.api import Reader
 
         await Writer(PosixStorage(data), "hsdstest").create_dataset("/home/t/f.h5", "/a", arr, chunks=(16, 16), filters=["shuffle", ("gzip", 4)])
-        spec = FunctionSpec("chunk_read", handler="lambda_function.lambda_handler", code_dir=str(code), env={"ROOT_DIR": str(data)}, concurrency=2)
+        spec = FunctionSpec("chunk_read", handler="lambda_function.lambda_handler", code_dir=str(code), env={"ROOT_DIR": str(data), "BUCKET_NAME": "hsdstest", "HSDS_LAMBDA_DIAGNOSTICS": "1"}, concurrency=2)
         async with LocalLambdaRuntime(functions=[spec]) as rt:
             ping = json.loads((await rt.run("chunk_read", b'{"ping": true}'))[0])
             cfg = {"root_dir": str(data), "aws_lambda_gateway": rt.url}

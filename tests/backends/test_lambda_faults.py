@@ -302,8 +302,8 @@ def test_bad_payload_through_the_runtime(runtime: LocalLambdaRuntime, be_i4_task
     body, error_type, tail = runner.run(runtime.run("chunk_read", json.dumps(d).encode()))
     assert error_type is None  # a bad payload is an answer, not a function error
     answer = json.loads(body)
-    # the runtime's function has no allow-list, so the bucket is just missing: a 404 = fill
-    assert answer["statusCode"] == 404 and answer["body"] == ""
+    # the runtime's function has no BUCKET_ALLOWLIST, so only its BUCKET_NAME may be read: 403, nothing fetched
+    assert answer["statusCode"] == 403 and "'not-allowed-here' is not in this function's allow-list ['hsdstest']" in answer["message"]
     d = dict(be_i4_task, select="[0:99,0:2]")
     answer = json.loads(runner.run(runtime.run("chunk_read", json.dumps(d).encode()))[0])
     assert answer["statusCode"] == 400 and "0:99" in answer["message"]

@@ -47,7 +47,7 @@ def data(conformance_root: tuple[Path, ConformanceData]) -> tuple[Path, Conforma
 
 @pytest.fixture(scope="module")
 def state(data: Any) -> Iterator[_State]:
-    st = _State({"ROOT_DIR": str(data[0])})
+    st = _State({"ROOT_DIR": str(data[0]), "BUCKET_NAME": BUCKET})  # BUCKET_NAME: the one bucket it may read
     yield st
     st.close()
 
@@ -99,7 +99,7 @@ def test_raw_answer_carries_errors_in_its_header(state: _State, data: Any, runne
 
 
 def test_raw_answer_too_large_result_says_so(data: Any, runner: asyncio.Runner) -> None:
-    st = _State({"ROOT_DIR": str(data[0]), "HSDS_LAMBDA_MAX_RESPONSE": "1000"})
+    st = _State({"ROOT_DIR": str(data[0]), "BUCKET_NAME": BUCKET, "HSDS_LAMBDA_MAX_RESPONSE": "1000"})
     try:
         tasks = _tasks(data, runner, "be_i4", None)[:2]
         answer = parse_raw_answer(dumps_answer(handle_event({"tasks": [t.to_wire() for t in tasks], "answer": "raw"}, st)))
@@ -140,7 +140,7 @@ def test_damaged_raw_answers_are_refused(cut: Any, match: str) -> None:
 
 @pytest.fixture(scope="module")
 def runtime(data: Any, runner: asyncio.Runner) -> Iterator[LocalLambdaRuntime]:
-    spec = FunctionSpec("chunk_read", env={"ROOT_DIR": str(data[0]), "HSDS_LAMBDA_THREADS": "1", **MALLOC_ENV}, concurrency=2, warm=2)
+    spec = FunctionSpec("chunk_read", env={"ROOT_DIR": str(data[0]), "BUCKET_NAME": BUCKET, "HSDS_LAMBDA_THREADS": "1", **MALLOC_ENV}, concurrency=2, warm=2)
     rt = LocalLambdaRuntime(functions=[spec])
     runner.run(rt.start())
     yield rt

@@ -180,7 +180,8 @@ def test_names_types_and_fault_endpoint(lam: Any, runner: asyncio.Runner, runtim
     async def set_faults() -> Any:
         import aiohttp
 
-        async with aiohttp.ClientSession() as s, s.post(f"{runtime.url}/local/functions/echo/faults", json={"throttle": 1}) as r:
+        auth = {"Authorization": f"Bearer {runtime.token}"}  # the control endpoints need the runtime's token
+        async with aiohttp.ClientSession() as s, s.post(f"{runtime.url}/local/functions/echo/faults", json={"throttle": 1}, headers=auth) as r:
             return await r.json()
 
     assert runner.run(set_faults())["throttle"] == 1

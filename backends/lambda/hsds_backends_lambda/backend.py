@@ -39,9 +39,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from hsds_backends._aio import ResultQueue, cancel_and_wait
 from hsds_backends._proc import MALLOC_ENV
-from hsds_backends.config import ConfigKey, credentials_env, is_unset, option
+from hsds_backends.config import CORE_KEYS, ConfigKey, credentials_env, is_unset, option
 from hsds_backends.errors import BackendError, ConfigError, TaskError
 from hsds_backends.model import Backend, Capabilities, CostEstimate, ReadRequest, Sink, add_stats, default_workers
+from hsds_backends.security import ANY_BUCKET, Containment
 from hsds_backends.selection import Coords, Slice, format_select, parse_select
 from hsds_backends.tasks import ChunkResult, ChunkTask, error_from_wire, field_dtype, query_dtype
 
@@ -63,7 +64,7 @@ if TYPE_CHECKING:
 
     from .local import LocalLambdaRuntime, RuntimeProcess
 
-__all__ = ["LambdaBackend", "expected_result_bytes", "split_task", "worker_env"]
+__all__ = ["LambdaBackend", "expected_result_bytes", "reader_root", "split_task", "worker_env"]
 
 #: Guess for one variable-length element when planning batches (the function corrects it).
 _VLEN_GUESS: Final = 64
@@ -127,27 +128,61 @@ def split_task(task: ChunkTask) -> list[ChunkTask]:
     raise BackendError(f"chunk {task.chunk_id}: the result of one element does not fit in a Lambda response ({MAX_RESPONSE_BYTES} bytes)")
 
 
-def worker_env(config: Mapping[str, Any], workers: int = 1) -> dict[str, str]:
+def worker_env(config: Mapping[str, Any], workers: int = 1, *, root_dir: str | None = None) -> dict[str, str]:
     """Return the function environment that reads the storage ``config`` describes.
 
-    ``root_dir`` → ``ROOT_DIR`` (posix, local runtime only); else ``AWS_S3_GATEWAY`` and the
-    credential keys as ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``
-    (the worker processes' environment; payloads never carry credentials). Also
-    ``BUCKET_NAME``, ``LOG_LEVEL`` (config ``log_level``, default ``WARNING``) and
-    ``HSDS_LAMBDA_THREADS`` (the cores shared among ``workers`` environments), and the glibc
-    malloc settings of :data:`hsds_backends._proc.MALLOC_ENV`.
+    ``root_dir`` (the argument, else config ``root_dir``) → ``ROOT_DIR`` (posix, local runtime
+    only, made absolute); else ``AWS_S3_GATEWAY`` and the credential keys as
+    ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN`` (the worker
+    processes' environment; payloads never carry credentials). Also ``BUCKET_NAME``,
+    ``BUCKET_ALLOWLIST`` (config ``allowed_buckets``; empty: ``bucket_name`` only),
+    ``LOG_LEVEL`` (config ``log_level``, default ``WARNING``) and ``HSDS_LAMBDA_THREADS`` (the
+    cores shared among ``workers`` environments), and the glibc malloc settings of
+    :data:`hsds_backends._proc.MALLOC_ENV`.
+
+    Raises
+    ------
+    ConfigError
+        Neither a root folder nor S3 (``aws_s3_gateway`` or ``storage: s3``) is configured:
+        the function never serves a folder nobody named (docs/architecture.md §11).
     """
-    env: dict[str, str] = {"LOG_LEVEL": str(_setting(config, "log_level") or DEFAULT_LOG_LEVEL), "BUCKET_NAME": str(config.get("bucket_name") or "")}
+    bucket = str(option(config, "bucket_name", CORE_KEYS["bucket_name"]) or "")
+    allowed = Containment.of(option(config, "allowed_buckets", CORE_KEYS["allowed_buckets"]) or (), default=bucket)
+    env: dict[str, str] = {
+        "LOG_LEVEL": str(_setting(config, "log_level") or DEFAULT_LOG_LEVEL),
+        "BUCKET_NAME": bucket,
+        "BUCKET_ALLOWLIST": ANY_BUCKET if allowed.buckets is None else ",".join(sorted(allowed.buckets)),
+    }
     env.update(MALLOC_ENV)
     env["HSDS_LAMBDA_THREADS"] = str(max(1, default_workers() // max(1, workers)))
-    root = config.get("root_dir")
-    if root or not (config.get("aws_s3_gateway") or config.get("storage") == "s3"):
-        env["ROOT_DIR"] = os.path.abspath(str(root or os.getcwd()))
+    root = root_dir or config.get("root_dir")
+    if root:
+        env["ROOT_DIR"] = os.path.abspath(str(root))
         return env
+    if not (config.get("aws_s3_gateway") or config.get("storage") == "s3"):
+        raise ConfigError(
+            "the local Lambda runtime needs its storage named: set root_dir (a posix folder) or"
+            " aws_s3_gateway (S3); it does not serve the current folder by default"
+        )
+    env["STORAGE"] = "s3"  # S3 even with no endpoint or keys here: the AWS credential chain
     if config.get("aws_s3_gateway"):
         env["AWS_S3_GATEWAY"] = str(config["aws_s3_gateway"])
     env.update(credentials_env(config))
     return env
+
+
+def reader_root(config: Mapping[str, Any]) -> str | None:
+    """Return the posix root a reader with ``config`` reads (:func:`hsds_backends.storage.storage_from_config`'s rule), or ``None`` for S3.
+
+    The embedded runtime's workers read exactly what the reader that owns the backend reads,
+    so the backend names that root to them explicitly.
+    """
+    root = config.get("root_dir")
+    if root:
+        return os.path.abspath(str(root))
+    if config.get("aws_s3_gateway") or config.get("storage") == "s3":
+        return None
+    return os.getcwd()
 
 
 class _Node:
@@ -336,7 +371,7 @@ class LambdaBackend(Backend):
     # ------------------------------------------------------------------ lifecycle
     def worker_env(self) -> dict[str, str]:
         """Environment of the embedded runtime's workers: storage and credentials (never payloads)."""
-        return worker_env(self.config, self.local_workers)
+        return worker_env(self.config, self.local_workers, root_dir=reader_root(self.config))
 
     async def client(self) -> InvokeClient:
         """Return the invoke client, starting the embedded local runtime first if this backend runs one.
@@ -379,10 +414,12 @@ class LambdaBackend(Backend):
         )
         region = str(self.config.get("aws_region") or "us-east-1")
         rt: LocalLambdaRuntime | RuntimeProcess
+        # only this backend knows the token: other local users can neither invoke the function
+        # (which reads with this reader's storage and credentials) nor script its faults
         if self.local_process:
-            rt = RuntimeProcess(spec, region)
+            rt = RuntimeProcess(spec, region, protect_invoke=True)
         else:
-            rt = LocalLambdaRuntime(region=region)
+            rt = LocalLambdaRuntime(region=region, protect_invoke=True)
             rt.add_function(spec)
         await rt.start()
         return rt
@@ -392,7 +429,7 @@ class LambdaBackend(Backend):
         creds: tuple[str | None, str | None, str | None]
         if self._runtime is not None and not self.gateway:
             endpoint: str | None = self._runtime.url
-            creds = ("local", "local", None)  # any key signs for the local runtime
+            creds = (self._runtime.token, "local", None)  # the runtime's token as the key id: what a protected one checks
         else:
             endpoint = self.gateway
             key, secret = cfg.get("aws_access_key_id"), cfg.get("aws_secret_access_key")

@@ -116,7 +116,7 @@ def deploy(
 @click.option("--port", default=9001, show_default=True, help="Invoke API port (0: a free one).")
 @click.option("--function", "function", default=None, help="Function name (default: config aws_lambda_chunkread_function, else chunk_read).")
 @click.option("--config", "config", type=click.Path(dir_okay=False), help="config.yml to load (storage keys for the workers).")
-@click.option("--root-dir", default=None, help="Posix storage root for the workers (ROOT_DIR).")
+@click.option("--root-dir", default=None, help="Posix storage root for the workers (ROOT_DIR); this, or S3 in the config, is required.")
 @click.option("--workers", default=4, show_default=True, help="Reserved concurrency: most environments at once.")
 @click.option("--warm", default=None, type=int, help="Environments to start now (default: --workers).")
 @click.option("--timeout", "timeout_s", default=60.0, show_default=True, help="Function timeout in seconds.")
@@ -124,19 +124,33 @@ def deploy(
 @click.option("--code", "code", type=click.Path(exists=True), default=None, help="A deployment zip or its unpacked folder (default: the installed packages).")
 @click.option("--handler", default=None, help="module.function (default: the installed handler, or lambda_function.lambda_handler with --code).")
 @click.option("--env", "env", multiple=True, help="NAME=VALUE for the workers' environment (repeatable).")
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="File holding the runtime's token (needed by /local/* and, with --protect-invoke, by invokes); default: a new token written to a 0600 file whose path is printed.",
+)
+@click.option("--protect-invoke", is_flag=True, help="Invokes need the token too, as the access key id they are signed with.")
 def serve_local(
     host: str, port: int, function: str | None, config: str | None, root_dir: str | None, workers: int, warm: int | None,
-    timeout_s: float, memory_mb: int, code: str | None, handler: str | None, env: tuple[str, ...],
+    timeout_s: float, memory_mb: int, code: str | None, handler: str | None, env: tuple[str, ...], token_file: str | None,
+    protect_invoke: bool,
 ) -> None:
     """Run the local Lambda runtime: the Invoke API on HOST:PORT, awslambdaric workers behind it."""
+    from hsds_backends.security import read_token_file
+
     from .backend import worker_env
     from .local import DEFAULT_HANDLER, FunctionSpec, LocalLambdaRuntime
 
     cfg = _config(config, root_dir=root_dir)
     name = function or cfg.get("aws_lambda_chunkread_function") or "chunk_read"
-    variables = worker_env(cfg, workers)
+    try:
+        variables = worker_env(cfg, workers)  # a root or S3, never the current folder by default
+        token = read_token_file(token_file) if token_file else None
+    except HsdsBackendsError as exc:
+        raise click.ClickException(str(exc)) from exc
     variables.update(_env_pairs(env))
-    with tempfile.TemporaryDirectory(prefix="chunk_read-code-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="chunk_read-code-") as tmp, tempfile.TemporaryDirectory(prefix="hsds-lambda-token-") as private:
         code_dir = None
         if code:
             if os.path.isdir(code):
@@ -158,21 +172,40 @@ def serve_local(
 
         async def serve() -> None:
             try:
-                rt = LocalLambdaRuntime(host, port, region=str(cfg.get("aws_region") or "us-east-1"), functions=[spec])
+                rt = LocalLambdaRuntime(
+                    host, port, region=str(cfg.get("aws_region") or "us-east-1"), functions=[spec], token=token, protect_invoke=protect_invoke
+                )
             except HsdsBackendsError as exc:
                 raise click.ClickException(str(exc)) from exc
+            where = token_file or _write_token(rt.token, private)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            async with rt:
+            try:
+                await rt.start()
+            except (HsdsBackendsError, OSError) as exc:  # no /proc (not Linux), or the port is taken
+                await rt.stop()
+                raise click.ClickException(str(exc)) from exc
+            try:
                 click.echo(
                     f"local Lambda runtime on {rt.url}: function {name!r} ({spec.handler}), {workers} environment(s) at most;"
-                    f" set aws_lambda_gateway={rt.url}",
+                    f" set aws_lambda_gateway={rt.url}; the token for /local/*{' and invokes' if protect_invoke else ''} is in {where}",
                     err=True,
                 )
                 await stop.wait()
                 meter = rt.meter(name)
                 click.echo(f"stopped; {meter.invocations} invocations, {meter.gb_s:.3f} GB-s (${meter.dollars():.6f} on AWS)", err=True)
+            finally:
+                await rt.stop()
 
         asyncio.run(serve())
+
+
+def _write_token(token: str, folder: str) -> str:
+    """Write ``token`` to a file only this user can read, in ``folder`` (a 0700 temporary folder); return its path."""
+    path = os.path.join(folder, "token")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return path

@@ -12,14 +12,16 @@ Payloads (JSON objects)
 - **A batch**: ``{"tasks": [task, ...]}``; keys given next to ``tasks`` (typically
   ``dset_json`` and ``bucket``, shared by every task of one read) are defaults for each task,
   so the dataset JSON crosses the wire once per invoke.
-- ``{"ping": true}``: answers at once (measures per-invoke overhead).
+- ``{"ping": true}``: answers at once (measures per-invoke overhead); with
+  ``HSDS_LAMBDA_DIAGNOSTICS=1`` it also names the files its modules were loaded from.
 
 Answers
 -------
 One task: ``{"statusCode", "body", "chunk_id"}`` as HSDS did (docs/hsds-format.md §6.4): 200 with the selected
 bytes in base64; 404 with an empty body when the chunk does not exist (the caller fills); an
-error carries ``statusCode`` (400 bad payload, 403 bucket not allowed or access denied,
-404 linked file missing, 500 undecodable chunk or storage failure), ``error_type`` (the
+error carries ``statusCode`` (400 bad payload, 403 bucket not allowed, a key that is not the
+chunk's own, or access denied, 404 linked file missing, 500 undecodable chunk, storage failure
+or no storage configured), ``error_type`` (the
 :mod:`hsds_backends.errors` class) and ``message`` (which names the chunk). A 2021 query
 payload (no ``kind`` key) gets ``body`` = ``{"index": [...], "value": [...]}`` as in 2021;
 our own payloads get the packed rows in base64.
@@ -42,12 +44,23 @@ bug and shows up to the caller as ``FunctionError: Unhandled``.
 Environment
 -----------
 ``AWS_S3_GATEWAY`` (S3 endpoint; unset = AWS), ``AWS_REGION`` (set by Lambda),
-``ROOT_DIR`` (posix storage instead of S3: local runtime only), ``BUCKET_NAME`` (bucket for
-payloads without one), ``BUCKET_ALLOWLIST`` (comma-separated buckets this function may read;
-unset or ``*`` = any), ``LOG_LEVEL`` (``DEBUG``/``INFO``/``WARNING``/``ERROR``, default
-``INFO``), ``HSDS_LAMBDA_THREADS`` (decode threads, default: the vCPUs Lambda gives the
-function), ``HSDS_LAMBDA_MAX_RESPONSE`` (response byte limit, default 6,291,556).
-Credentials come from the standard AWS variables (the function's role), never from payloads.
+``ROOT_DIR`` (posix storage instead of S3: local runtime only; an absolute path), ``STORAGE``
+(``s3``: S3 with the AWS credential chain, what the local runtime sets for ``storage: s3``),
+``BUCKET_NAME`` (bucket for payloads without one), ``BUCKET_ALLOWLIST`` (comma-separated
+buckets this function may read; unset = ``BUCKET_NAME`` only, ``*`` = any), ``LOG_LEVEL``
+(``DEBUG``/``INFO``/``WARNING``/``ERROR``, default ``INFO``), ``HSDS_LAMBDA_THREADS`` (decode
+threads, default: the vCPUs Lambda gives the function), ``HSDS_LAMBDA_MAX_RESPONSE``
+(response byte limit, default 6,291,556). Credentials come from the standard AWS variables
+(the function's role), never from payloads.
+
+What it may read (docs/architecture.md §11)
+-------------------------------------------
+Payloads come from whoever may invoke the function, so every task is checked before anything
+is fetched (:class:`hsds_backends.security.Containment`): its bucket must be allowed, and a
+chunk of an ``H5D_CHUNKED`` dataset is read from its own chunk key only (a linked chunk: any
+file of an allowed bucket). The storage is explicit: ``ROOT_DIR`` (an absolute folder) or S3
+(``AWS_S3_GATEWAY``, or the role credentials Lambda sets); with neither, every invocation is
+answered with a ``ConfigError`` instead of reading the current folder.
 """
 
 from __future__ import annotations
@@ -66,8 +79,9 @@ try:  # SIMD base64, ~3x the standard library's speed (the protocol is base64 in
 except ImportError:  # pragma: no cover - pybase64 is a dependency; keep working without it
     from base64 import b64encode as _b64encode  # type: ignore[assignment]
 
-from hsds_backends.errors import StorageError, TaskError
+from hsds_backends.errors import ConfigError, StorageError, StoragePathError, TaskError
 from hsds_backends.kernel import run_task
+from hsds_backends.security import Containment
 from hsds_backends.storage import Storage, storage_from_config
 from hsds_backends.tasks import ChunkResult, ChunkTask, error_to_wire, query_dtype
 
@@ -90,15 +104,17 @@ class _State:
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = dict(env)
+        storage_config = _storage_config(env)  # first: a refusal leaves no loop or threads behind
+        self.default_bucket = env.get("BUCKET_NAME") or ""
+        self.containment = _FunctionContainment.of(env.get("BUCKET_ALLOWLIST") or "", default=self.default_bucket)
         self.loop = asyncio.new_event_loop()
         self.threads = max(1, int(env.get("HSDS_LAMBDA_THREADS") or 0) or (os.cpu_count() or 1))
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="chunk-read")
-        self.storage: Storage = storage_from_config(_storage_config(env))
-        allow = [b.strip() for b in (env.get("BUCKET_ALLOWLIST") or "").split(",") if b.strip()]
-        self.allowlist: frozenset[str] | None = None if not allow or "*" in allow else frozenset(allow)
-        self.default_bucket = env.get("BUCKET_NAME") or ""
+        self.storage: Storage = storage_from_config(storage_config)
         self.max_response = int(env.get("HSDS_LAMBDA_MAX_RESPONSE") or MAX_RESPONSE_BYTES)
         self.invocations = 0
+        #: ``HSDS_LAMBDA_DIAGNOSTICS=1``: a ping also reports where the modules were loaded from
+        self.diagnostics = (env.get("HSDS_LAMBDA_DIAGNOSTICS") or "").lower() in ("1", "true", "yes", "on")
 
     def close(self) -> None:
         self.loop.run_until_complete(self.storage.aclose())
@@ -106,9 +122,43 @@ class _State:
         self.pool.shutdown(wait=False)
 
 
+class _FunctionContainment(Containment):
+    """The core's containment, with refusals that name the function's own setting (``BUCKET_ALLOWLIST``)."""
+
+    def check_bucket(self, bucket: str, *, what: str = "bucket") -> None:
+        if self.buckets is not None and bucket not in self.buckets:
+            raise StoragePathError(
+                f"{what} {bucket!r} is not in this function's allow-list {sorted(self.buckets)};"
+                " read an allowed bucket or add it to the function's BUCKET_ALLOWLIST (default: its BUCKET_NAME; '*': any)",
+                status=403,
+            )
+
+
+#: Variables that say the function reads S3: an endpoint, or the role credentials Lambda sets.
+_S3_MARKERS: Final = ("AWS_S3_GATEWAY", "AWS_ACCESS_KEY_ID", "AWS_CONTAINER_CREDENTIALS_FULL_URI")
+
+
 def _storage_config(env: Mapping[str, str]) -> dict[str, Any]:
-    if env.get("ROOT_DIR"):
-        return {"root_dir": env["ROOT_DIR"]}
+    """Storage settings from the function's environment; never the current folder.
+
+    Raises
+    ------
+    ConfigError
+        ``ROOT_DIR`` is relative or not a folder, or neither ``ROOT_DIR`` nor S3 is configured.
+    """
+    root = env.get("ROOT_DIR")
+    if root:
+        # a relative root would resolve against the worker's current folder (docs/architecture.md §11)
+        if not os.path.isabs(root):
+            raise ConfigError(f"ROOT_DIR {root!r} is not an absolute path; set ROOT_DIR to the storage folder's absolute path")
+        if not os.path.isdir(root):
+            raise ConfigError(f"ROOT_DIR {root!r} is not a folder; set ROOT_DIR to an existing storage folder")
+        return {"root_dir": root}
+    if env.get("STORAGE") != "s3" and not any(env.get(k) for k in _S3_MARKERS):
+        raise ConfigError(
+            "this function has no storage configured: set ROOT_DIR (an absolute posix folder, local runtime only)"
+            " or AWS_S3_GATEWAY / STORAGE=s3 (S3; on AWS the function's role credentials are enough)"
+        )
     return {
         "storage": "s3",
         "aws_s3_gateway": env.get("AWS_S3_GATEWAY") or None,
@@ -143,7 +193,11 @@ def lambda_handler(event: Any, context: Any = None) -> bytes:
     The answer is returned already serialised (JSON bytes, which awslambdaric passes through
     unchanged): base64 bodies go in as bytes, never as Python strings.
     """
-    return dumps_answer(handle_event(event, _get_state()))
+    try:
+        state = _get_state()
+    except ConfigError as exc:  # no usable storage: answer why, on every invocation, rather than guess one
+        return dumps_answer(_error(exc, _chunk_id_of(event)))
+    return dumps_answer(handle_event(event, state))
 
 
 def _pieces(d: dict[str, Any], out: list[bytes]) -> None:
@@ -191,10 +245,12 @@ def handle_event(event: Any, state: _State) -> dict[str, Any]:
     if not isinstance(event, dict):
         return _error(TaskError(f"the event must be a JSON object (a chunk task or {{'tasks': [...]}}), got {type(event).__name__}", status=400), None)
     if event.get("ping"):
-        import sys
+        pong: dict[str, Any] = {"statusCode": 200, "body": "", "pong": True, "invocations": state.invocations}
+        if state.diagnostics:  # install paths only when the operator asked for them (they map the host)
+            import sys
 
-        mods = {m: getattr(sys.modules.get(m), "__file__", None) for m in ("hsds_backends", "numpy", "numcodecs")}
-        return {"statusCode": 200, "body": "", "pong": True, "invocations": state.invocations, "modules": mods}
+            pong["modules"] = {m: getattr(sys.modules.get(m), "__file__", None) for m in ("hsds_backends", "numpy", "numcodecs")}
+        return pong
     if "tasks" in event:
         answer = _batch(event, state)
     else:
@@ -214,23 +270,9 @@ def _parse(d: Any, state: _State, shared: Mapping[str, Any] | None = None) -> Ch
     if not d.get("bucket") and state.default_bucket and "s3path" not in d:
         d = {**d, "bucket": state.default_bucket}
     task = ChunkTask.from_wire(d)
-    _check_allowed(task, state)
+    # before any fetch: an allowed bucket, and a chunk's own key (docs/architecture.md §11)
+    state.containment.check_task(task)
     return task
-
-
-def _check_allowed(task: ChunkTask, state: _State) -> None:
-    if state.allowlist is None:
-        return
-    buckets = {task.dset.bucket} if task.dset.bucket else set()
-    if task.location is not None:
-        buckets.add(task.location.bucket)
-    for b in sorted(buckets):
-        if b not in state.allowlist:
-            raise StorageError(
-                f"chunk {task.chunk_id}: bucket {b!r} is not in this function's allow-list {sorted(state.allowlist)};"
-                " read an allowed bucket or add it to the function's BUCKET_ALLOWLIST",
-                status=403,
-            )
 
 
 def _error(exc: BaseException, chunk_id: str | None) -> dict[str, Any]:

@@ -14,19 +14,34 @@ What botocore and aiobotocore talk to (docs/aws-lambda.md §1.1–1.3)::
 
 Control endpoints outside the AWS API: ``GET /local/functions``,
 ``GET|POST /local/functions/{name}/faults``, ``GET /local/functions/{name}/meter``.
+
+Who may call (docs/architecture.md §11)
+---------------------------------------
+The runtime binds loopback only, so only local users reach it. Every request must be
+addressed to loopback (its ``Host`` header: a web page that rebinds its own name to
+127.0.0.1 still sends that name), else 403. The control endpoints need the runtime's token
+(:attr:`LocalLambdaRuntime.token`, generated per runtime and handed over out of band) as
+``Authorization: Bearer <token>``, else 401. Invokes are open to local users unless the
+runtime is started with ``protect_invoke``: then an invoke must be signed with the token as
+its access key id (what botocore sends in ``Authorization: AWS4-HMAC-SHA256
+Credential=<key id>/...``) or carry it as a bearer token, else 403. The embedded runtime of the
+``lambda`` backend always protects its invokes.
 """
 
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
 from hsds_backends.errors import ConfigError
+from hsds_backends.security import host_allowed
 
 from ..wire import MAX_REQUEST_BYTES
 from .environments import Stream
@@ -39,6 +54,26 @@ __all__ = ["InvokeAPI"]
 
 #: Bytes of the ``Tail`` log returned (docs/aws-lambda.md §1.2: the last 4 KB).
 _TAIL_BYTES: Final = 4096
+#: Where botocore's SigV4 ``Authorization`` header names the access key id.
+_CREDENTIAL: Final = "Credential="
+
+
+def presented_token(authorization: str | None) -> str:
+    """Return the token an ``Authorization`` header carries: a bearer token, or a SigV4 access key id ("" if none)."""
+    if not authorization:
+        return ""
+    if authorization.startswith("Bearer "):
+        return authorization[7:].strip()
+    i = authorization.find(_CREDENTIAL)
+    if i < 0:
+        return ""
+    i += len(_CREDENTIAL)
+    j = authorization.find("/", i)
+    return authorization[i:j] if j > i else ""
+
+
+def _same(presented: str, token: str) -> bool:
+    return bool(presented) and hmac.compare_digest(presented.encode(), token.encode())
 
 
 def _aws_error(status: int, code: str, message: str, extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> web.Response:
@@ -59,13 +94,42 @@ class InvokeAPI:
 
     def app(self) -> web.Application:
         """Return the aiohttp application of the Invoke API and the control endpoints."""
-        app = web.Application(client_max_size=MAX_REQUEST_BYTES * 4)
+        app = web.Application(client_max_size=MAX_REQUEST_BYTES * 4, middlewares=[self._guard])
         app.router.add_post("/2015-03-31/functions/{name}/invocations", self._invoke)
         app.router.add_get("/local/functions", self._list)
         app.router.add_get("/local/functions/{name}/faults", self._get_faults)
         app.router.add_post("/local/functions/{name}/faults", self._set_faults)
         app.router.add_get("/local/functions/{name}/meter", self._get_meter)
         return app
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        """Refuse foreign ``Host`` headers, control calls without the token and, if protected, invokes without it."""
+        host = request.headers.get("Host")
+        if not host_allowed(host):
+            return _aws_error(
+                403,
+                "AccessDeniedException",
+                f"Host {host!r} is not a loopback name; the local Lambda runtime answers only requests addressed to"
+                " 127.0.0.1, ::1 or localhost",
+            )
+        rt = self.runtime
+        if request.path.startswith("/local/"):
+            if not _same(presented_token(request.headers.get("Authorization")), rt.token):
+                return _aws_error(
+                    401,
+                    "UnauthorizedException",
+                    f"{request.method} {request.path} needs the local runtime's token: send 'Authorization: Bearer <token>'"
+                    " (LocalLambdaRuntime.token; serve-local writes it to its --token-file)",
+                )
+        elif rt.protect_invoke and not _same(presented_token(request.headers.get("Authorization")), rt.token):
+            return _aws_error(
+                403,
+                "UnrecognizedClientException",
+                "this local Lambda runtime takes invokes signed with its token as the access key id"
+                " (or 'Authorization: Bearer <token>'); the lambda backend that started it does so",
+            )
+        return await handler(request)
 
     def resolve(self, raw: str, qualifier: str | None) -> tuple[Function | None, str]:
         """Return the function a ``FunctionName`` (name, ARN or partial ARN, each with ``:qualifier``) names, and its ARN."""

@@ -6,8 +6,10 @@ placing results; in a child process it runs on its own, as AWS's front end does.
 
 Protocol with the child (a :class:`~hsds_backends._proc.ChildProcess`): the parent writes the
 function spec as JSON on the child's stdin and closes it (the spec holds the function's
-environment, credentials included, which must not appear on a command line), with the path of
-the child's log file (its stderr, quoted when it fails to start); the child binds
+environment, credentials included, which must not appear on a command line), with the
+runtime's token (made by the parent, so only it and the child know it: the control endpoints
+need it, and invokes too with ``protect_invoke``) and the path of the child's log file (its
+stderr, quoted when it fails to start); the child binds
 127.0.0.1 on a free port and prints ``READY <url>``, or ``FAILED <error>`` and exits. It
 serves until SIGTERM: from :meth:`RuntimeProcess.stop`, or from the kernel when the parent
 dies (the shared parent-death signal); then it stops its environments and exits.
@@ -19,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -52,11 +55,16 @@ class RuntimeProcess:
         The one function it runs.
     region
         Region in the function ARN and the workers' ``AWS_REGION``.
+    protect_invoke
+        Invokes need :attr:`token` as their access key id (see :class:`LocalLambdaRuntime`).
     """
 
-    def __init__(self, spec: FunctionSpec, region: str = "us-east-1") -> None:
+    def __init__(self, spec: FunctionSpec, region: str = "us-east-1", *, protect_invoke: bool = False) -> None:
         self.spec = spec
         self.region = region
+        self.protect_invoke = protect_invoke
+        self.token = secrets.token_hex(32)
+        """The runtime's token (see :attr:`LocalLambdaRuntime.token`), made here and sent to the child on its stdin."""
         self._child: ChildProcess | None = None
         self._url: str | None = None
         self._log_path: str | None = None
@@ -91,7 +99,9 @@ class RuntimeProcess:
             env={**os.environ, **MALLOC_ENV},
             name="the local Lambda runtime process",
             ready_prefix=_READY,
-            stdin_data=json.dumps({"spec": asdict(self.spec), "region": self.region, "log": self._log_path}).encode(),
+            stdin_data=json.dumps(
+                {"spec": asdict(self.spec), "region": self.region, "log": self._log_path, "token": self.token, "protect_invoke": self.protect_invoke}
+            ).encode(),
             log_path=self._log_path,
         )
         self._child = child
@@ -124,7 +134,8 @@ class RuntimeProcess:
     async def _control(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         import aiohttp
 
-        async with aiohttp.ClientSession() as s, s.request(method, self.url + path, json=body) as r:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        async with aiohttp.ClientSession() as s, s.request(method, self.url + path, json=body, headers=headers) as r:
             data = await r.json()
             if r.status != 200:
                 raise BackendError(f"local Lambda runtime {self.url}: {method} {path} answered {r.status}: {data}", status=r.status)
@@ -155,7 +166,14 @@ def main() -> None:
     try:
         cfg = json.loads(sys.stdin.buffer.read())
         spec = FunctionSpec(**cfg["spec"])
-        rt = LocalLambdaRuntime("127.0.0.1", 0, region=str(cfg.get("region") or "us-east-1"), functions=[spec])
+        rt = LocalLambdaRuntime(
+            "127.0.0.1",
+            0,
+            region=str(cfg.get("region") or "us-east-1"),
+            functions=[spec],
+            token=str(cfg["token"]),
+            protect_invoke=bool(cfg.get("protect_invoke")),
+        )
     except Exception as exc:  # noqa: BLE001 - reported to the parent
         print(f"{_FAILED}{type(exc).__name__}: {exc}", flush=True)
         sys.exit(2)

@@ -7,16 +7,21 @@ the worker: :mod:`.invoke_api` (front), :mod:`.runtime_api` (behind), :mod:`.env
 together and runs invocations: function timeouts (the worker is killed, ``Sandbox.Timedout``),
 the init phase's own limit, and the ``START``/``END``/``REPORT`` log.
 
-Only loopback addresses can be bound: the server runs code for anyone who can reach it.
+Only loopback addresses can be bound: the server runs code for anyone who can reach it. On
+a shared host the other local users can reach loopback too, so (docs/architecture.md §11):
+each environment's Runtime API serves only that environment's worker process
+(:mod:`.runtime_api`), the control endpoints need the runtime's :attr:`~LocalLambdaRuntime.token`,
+every request must be addressed to loopback, and invokes can be made to need the token too
+(``protect_invoke``; :mod:`.invoke_api`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
+import secrets
 import shutil
 import tempfile
 import time
@@ -25,6 +30,7 @@ from typing import Any, Self
 
 from hsds_backends._proc import loopback_socket
 from hsds_backends.errors import ConfigError
+from hsds_backends.security import is_loopback
 
 from .billing import Meter, peak_memory_mb, report_line
 from .environments import INIT_TIMEOUT_S, Environment, Function, FunctionSpec, Invocation, Stream, error_body
@@ -51,10 +57,16 @@ class LocalLambdaRuntime:
         Used in ARNs and worker environments.
     functions
         Functions to serve (more can be added with :meth:`add_function`).
+    token
+        The token the control endpoints (``/local/*``) need; default: a new random one. Hand
+        it to clients out of band (a pipe, a 0600 file), never on a command line.
+    protect_invoke
+        Invokes need the token too (as the SigV4 access key id, or a bearer token); off by
+        default, so any loopback client (``aws lambda invoke``, boto3) works.
 
     Examples
     --------
-    >>> async with LocalLambdaRuntime(functions=[FunctionSpec("chunk_read", env={"ROOT_DIR": "data"})]) as rt:
+    >>> async with LocalLambdaRuntime(functions=[FunctionSpec("chunk_read", env={"ROOT_DIR": "/data", "BUCKET_NAME": "hsdstest"})]) as rt:
     ...     url = rt.url  # aws_lambda_gateway
     """
 
@@ -66,8 +78,15 @@ class LocalLambdaRuntime:
         region: str = "us-east-1",
         account: str = "000000000000",
         functions: list[FunctionSpec] | None = None,
+        token: str | None = None,
+        protect_invoke: bool = False,
     ) -> None:
         _check_loopback(host)
+        if token is not None and not token.strip():
+            raise ConfigError("the local Lambda runtime's token is empty; pass a non-empty token or none (a random one is made)")
+        self.token = token.strip() if token else secrets.token_hex(32)
+        """What the control endpoints (and, with :attr:`protect_invoke`, invokes) need."""
+        self.protect_invoke = protect_invoke
         self.host = host
         self.port = port
         self.region = region
@@ -82,7 +101,7 @@ class LocalLambdaRuntime:
         self._reaper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:  # never the token
         where = self.url if self._runner is not None else "stopped"
         return f"LocalLambdaRuntime({where}, functions={sorted(self.functions)})"
 
@@ -291,13 +310,7 @@ class LocalLambdaRuntime:
 
 
 def _check_loopback(host: str) -> None:
-    if host == "localhost":
-        return
-    try:
-        ok = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        ok = False
-    if not ok:
+    if not is_loopback(host):
         raise ConfigError(
             f"the local Lambda runtime binds loopback addresses only, not {host!r}: it runs code for anyone who can"
             " reach it; use 127.0.0.1 (or ::1)"

@@ -11,6 +11,23 @@ environment asks)::
 A response within Lambda's limit is streamed through to the invoker as it arrives; a larger
 one becomes ``Function.ResponseSizeTooLarge`` and the environment is reset
 (docs/aws-lambda.md §1.4).
+
+Only the environment's own worker is served (docs/architecture.md §11)
+----------------------------------------------------------------------
+A loopback port is reachable by every local user: whoever asked for ``/next`` would get the
+next event (the payload), and whoever posted a response would have it taken as the answer.
+So each connection is checked once, before its first request is served: the socket at its
+other end must belong to the environment's worker process (Linux: the connection's entry
+in ``/proc/net/tcp`` gives that socket's inode, which must be one of
+``/proc/<worker pid>/fd``). Anything else gets 403 and never a payload, and a response is
+taken only from the environment that holds the invocation. The verdict is cached per
+connection (a worker keeps one connection for all its requests), so a request costs a
+dictionary look-up.
+
+Why not a secret in ``AWS_LAMBDA_RUNTIME_API``: awslambdaric's C client would carry a path
+prefix (``127.0.0.1:port/<secret>``), but its Python side posts init errors with
+``http.client.HTTPConnection(AWS_LAMBDA_RUNTIME_API)``, which accepts only ``host:port``; a
+secret there would turn every init error into a crash report.
 """
 
 from __future__ import annotations
@@ -19,20 +36,75 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
+import os
 import socket
+import sys
 import time
 import uuid
+import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
 from hsds_backends._proc import loopback_socket
+from hsds_backends.errors import ConfigError
 
 from ..wire import MAX_RESPONSE_BYTES
 from .environments import Environment, Invocation, Stream, error_body
 
-__all__ = ["RuntimeAPI"]
+__all__ = ["RuntimeAPI", "peer_process_check"]
+
+log = logging.getLogger("hsds_backends_lambda.local")
+
+#: The kernel's table of this network namespace's IPv4 TCP sockets (Linux).
+_PROC_TCP: Final = "/proc/net/tcp"
+
+
+def _proc_address(host: str, port: int) -> bytes:
+    """``host:port`` as ``/proc/net/tcp`` prints it (the address as a native-order hex word)."""
+    return f"{int.from_bytes(socket.inet_aton(host), sys.byteorder):08X}:{port:04X}".encode()
+
+
+def _peer_inode(peer: tuple[str, int], local: tuple[str, int]) -> int | None:
+    """Return the inode of the socket at ``peer`` connected to ``local``, from ``/proc/net/tcp``."""
+    try:
+        want_local, want_remote = _proc_address(*peer), _proc_address(*local)
+    except (OSError, ValueError):  # not IPv4: our listeners are 127.0.0.1 only
+        return None
+    try:
+        with open(_PROC_TCP, "rb") as f:
+            next(f, None)  # the header
+            for line in f:
+                # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
+                parts = line.split()
+                if len(parts) > 9 and parts[1] == want_local and parts[2] == want_remote:
+                    return int(parts[9]) or None
+    except OSError:
+        return None
+    return None
+
+
+def _holds_socket(pid: int, inode: int) -> bool:
+    """Return whether process ``pid`` has socket ``inode`` among its open files."""
+    target = f"socket:[{inode}]"
+    fds = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fds)
+    except OSError:
+        return False
+    for name in names:
+        with contextlib.suppress(OSError):  # closed meanwhile
+            if os.readlink(f"{fds}/{name}") == target:
+                return True
+    return False
+
+
+def peer_process_check(peer: tuple[str, int], local: tuple[str, int], pid: int) -> bool:
+    """Return whether the TCP connection from ``peer`` to our ``local`` address was opened by process ``pid``."""
+    inode = _peer_inode(peer, local)
+    return inode is not None and _holds_socket(pid, inode)
 
 
 class RuntimeAPI:
@@ -49,11 +121,25 @@ class RuntimeAPI:
         self._runner: web.AppRunner | None = None
         self._envs: dict[int, Environment] = {}
         self._sites: dict[int, tuple[web.SockSite, socket.socket]] = {}
+        # connections whose other end was checked to be their environment's worker
+        self._trusted: weakref.WeakKeyDictionary[Any, Environment] = weakref.WeakKeyDictionary()
 
     async def start(self) -> None:
-        """Set up the application (listeners come with :meth:`listen`)."""
+        """Set up the application (listeners come with :meth:`listen`).
+
+        Raises
+        ------
+        ConfigError
+            The host has no ``/proc/net/tcp`` (not Linux): workers' connections could not be
+            told from other local users'.
+        """
         if self._runner is not None:
             return
+        if not os.path.exists(_PROC_TCP):
+            raise ConfigError(
+                f"the local Lambda runtime needs Linux ({_PROC_TCP}) to tell its workers' connections from other"
+                " local users'; run it on Linux (or in a Linux container)"
+            )
         app = web.Application(client_max_size=MAX_RESPONSE_BYTES * 16)
         app.router.add_get("/2018-06-01/runtime/invocation/next", self._next)
         app.router.add_post("/2018-06-01/runtime/invocation/{id}/response", self._response)
@@ -72,6 +158,7 @@ class RuntimeAPI:
             sock.close()
         self._sites.clear()
         self._envs.clear()
+        self._trusted.clear()
 
     async def listen(self, env: Environment) -> int:
         """Open a loopback listener for ``env``; return its port."""
@@ -100,21 +187,44 @@ class RuntimeAPI:
             sock.close()
 
     # ------------------------------------------------------------------ handlers
-    def _env_of(self, request: web.Request) -> Environment | None:
-        sockname = request.transport.get_extra_info("sockname") if request.transport else None
-        return self._envs.get(sockname[1]) if sockname else None
+    def _env_of(self, request: web.Request) -> Environment:
+        """Return the environment whose worker sent ``request``; raise 403 for anyone else."""
+        transport = request.transport
+        env = self._trusted.get(transport) if transport is not None else None
+        if env is not None:
+            return env  # this connection was checked: a dictionary look-up per request
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        env = self._envs.get(sockname[1]) if sockname else None
+        if env is not None and env.dead:  # stopping: its worker (or a process reusing its pid) gets nothing
+            raise web.HTTPGone()
+        pid = env.pid if env is not None else None
+        if env is None or pid is None or not peer or not sockname or not peer_process_check((peer[0], peer[1]), (sockname[0], sockname[1]), pid):
+            where = f"{peer[0]}:{peer[1]}" if peer else "an unknown address"
+            log.warning("Runtime API: refused %s %s from %s (not the environment's worker)", request.method, request.path, where)
+            raise web.HTTPForbidden(
+                text=json.dumps(
+                    {
+                        "errorType": "AccessDenied",
+                        "errorMessage": f"refused: the connection from {where} is not this environment's worker process;"
+                        " a local Lambda environment's Runtime API serves only its own awslambdaric worker",
+                    }
+                ),
+                content_type="application/json",
+            )
+        with contextlib.suppress(TypeError):  # a transport that takes no weak reference is checked per request
+            self._trusted[transport] = env
+        return env
 
-    def _pending(self, request: web.Request) -> tuple[Environment | None, Invocation | None]:
+    def _pending(self, request: web.Request) -> tuple[Environment, Invocation | None]:
         env = self._env_of(request)
-        inv = env.pending if env is not None else None
+        inv = env.pending
         if inv is None or inv.id != request.match_info["id"]:
             return env, None
         return env, inv
 
     async def _next(self, request: web.Request) -> web.StreamResponse:
         env = self._env_of(request)
-        if env is None:
-            return web.json_response({"errorType": "InvalidRequest", "errorMessage": "unknown environment"}, status=400)
         if not env.ready.is_set():
             env.init_ms = (time.perf_counter() - env.spawned) * 1e3
             env.ready.set()
@@ -147,7 +257,7 @@ class RuntimeAPI:
 
     async def _response(self, request: web.Request) -> web.StreamResponse:
         env, inv = self._pending(request)
-        if env is None or inv is None:
+        if inv is None:
             return web.json_response({"errorType": "InvalidRequestID", "errorMessage": "unknown request id"}, status=400)
         size = request.content_length
         if size is not None and size <= MAX_RESPONSE_BYTES and inv.streamable:
@@ -177,8 +287,8 @@ class RuntimeAPI:
         return web.json_response({"status": "OK"}, status=202)
 
     async def _error(self, request: web.Request) -> web.StreamResponse:
-        env, inv = self._pending(request)
-        if env is None or inv is None:
+        _, inv = self._pending(request)
+        if inv is None:
             return web.json_response({"errorType": "InvalidRequestID", "errorMessage": "unknown request id"}, status=400)
         body = await request.read()
         try:
@@ -191,8 +301,7 @@ class RuntimeAPI:
     async def _init_error(self, request: web.Request) -> web.StreamResponse:
         env = self._env_of(request)
         body = await request.read()
-        if env is not None:
-            env.init_error = body
-            env.init_ms = (time.perf_counter() - env.spawned) * 1e3
-            env.ready.set()
+        env.init_error = body
+        env.init_ms = (time.perf_counter() - env.spawned) * 1e3
+        env.ready.set()
         return web.json_response({"status": "OK"}, status=202)
