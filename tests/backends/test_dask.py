@@ -60,10 +60,10 @@ class TestDaskBackend(BackendTests[DaskBackend]):
         assert isinstance(backend, DaskBackend)
         client = runner.run(backend.get_client())
         sched = client.scheduler.address
-        assert sched.startswith("tcp://127.0.0.1:")
+        assert sched.startswith("tls://127.0.0.1:")  # TLS only (tests/security/test_6_dask_cluster.py)
         pids = runner.run(client.run(os.getpid))
         assert len(pids) == 2 and os.getpid() not in pids.values()  # process workers
-        assert all(addr.startswith("tcp://127.0.0.1:") for addr in pids)
+        assert all(addr.startswith("tls://127.0.0.1:") for addr in pids)
         assert runner.run(client.run(lambda dask_worker: dask_worker.state.nthreads)) == dict.fromkeys(pids, 1)
         assert backend.dashboard_address is None
         http = backend._cluster.scheduler.services.get("dashboard")
@@ -259,6 +259,7 @@ def test_config_keys_are_declared_and_resolved_by_load_config(tmp_path: Any) -> 
     read = {
         "dask_scheduler", "dask_connect_timeout", "dask_n_workers", "dask_dashboard",
         "dask_batch_size", "dask_retries", "dask_send_credentials",
+        "dask_tls_ca_file", "dask_tls_cert", "dask_tls_key",
     }  # fmt: skip
     assert set(DaskBackend.config_keys) == read
     assert read <= set(known_keys())

@@ -8,10 +8,12 @@ them, the S3 credentials: they reach a worker once, inside the plugin, never ins
 a task.
 
 :func:`run_batch` is the task function. It receives a batch of chunk tasks in their
-JSON wire form (:meth:`hsds_backends.tasks.ChunkTask.to_wire`), runs the core kernel
-on each (fetches overlap, up to :data:`FETCH_AHEAD` at once; decodes run one after
-another on the worker's thread, :func:`hsds_backends.kernel.run_task_sync`) and
-returns ``(header, payload)``:
+JSON wire form (:meth:`hsds_backends.tasks.ChunkTask.to_wire`), refuses any task that
+reads outside the allowed buckets or another object than its chunk
+(:meth:`hsds_backends.security.Containment.check_task`, docs/architecture.md §11) before
+fetching anything, runs the core kernel on each (fetches overlap, up to
+:data:`FETCH_AHEAD` at once; decodes run one after another on the worker's thread,
+:func:`hsds_backends.kernel.run_task_sync`) and returns ``(header, payload)``:
 
 - ``header``: JSON text, one entry per task in order: ``[nbytes, fetched, decoded]``
   for a result (its length, and the stored and decoded byte counts for the read's
@@ -38,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Final
 from distributed import WorkerPlugin, get_worker
 
 from hsds_backends.kernel import fetch, run_task_sync
+from hsds_backends.security import Containment
 from hsds_backends.storage import storage_from_config
 from hsds_backends.tasks import ChunkTask, error_to_wire
 
@@ -52,20 +55,31 @@ DELAY_ENV: Final = "HSDS_BACKENDS_DASK_TEST_DELAY"
 FETCH_AHEAD: Final = 8
 
 
+class _Source:
+    """What a batch reads from: an open storage, the buckets its tasks may read, the chunk size bound."""
+
+    __slots__ = ("chunk_bytes_limit", "containment", "storage")
+
+    def __init__(self, storage: Storage, containment: Containment, chunk_bytes_limit: int) -> None:
+        self.storage = storage
+        self.containment = containment
+        self.chunk_bytes_limit = chunk_bytes_limit
+
+
 class _ThreadState:
     """One executor thread's event loop and open storages."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.storages: dict[str, Storage] = {}
+        self.sources: dict[str, _Source] = {}
 
     def close(self) -> None:
         if self.loop.is_running():  # a batch still runs on it (the worker is closing mid-task): leave it
             return
-        storages, self.storages = list(self.storages.values()), {}
-        for st in storages:
+        sources, self.sources = list(self.sources.values()), {}
+        for src in sources:
             try:
-                self.loop.run_until_complete(st.aclose())
+                self.loop.run_until_complete(src.storage.aclose())
             except Exception:  # noqa: BLE001, S110 - closing is best effort at worker shutdown
                 pass
         self.loop.close()
@@ -126,25 +140,30 @@ class WorkerState(WorkerPlugin):  # type: ignore[misc]
                 self._threads.append(ts)
         return ts
 
-    def _storage(self, ts: _ThreadState, storage_text: str) -> Storage:
-        st = ts.storages.get(storage_text)
-        if st is None:
-            cfg = json.loads(storage_text)
+    def _source(self, ts: _ThreadState, storage_text: str) -> _Source:
+        src = ts.sources.get(storage_text)
+        if src is None:
+            desc = json.loads(storage_text)
+            cfg = dict(desc["storage"])
             if self._credentials:
                 cfg.update(self._credentials)
-            st = ts.storages[storage_text] = storage_from_config(cfg)
-        return st
+            buckets = desc["allowed_buckets"]
+            containment = Containment(None if buckets is None else frozenset(buckets))
+            src = ts.sources[storage_text] = _Source(
+                storage_from_config(cfg), containment, int(desc["chunk_bytes_limit"])
+            )
+        return src
 
     def run_batch(self, storage_text: str, tasks_text: str) -> tuple[str, list[memoryview]]:
         """Run the kernel over one batch; see the module docstring for the answer's form."""
         ts = self._thread_state()
         wires = json.loads(tasks_text)
         try:
-            storage = self._storage(ts, storage_text)
+            source = self._source(ts, storage_text)
         except Exception as exc:  # noqa: BLE001 - reported like any chunk failure (a bad storage config)
             cid = wires[0].get("chunk_id") if wires and isinstance(wires[0], dict) else None
             return json.dumps([{"error": error_to_wire(exc, cid)}]), []
-        entries, parts = ts.loop.run_until_complete(_execute(storage, wires, _test_delay()))
+        entries, parts = ts.loop.run_until_complete(_execute(source, wires, _test_delay()))
         return json.dumps(entries, separators=(",", ":")), [memoryview(p) for p in parts]
 
 
@@ -156,18 +175,22 @@ def _test_delay() -> float:
 
 
 async def _execute(
-    storage: Storage, wires: list[Any], delay: float
+    source: _Source, wires: list[Any], delay: float
 ) -> tuple[list[Any], list[bytes | bytearray | memoryview]]:
     entries: list[Any] = []
     parts: list[bytes | bytearray | memoryview] = []
     tasks: list[ChunkTask] = []
     bad: dict[str, Any] | None = None
+    storage = source.storage
     for w in wires:
         try:
-            tasks.append(ChunkTask.from_wire(w))
-        except Exception as exc:  # noqa: BLE001 - a malformed task fails like a bad chunk, in its place
+            task = ChunkTask.from_wire(w, chunk_bytes_limit=source.chunk_bytes_limit)
+            # before any fetch: a task built from a crafted dataset JSON reads only what it may
+            source.containment.check_task(task)
+        except Exception as exc:  # noqa: BLE001 - a malformed or refused task fails like a bad chunk, in its place
             bad = {"error": error_to_wire(exc, w.get("chunk_id") if isinstance(w, dict) else None)}
             break
+        tasks.append(task)
     sem = asyncio.Semaphore(FETCH_AHEAD)
 
     async def get(t: ChunkTask) -> bytes | None:
@@ -207,7 +230,9 @@ def run_batch(plugin_name: str, storage_text: str, tasks_text: str) -> tuple[str
     plugin_name
         Name of the backend's :class:`WorkerState` plugin on this worker.
     storage_text
-        JSON of :meth:`hsds_backends.storage.Storage.to_config` (never a secret).
+        JSON object: ``storage`` (:meth:`hsds_backends.storage.Storage.to_config`, never a
+        secret), ``allowed_buckets`` (a list, or ``null`` for any bucket) and
+        ``chunk_bytes_limit`` (config keys of the same names).
     tasks_text
         JSON list of chunk tasks in wire form.
 

@@ -5,8 +5,14 @@ costs one scheduler round trip instead of one per chunk) and submitted as tasks 
 :func:`hsds_backends_dask._worker.run_batch`, which runs the core kernel on the
 worker and returns the results as raw bytes. The batches go to the workers in their
 JSON wire form; storage is opened on the workers from
-:meth:`~hsds_backends.storage.Storage.to_config` (no secrets); S3 credentials reach
-the workers out of band (see :class:`DaskBackend`).
+:meth:`~hsds_backends.storage.Storage.to_config` (no secrets), sent with the buckets the
+workers let a task read (:class:`~hsds_backends.security.Containment`); S3 credentials
+reach the workers out of band (see :class:`DaskBackend`).
+
+The embedded cluster listens only on 127.0.0.1 and only over TLS with a key pair made
+for it (:meth:`distributed.security.Security.temporary`, both ends authenticated), so
+another local user cannot connect to it and run code in its workers
+(docs/architecture.md §11).
 
 The client is an ``asynchronous=True`` :class:`distributed.Client` on the event loop
 of the first read, so results are awaited on the loop the :class:`~hsds_backends.Reader`
@@ -27,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from hsds_backends._aio import ResultQueue, cancel_and_wait, retrieve, wait_bounded
 from hsds_backends.config import (
+    CORE_KEYS,
     ConfigKey,
     as_bool,
     as_float,
@@ -35,10 +42,12 @@ from hsds_backends.config import (
     at_least,
     credentials_env,
     is_unset,
+    option,
     optional,
 )
-from hsds_backends.errors import BackendError, BackendTimeoutError, HsdsBackendsError
+from hsds_backends.errors import BackendError, BackendTimeoutError, ConfigError, HsdsBackendsError
 from hsds_backends.model import Backend, Capabilities, CostEstimate, ReadRequest, Sink, add_stats, default_workers
+from hsds_backends.security import Containment, is_loopback
 from hsds_backends.storage import storage_from_config
 from hsds_backends.tasks import ChunkResult, error_from_wire
 
@@ -79,6 +88,23 @@ def _as_dashboard(key: str, value: Any, source: str) -> str | None:
     if text.startswith(":"):  # distributed would bind a bare port on every interface
         text = "127.0.0.1" + text
     return text
+
+
+#: Config keys of this client's TLS files for a remote scheduler.
+_TLS_KEYS: Final = ("dask_tls_ca_file", "dask_tls_cert", "dask_tls_key")
+#: Address schemes of distributed whose connections are encrypted.
+_ENCRYPTED_SCHEMES: Final = frozenset({"tls", "wss"})
+
+
+def _scheme_and_host(address: str) -> tuple[str, str]:
+    """Split a dask address (``tls://host:port``, ``host:port``, ``tcp://[::1]:8786``) into scheme and host."""
+    scheme, sep, rest = address.partition("://")
+    if not sep:  # distributed's default protocol
+        scheme, rest = "tcp", address
+    rest = rest.split("/", 1)[0]
+    if rest.startswith("["):  # [::1]:8786
+        return scheme.lower(), rest[1 : rest.find("]")] if "]" in rest else rest
+    return scheme.lower(), rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest
 
 
 #: Seconds to wait for the scheduler to acknowledge cancelling leftover batches.
@@ -147,12 +173,32 @@ class DaskBackend(Backend):
         ``dask_send_credentials``
             With ``dask_scheduler`` and explicit ``aws_access_key_id``/``aws_secret_access_key``:
             send them to the workers once, in a worker plugin (default true). False:
-            the workers use their own AWS credential chain.
+            the workers use their own AWS credential chain. Refused (``ConfigError``)
+            for an unencrypted scheduler off loopback.
+        ``dask_tls_ca_file``, ``dask_tls_cert``, ``dask_tls_key``
+            With a ``tls://`` ``dask_scheduler``: PEM files of the cluster's certificate
+            authority and of this client's certificate and key (the key may be in the
+            certificate file). Unset: dask's own ``distributed.comm.tls.*`` config applies.
 
-        and the storage keys (``root_dir``, ``aws_s3_gateway``, ``aws_region``, credentials).
+        and the storage keys (``root_dir``, ``aws_s3_gateway``, ``aws_region``, credentials),
+        and ``allowed_buckets``/``bucket_name``: the workers run a task only if it reads
+        from an allowed bucket (:class:`~hsds_backends.security.Containment`).
 
     Notes
     -----
+    The embedded cluster (scheduler, nannies, workers) listens on 127.0.0.1 over TLS
+    only, with a certificate and key made in memory when it starts
+    (:meth:`distributed.security.Security.temporary`) and required of every peer, so
+    only this backend's client and the cluster's own processes can connect: another
+    local user cannot submit tasks or ``client.run`` code as the reading user. A remote
+    scheduler is secured by its operator: use ``tls://`` with certificates
+    (``dask_tls_*`` or dask's config); see the README.
+
+    Every task is checked on the worker before anything is fetched: its bucket (or a
+    linked file's) must be allowed and an ``H5D_CHUNKED`` chunk must name its own
+    chunk key (:meth:`~hsds_backends.security.Containment.check_task`); a refused task
+    raises :class:`~hsds_backends.errors.StoragePathError` here, as a chunk error.
+
     Credentials never travel in a task. The embedded cluster's worker processes get
     them as the standard ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/
     ``AWS_SESSION_TOKEN`` environment variables from their nanny (a local process
@@ -191,6 +237,11 @@ class DaskBackend(Backend):
         "dask_send_credentials": ConfigKey(
             True, as_bool, "with dask_scheduler: send explicit S3 credentials to the workers in a plugin"
         ),
+        "dask_tls_ca_file": ConfigKey(None, optional(as_str), "tls:// dask_scheduler: the cluster's CA certificate (PEM file)"),
+        "dask_tls_cert": ConfigKey(None, optional(as_str), "tls:// dask_scheduler: this client's certificate (PEM file)"),
+        "dask_tls_key": ConfigKey(
+            None, optional(as_str), "tls:// dask_scheduler: this client's private key (PEM file; default: in dask_tls_cert)"
+        ),
     }
     description: ClassVar[str] = (
         "chunk tasks on a dask.distributed cluster (LocalCluster by default, dask_scheduler to scale out)"
@@ -223,9 +274,26 @@ class DaskBackend(Backend):
         self.retries: int = get("dask_retries")
         self.send_credentials: bool = get("dask_send_credentials")
         self.dashboard_address: str | None = get("dask_dashboard")
-        # the storage the workers open: its description (no secrets) and the credentials, kept apart
-        self._storage_text = json.dumps(storage_from_config(cfg).to_config(), sort_keys=True, separators=(",", ":"))
+        #: the dask_tls_* keys that are set: this client's TLS files for a remote scheduler
+        self.tls_files: dict[str, str] = {k: v for k in _TLS_KEYS if (v := get(k))}
+        #: what a task may read on the workers (allowed_buckets, else bucket_name: docs/architecture.md §11)
+        self.containment: Containment = Containment.from_config(
+            {k: option(cfg, k, CORE_KEYS[k]) for k in ("allowed_buckets", "bucket_name")}
+        )
+        # What the workers open and check: the storage description and the containment (no
+        # secrets); the credentials are kept apart. The text is also the workers' cache key.
+        buckets = self.containment.buckets
+        self._storage_text = json.dumps(
+            {
+                "storage": storage_from_config(cfg).to_config(),
+                "allowed_buckets": None if buckets is None else sorted(buckets),
+                "chunk_bytes_limit": option(cfg, "chunk_bytes_limit", CORE_KEYS["chunk_bytes_limit"]),
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
         self._credentials = {k: str(cfg[k]) for k in _CREDENTIAL_KEYS if not is_unset(cfg.get(k))}
+        self._check_transport()
         self._plugin_name = f"hsds-backends-{uuid.uuid4().hex[:12]}"
         self._client: Any = None
         self._cluster: Any = None
@@ -235,6 +303,24 @@ class DaskBackend(Backend):
         self._threads_seen = 0
         self._threads_checked = -math.inf
         self._caps: Capabilities | None = None
+
+    def _check_transport(self) -> None:
+        """Refuse settings that would send secrets in clear text, or TLS files that would be ignored."""
+        address = self.scheduler_address
+        if address is None:
+            if self.tls_files:
+                raise ConfigError(
+                    f"{', '.join(sorted(self.tls_files))} set without dask_scheduler; the embedded cluster makes its own "
+                    "TLS credentials: unset them, or set dask_scheduler to the tls:// scheduler they belong to"
+                )
+            return
+        scheme, host = _scheme_and_host(address)
+        if self.send_credentials and self._credentials and scheme not in _ENCRYPTED_SCHEMES and not is_loopback(host):
+            raise ConfigError(
+                f"dask_scheduler {address!r} is not encrypted: dask_send_credentials would send the S3 credentials "
+                "over the network in clear text; use a tls:// scheduler (with dask_tls_ca_file/dask_tls_cert), "
+                "or set dask_send_credentials: false and give the workers their own credentials"
+            )
 
     def __repr__(self) -> str:
         return f"<DaskBackend 'dask' scheduler={self.scheduler_address or 'LocalCluster'!r}>"
@@ -339,13 +425,57 @@ class DaskBackend(Backend):
                 self._closed = False
         return self._client
 
+    def _remote_security(self, address: str) -> Any:
+        """The :class:`distributed.security.Security` for ``dask_scheduler``: from ``dask_tls_*``, else dask's config."""
+        scheme, host = _scheme_and_host(address)
+        if scheme not in _ENCRYPTED_SCHEMES and not is_loopback(host):
+            log.warning(
+                "dask scheduler %r is not encrypted: whoever can reach it can run code on its workers; "
+                "use a tls:// scheduler with certificates (see the hsds-backends-dask README)",
+                address,
+            )
+        files = self.tls_files
+        if not files:
+            return None  # distributed builds one from its config (distributed.comm.tls.*)
+        missing = [k for k in ("dask_tls_ca_file", "dask_tls_cert") if k not in files]
+        if missing:
+            raise ConfigError(
+                f"{' and '.join(missing)} not set; a TLS client needs the cluster's CA certificate (dask_tls_ca_file) "
+                "and its own certificate (dask_tls_cert, with dask_tls_key unless the key is in it)"
+            )
+        from distributed.security import Security
+
+        security = Security(
+            tls_ca_file=files["dask_tls_ca_file"],
+            tls_client_cert=files["dask_tls_cert"],
+            tls_client_key=files.get("dask_tls_key"),
+            require_encryption=True,
+        )
+        try:  # load the files now, for an error that names them instead of a failed connect
+            security.get_connection_args("client")
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            names = ", ".join(f"{k}={v!r}" for k, v in sorted(files.items()))
+            raise ConfigError(
+                f"cannot load the dask TLS files ({names}): {exc}; give readable PEM files of the cluster's CA, "
+                "this client's certificate and its key"
+            ) from exc
+        return security
+
     async def _connect(self, address: str) -> Any:
         t = self.connect_timeout
-        client = _distributed().Client(address, asynchronous=True, timeout=t, direct_to_workers=True, set_as_default=False)
+        security = self._remote_security(address)
+        client = _distributed().Client(
+            address, asynchronous=True, timeout=t, direct_to_workers=True, set_as_default=False, security=security
+        )
         try:
             await asyncio.wait_for(client, t + 5)
         except (OSError, TimeoutError) as exc:
             await _quiet_close(client, None)
+            if "TLS" in str(exc) or "SSL" in str(exc):  # an answer: the handshake failed
+                raise BackendError(
+                    f"dask scheduler {address!r} and this client do not accept each other's TLS certificate: {exc}; "
+                    "set dask_tls_ca_file to the cluster's CA and dask_tls_cert/dask_tls_key to a certificate it signed"
+                ) from exc
             raise BackendTimeoutError(
                 f"dask scheduler {address!r} did not answer within {t:g} s (dask_connect_timeout): {exc}; "
                 "check that the scheduler runs and that this host can reach it, raise dask_connect_timeout, "
@@ -353,7 +483,13 @@ class DaskBackend(Backend):
             ) from exc
         except Exception as exc:
             await _quiet_close(client, None)
-            raise BackendError(f"cannot connect to dask scheduler {address!r}: {type(exc).__name__}: {exc}") from exc
+            hint = (
+                "; a tls:// scheduler needs this client's certificate: set dask_tls_ca_file and dask_tls_cert "
+                "(and dask_tls_key), or dask's distributed.comm.tls config"
+                if "ssl_context" in str(exc) or "TLS" in str(exc)
+                else ""
+            )
+            raise BackendError(f"cannot connect to dask scheduler {address!r}: {type(exc).__name__}: {exc}{hint}") from exc
         try:
             await client.wait_for_workers(1, timeout=t)
         except (OSError, TimeoutError) as exc:
@@ -370,6 +506,11 @@ class DaskBackend(Backend):
         env = credentials_env(self.config)
 
         def start() -> Any:
+            # Loopback is not private: any local user can connect to a port there, and a dask
+            # peer may run code in the workers (client.run) as the reading user. So every
+            # listener of the cluster speaks TLS only, with a key pair made here, in memory,
+            # and a certificate required of each peer (docs/architecture.md §11).
+            security = _temporary_security()
             # A synchronous LocalCluster: its scheduler and nannies run on distributed's own loop
             # thread, so they keep heartbeating (and restarting lost workers) while the reader's
             # loop is idle or stopped between reads; only the client lives on the reader's loop.
@@ -384,12 +525,15 @@ class DaskBackend(Backend):
                 dashboard_address=self.dashboard_address or "127.0.0.1:0",
                 scheduler_kwargs=None if self.dashboard_address else {"dashboard": False},
                 worker_dashboard_address=None,
-                protocol="tcp://",
+                protocol="tls://",
+                security=security,
                 env=env,
             )
 
         try:
             cluster = await asyncio.to_thread(start)
+        except HsdsBackendsError:
+            raise
         except Exception as exc:
             raise BackendError(
                 f"the local dask cluster ({self.n_workers} process workers) did not start: {type(exc).__name__}: {exc}; "
@@ -410,6 +554,7 @@ class DaskBackend(Backend):
             timeout=self.connect_timeout,
             direct_to_workers=True,
             set_as_default=False,
+            security=cluster.security,  # the cluster's own credentials: the only ones it accepts
         )
 
     async def _prepare(self, client: Any) -> None:
@@ -554,6 +699,25 @@ class DaskBackend(Backend):
             with contextlib.suppress(Exception):
                 await client.unregister_worker_plugin(self._plugin_name)
         await _quiet_close(client, None)
+
+
+def _temporary_security() -> Any:
+    """TLS credentials for the embedded cluster, in memory (every role shares them; encryption required).
+
+    Raises
+    ------
+    BackendError
+        ``cryptography`` is missing: the cluster is not started without TLS.
+    """
+    from distributed.security import Security
+
+    try:
+        return Security.temporary()
+    except ImportError as exc:
+        raise BackendError(
+            f"the local dask cluster needs TLS credentials and cannot make them: {exc}; "
+            "install cryptography (pip install hsds-backends-dask brings it), or set dask_scheduler to a secured cluster"
+        ) from exc
 
 
 async def _retire(client: Any, loop: asyncio.AbstractEventLoop | None) -> None:
