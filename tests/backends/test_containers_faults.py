@@ -183,7 +183,8 @@ def test_silent_dn_times_out_and_its_chunks_move(dns: ContainersBackend, runner:
 
 def test_silent_only_dn_is_a_timeout_error_naming_it(dns: ContainersBackend, runner: asyncio.Runner, storage_cfg: dict[str, Any]) -> None:
     url = dns.nodes[0]["url"]
-    lone = ContainersBackend({**storage_cfg, **FAST, "dn_urls": [url], "timeout": 0.5})
+    # embedded DNs always have a token (generated when dn_token is not set)
+    lone = ContainersBackend({**storage_cfg, **FAST, "dn_urls": [url], "timeout": 0.5, "dn_token": dns.token})
     runner.run(_fault(dns, 0, hang=True))
     t0 = time.monotonic()
     with pytest.raises(BackendTimeoutError, match=r"did not answer within 0.5 s") as info:
@@ -252,18 +253,21 @@ def test_token_is_required_on_every_route(guarded: ContainersBackend, runner: as
     url = NodeURL.parse(guarded.nodes[0]["url"])
     cid = f"c-{_dset_id(guarded)[2:]}_0_0"
     for method, target, token in [
-        ("GET", "/info", None),
         ("GET", f"/chunks/{cid}?bucket=hsdstest", None),
         ("POST", "/batch", None),
-        ("GET", "/info", "wrong"),
         ("POST", f"/chunks/{cid}?bucket=hsdstest&count=0", "s3cret-tokenX"),
     ]:
         status, headers, body = runner.run(request(url, method, target, token=token, body=b"{}" if method == "POST" else b""))
         assert status == 401, (method, target, status)
         assert headers.get("www-authenticate", "").startswith("Bearer")
         assert "bearer token" in json.loads(bytes(body))["message"]
+    # /info without the token (a health check) says only that this is a DN
+    for token in (None, "wrong"):
+        status, _, body = runner.run(request(url, "GET", "/info", token=token))
+        assert status == 200 and json.loads(bytes(body)) == {"service": "hsds-backends-dn", "state": "READY"}
     status, _, body = runner.run(request(url, "GET", "/info", token="s3cret-token"))
     assert status == 200 and json.loads(bytes(body))["service"] == "hsds-backends-dn"
+    assert json.loads(bytes(body))["node_count"] == 1
     # the backend that started the DN has the token: reads work
     assert _read(guarded, runner, storage_cfg, np.s_[40:80, 0:400]).tobytes() == ARR[40:80, 0:400].tobytes()
 

@@ -60,6 +60,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return asyncio.run(write())
 
 
+#: The bearer token of the module's DN (``/info`` tells its figures only to a caller with it).
+TOKEN = "dn-service-test-token"
+
+
 @pytest.fixture(scope="module")
 def dn(data: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A DN started through the core CLI on a unix socket; yields the socket path."""
@@ -67,6 +71,7 @@ def dn(data: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterat
     proc = subprocess.Popen(
         [sys.executable, "-m", "hsds_backends.cli", "dn", "serve", "--socket", sock, "--root-dir", data["root"], "--workers", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        env={**os.environ, "HSDS_BACKENDS_DN_TOKEN": TOKEN},
     )
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
@@ -79,8 +84,8 @@ def dn(data: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterat
     assert not os.path.exists(sock)
 
 
-def _req(sock: str, method: str, path: str, **kw: Any) -> tuple[int, dict[str, str], bytes]:
-    return unix_http_request(sock, method, path, timeout=10, **kw)
+def _req(sock: str, method: str, path: str, *, headers: dict[str, str] | None = None, **kw: Any) -> tuple[int, dict[str, str], bytes]:
+    return unix_http_request(sock, method, path, timeout=10, headers={"Authorization": f"Bearer {TOKEN}", **(headers or {})}, **kw)
 
 
 def _cid(meta: Any, *index: int) -> str:
@@ -187,7 +192,7 @@ BAD: list[tuple[str, str, str, dict[str, Any], Any, dict[str, str], int, str]] =
     ("points-no-count", "POST", "grid:0,0", {"bucket": "hsdstest"}, b"\x00" * 16, {"Content-Type": "application/octet-stream"}, 400, "'count'"),
     ("json-malformed", "POST", "grid:0,0", {"bucket": "hsdstest"}, b"{not json", {"Content-Type": "application/json"}, 400, "not valid JSON"),
     ("json-no-select", "POST", "grid:0,0", {"bucket": "hsdstest"}, b'{"sel": 1}', {"Content-Type": "application/json"}, 400, '"select"'),
-    ("bad-content-type", "POST", "grid:0,0", {"bucket": "hsdstest"}, b"x", {"Content-Type": "text/plain"}, 400, "'text/plain' is not supported"),
+    ("bad-content-type", "POST", "grid:0,0", {"bucket": "hsdstest"}, b"x", {"Content-Type": "text/plain"}, 415, "'text/plain' is not supported"),
     ("no-dataset", "GET", "/chunks/c-00000000-00000000-0000-000000-000000_0_0", {"bucket": "hsdstest"}, None, {}, 404, "not found in bucket"),
     ("batch-not-json", "POST", "/batch", {}, b"\x00\x01", {"Content-Type": "application/json"}, 400, "not valid JSON"),
     ("batch-shape", "POST", "/batch", {}, b'{"tasks": 3}', {"Content-Type": "application/json"}, 400, '"dsets"'),
@@ -252,12 +257,15 @@ def test_cli_tcp_binds_loopback_and_checks_options(data: dict[str, Any]) -> None
     assert bad.returncode == 2 and "either --port or --socket" in bad.stderr
     bad = subprocess.run([*cmd, "--node-number", "2", "--node-count", "2"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--node-number 2 must be less than --node-count 2" in bad.stderr
-    proc = subprocess.Popen([*cmd, "--port", "0", "--node-number", "1", "--node-count", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*cmd, "--port", "0", "--node-number", "1", "--node-count", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "HSDS_BACKENDS_DN_TOKEN": TOKEN},
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().decode().split()
         assert line[0] == "READY" and line[1].startswith("http://127.0.0.1:")
-        be = ContainersBackend({"root_dir": data["root"], "dn_urls": [line[1]]})
+        be = ContainersBackend({"root_dir": data["root"], "dn_urls": [line[1]], "dn_token": TOKEN})
 
         async def go() -> list[dict[str, Any]]:
             try:

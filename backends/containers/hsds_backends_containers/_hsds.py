@@ -11,7 +11,9 @@ bytes (``application/octet-stream``) or a 404 for a chunk that was never written
 - :func:`read_chunk`: the client's side, one request per chunk (a real HSDS DN, or ours
   with ``dn_protocol: hsds``).
 - :func:`task_from_request`: the DN's side, an HSDS request as a
-  :class:`~hsds_backends.tasks.ChunkTask` (the service loads the dataset JSON first).
+  :class:`~hsds_backends.tasks.ChunkTask` (the service loads the dataset JSON first);
+  :func:`post_content_type`: the only bodies a DN takes on ``POST /chunks/{id}`` (what
+  HSDS's SN sends; 415 otherwise).
 
 No aiohttp here: the service turns the task's result into its answer.
 """
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
 
     from ._client import NodeURL
 
-__all__ = ["JSON", "MAX_SELECT_IN_URL", "OCTETS", "read_chunk", "task_from_request"]
+__all__ = ["JSON", "MAX_SELECT_IN_URL", "OCTETS", "post_content_type", "read_chunk", "task_from_request"]
 
 #: HSDS's SN sends selects longer than half of ``http_max_url_length`` (512) in a JSON POST
 #: (docs/hsds-format.md §4.4).
@@ -47,6 +49,8 @@ MAX_SELECT_IN_URL: Final = 256
 
 JSON: Final = "application/json"
 OCTETS: Final = "application/octet-stream"
+#: JSON objects and lists a ``{"select": ..., "fields": ...}`` body may hold: it needs two.
+_JSON_BODY_CONTAINERS: Final = 64
 
 
 # ---------------------------------------------------------------------------- the client's side
@@ -130,6 +134,24 @@ def _reorder(data: bytes, dtype: Any, fields: Sequence[str]) -> bytes:
 # ---------------------------------------------------------------------------- the DN's side
 
 
+def post_content_type(content_type: str | None) -> str:
+    """Return the media type of a ``POST /chunks/{id}`` body: :data:`OCTETS` (points) or :data:`JSON` (select).
+
+    Raises
+    ------
+    TaskError
+        Any other type, or none (status 415): HSDS's SN always declares one of the two
+        (docs/hsds-format.md §4.3), and a web page can send ``text/plain`` without asking.
+    """
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    if ctype not in (OCTETS, JSON):
+        raise TaskError(
+            f"Content-Type {ctype or '(none)'!r} is not supported; use {OCTETS!r} (points) or {JSON!r} ({{'select': ...}})",
+            status=415,
+        )
+    return ctype
+
+
 def task_from_request(
     cid: str,
     index: Sequence[int],
@@ -151,12 +173,12 @@ def task_from_request(
     params
         The query parameters.
     content_type, body
-        A POST's ``Content-Type`` (default JSON) and body; ``body=None`` for a GET.
+        A POST's ``Content-Type`` and body; ``body=None`` for a GET.
 
     Raises
     ------
     TaskError
-        A bad request (status 400), naming what is wrong.
+        A bad request (status 400; an unsupported ``Content-Type``: 415), naming what is wrong.
     """
     if len(index) != len(meta.chunks):
         raise _bad(f"chunk id {cid!r} has {len(index)} indices; dataset {meta.id} has rank {len(meta.chunks)}")
@@ -166,18 +188,15 @@ def task_from_request(
     points = None
     kind: TaskKind = "query" if params.get("query") else "hyperslab"
     if body is not None:
-        ctype = (content_type or JSON).split(";")[0].strip().lower()
-        if ctype == OCTETS:
+        if post_content_type(content_type) == OCTETS:
             points = _points(body, params.get("count"), max(meta.rank, 1))
             kind = "points"
-        elif ctype == JSON:
+        else:
             select, body_fields = _json_select(body)
             if body_fields is not None:
                 if fields:
                     raise _bad("fields given both as a query parameter and in the JSON body; give one")
                 fields = body_fields
-        else:
-            raise _bad(f"Content-Type {ctype!r} is not supported; use {OCTETS!r} (points) or {JSON!r} ({{'select': ...}})")
     limit = None
     if params.get("Limit"):
         try:
@@ -232,9 +251,12 @@ def _points(body: bytes, count: str | None, rank: int) -> np.ndarray[Any, np.dty
 
 
 def _json_select(body: bytes) -> tuple[str | None, list[str] | None]:
+    # bounded before parsing: a body of many tiny lists would cost many times its size
+    if body.count(b"{") + body.count(b"[") > _JSON_BODY_CONTAINERS:
+        raise _bad(f'a JSON POST body holds {{"select": "[...]", "fields": [...]}} only; this one has more than {_JSON_BODY_CONTAINERS} objects and lists')
     try:
         doc = json.loads(body) if body else {}
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise _bad(f"JSON body is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("select"), str):
         raise _bad('a JSON POST needs a body {"select": "[...]"} (docs/hsds-format.md §4.3)')

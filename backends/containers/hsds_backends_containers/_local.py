@@ -2,7 +2,11 @@
 
 Each DN runs ``python -m hsds_backends_containers.cli serve`` on a unix socket in a private
 temporary folder (mode 0700, socket 0600) or on a free 127.0.0.1 port, and prints
-``READY <url>`` once it accepts requests. Each is a :class:`hsds_backends._proc.ChildProcess`:
+``READY <url>`` once it accepts requests. Its storage root is always passed explicitly
+(the reader's own default, :func:`hsds_backends.storage.storage_from_config`: posix under
+the current folder, when nothing is configured); it serves the backend's ``bucket_name``
+or ``allowed_buckets`` only, and its bounds (``chunk_bytes_limit``,
+``dn_batch_tasks_limit``, ``dn_batch_bytes_limit``) are the backend's. Each is a :class:`hsds_backends._proc.ChildProcess`:
 it gets SIGTERM from the kernel when this process dies, however it dies (and shuts down
 cleanly on it), and is stopped with a grace period, then SIGKILL. Storage settings go on the
 command line; S3 credentials and the token go through the child's environment only
@@ -26,7 +30,7 @@ from typing import Any, Final
 
 from hsds_backends._aio import cancel_and_wait, retrieve
 from hsds_backends._proc import MALLOC_ENV, ChildProcess, ChildStartError
-from hsds_backends.config import credentials_env
+from hsds_backends.config import ENV_PREFIX, credentials_env
 from hsds_backends.errors import BackendError
 
 from .service import TOKEN_ENV
@@ -77,7 +81,7 @@ class LocalNodes:
         Number of DNs.
     config
         The backend config: storage keys (``root_dir``, or ``aws_s3_gateway``,
-        ``aws_region`` and credentials), ``bucket_name``.
+        ``aws_region`` and credentials), ``bucket_name``, ``allowed_buckets``.
     transport
         ``"unix"`` (sockets in a private temporary folder) or ``"tcp"`` (127.0.0.1, free ports).
     workers
@@ -88,6 +92,9 @@ class LocalNodes:
         Bearer token the DNs require (passed through the environment).
     start_timeout
         Seconds to wait for a DN to print ``READY``.
+    limits
+        Config keys of the DNs' bounds and their values (``chunk_bytes_limit``,
+        ``dn_batch_tasks_limit``, ``dn_batch_bytes_limit``), passed through the environment.
     """
 
     def __init__(
@@ -100,12 +107,14 @@ class LocalNodes:
         cache_bytes: int = 128 * 1024 * 1024,
         token: str | None = None,
         start_timeout: float = 30.0,
+        limits: Mapping[str, int] | None = None,
     ) -> None:
         if transport not in ("unix", "tcp"):
             raise BackendError(f"dn_transport {transport!r} is not valid; use 'unix' or 'tcp'")
         self.count, self.config, self.transport = count, config, transport
         # what every DN process is started with
         self.workers, self.cache_bytes, self.token, self.start_timeout = workers, cache_bytes, token, start_timeout
+        self.limits = dict(limits or {})
         self.nodes = [LocalNode(i) for i in range(count)]
         self.run_dir = ""
         self._finalizer: weakref.finalize[Any, Any] | None = None
@@ -133,9 +142,14 @@ class LocalNodes:
                 args += ["--s3-gateway", str(cfg["aws_s3_gateway"])]
             args += ["--region", str(cfg.get("aws_region") or "us-east-1")]
         else:
-            args += ["--root-dir", os.getcwd()]  # storage_from_config's default: posix under the cwd
+            # what the reader itself reads without a root (storage_from_config): posix under the cwd,
+            # passed explicitly because a DN never defaults to its current folder
+            args += ["--root-dir", os.getcwd()]
         if cfg.get("bucket_name"):
             args += ["--bucket", str(cfg["bucket_name"])]
+        allowed = cfg.get("allowed_buckets")
+        if allowed:
+            args += ["--allowed-buckets", allowed if isinstance(allowed, str) else ",".join(str(b) for b in allowed)]
         return args
 
     def _env(self) -> dict[str, str]:
@@ -146,6 +160,8 @@ class LocalNodes:
         env.pop(TOKEN_ENV, None)
         if self.token:
             env[TOKEN_ENV] = self.token
+        for key, limit in self.limits.items():
+            env[ENV_PREFIX + key.upper()] = str(limit)  # the backend's value wins over one inherited
         # one decode thread per worker: no nested thread pools fighting for the cores
         env.setdefault("OMP_NUM_THREADS", "1")
         for var, value in MALLOC_ENV.items():

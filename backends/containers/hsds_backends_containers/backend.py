@@ -19,11 +19,13 @@ the DNs of a real HSDS, which it detects through ``GET /info`` (``dn_protocol: a
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from hsds_backends.config import (
+    CORE_KEYS,
     Caster,
     ConfigKey,
     as_float,
@@ -34,6 +36,7 @@ from hsds_backends.config import (
     as_size,
     as_str,
     at_least,
+    option,
     optional,
 )
 from hsds_backends.errors import BackendError, ConfigError
@@ -41,7 +44,7 @@ from hsds_backends.ids import dn_index
 from hsds_backends.model import Backend, Capabilities, Sink, add_stats, default_workers
 from hsds_backends.tasks import ChunkResult, ChunkTask
 
-from ._batch import SERVICE
+from ._batch import BATCH_BYTES_LIMIT, BATCH_TASKS_LIMIT, SERVICE
 from ._client import NodeTimeout, NodeUnreachable, NodeURL, json_body, request
 from ._scheduler import Fanout, Node, RunStats, Settings
 
@@ -115,6 +118,11 @@ class ContainersBackend(Backend):
         "timeout": ConfigKey(30, at_least(as_number, 0, strict=True), "seconds a DN may stay silent before it is down"),
         "dn_max_retries": ConfigKey(3, at_least(as_int, 0), "retries of a 5xx/503 on the same DN"),
         "dn_retry_backoff_exp": ConfigKey(0.1, at_least(as_float, 0), "first retry delay (seconds, doubling)"),
+        # a DN's bounds (names unlike HSDS's max_request_size, a body size of the SN)
+        "dn_batch_tasks_limit": ConfigKey(BATCH_TASKS_LIMIT, at_least(as_int, 1), "DN: most tasks in one /batch request"),
+        "dn_batch_bytes_limit": ConfigKey(
+            BATCH_BYTES_LIMIT, at_least(as_size, 1), "DN: largest request body it reads (/batch, POST /chunks)"
+        ),
     }
     description: ClassVar[str] = "HSDS-style data-node (DN) services over HTTP: local DN processes, or dn_urls"
     url: ClassVar[str] = "https://github.com/hsds-backends/hsds-backends/tree/main/backends/containers"
@@ -146,6 +154,10 @@ class ContainersBackend(Backend):
         self.dn_workers: int = get("dn_workers")
         self.cache_bytes: int = get("chunk_mem_cache_size")
         self.token: str | None = get("dn_token") or None
+        if self.token is None and self.embedded:
+            # embedded DNs always require a token: another user of this machine can reach a loopback
+            # port, and a DN's /info tells its details only to a caller with the token
+            self.token = secrets.token_urlsafe(32)
         self.last_stats: RunStats | None = None
         self.totals = RunStats()
         self._settings = Settings(
@@ -223,6 +235,7 @@ class ContainersBackend(Backend):
                 self._local = LocalNodes(
                     self._count, self.config, transport=self.transport, workers=self.dn_workers,
                     cache_bytes=self.cache_bytes, token=self.token, start_timeout=self.start_timeout,
+                    limits=self._dn_limits(),
                 )
                 urls = await self._local.start()
                 self._nodes = [Node(i, NodeURL.parse(u), "batch") for i, u in enumerate(urls)]
@@ -237,6 +250,14 @@ class ContainersBackend(Backend):
             await asyncio.gather(*(self._probe(n, stats) for n in nodes))
             self._fold(stats)
             self._nodes = nodes
+
+    def _dn_limits(self) -> dict[str, int]:
+        """The bounds the embedded DNs enforce, from this backend's config."""
+        return {
+            "chunk_bytes_limit": int(option(self.config, "chunk_bytes_limit", CORE_KEYS["chunk_bytes_limit"])),
+            "dn_batch_tasks_limit": int(self.option("dn_batch_tasks_limit")),
+            "dn_batch_bytes_limit": int(self.option("dn_batch_bytes_limit")),
+        }
 
     async def _probe(self, node: Node, stats: RunStats) -> bool:
         """``GET /info`` a DN: learn its protocol; mark it up or down."""

@@ -15,8 +15,6 @@ import click
 
 __all__ = ["dn"]
 
-_LOOPBACK = ("127.0.0.1", "::1", "localhost")
-
 
 @click.group(name="dn")
 def dn() -> None:
@@ -26,21 +24,22 @@ def dn() -> None:
 @dn.command()
 @click.option("--port", type=click.IntRange(0, 65535), help="TCP port (0: any free port). Default 6101, HSDS's first DN port.")
 @click.option("--socket", "socket_path", type=click.Path(dir_okay=False), help="Listen on this unix socket instead of TCP.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface for TCP; anything but loopback should use a token.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface for TCP; anything but loopback needs a token.")
 @click.option("--node-number", default=0, show_default=True, type=click.IntRange(0), help="This DN's number (reported by /info).")
 @click.option("--node-count", default=1, show_default=True, type=click.IntRange(1), help="How many DNs serve the data (reported by /info).")
 @click.option("--workers", type=click.IntRange(1), help="Threads that decode chunks (default: all cores).")
 @click.option("--cache-size", help="Decoded-chunk cache size, e.g. 128m (config chunk_mem_cache_size; 0 disables it).")
-@click.option("--root-dir", type=click.Path(file_okay=False), help="Posix storage root (HSDS root_dir).")
+@click.option("--root-dir", type=click.Path(file_okay=False), help="Posix storage root (HSDS root_dir); this or --s3-gateway is required.")
 @click.option("--s3-gateway", help="S3 endpoint URL (HSDS aws_s3_gateway); credentials come from the environment.")
 @click.option("--region", help="S3 region (HSDS aws_region).")
-@click.option("--bucket", help="Bucket for requests that name none (HSDS bucket_name).")
+@click.option("--bucket", help="Bucket for requests that name none (HSDS bucket_name); the one bucket served unless --allowed-buckets.")
+@click.option("--allowed-buckets", help="Comma-separated buckets tasks may read (config allowed_buckets; '*': any). Default: --bucket.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="config.yml to load (storage keys, chunk_mem_cache_size).")
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False), help="File holding the bearer token; or set HSDS_BACKENDS_DN_TOKEN.")
 def serve(
     port: int | None, socket_path: str | None, host: str, node_number: int, node_count: int, workers: int | None,
     cache_size: str | None, root_dir: str | None, s3_gateway: str | None, region: str | None, bucket: str | None,
-    config_file: str | None, token_file: str | None,
+    allowed_buckets: str | None, config_file: str | None, token_file: str | None,
 ) -> None:
     """Serve HSDS's DN read API (GET/POST /chunks/{id}), /batch and /info until SIGTERM (a clean stop).
 
@@ -48,6 +47,11 @@ def serve(
     once it accepts requests. S3 credentials are read from the environment
     (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, a profile or a role), never from
     the command line; so is the token (HSDS_BACKENDS_DN_TOKEN or --token-file).
+
+    Fails closed: storage must be given (--root-dir, --s3-gateway or a config; never the
+    current folder), tasks read only the allowed buckets (--bucket unless
+    --allowed-buckets), an empty token is an error, and a TCP interface other than
+    loopback is refused without a token.
     """
     if port is not None and socket_path is not None:
         raise click.UsageError("give either --port or --socket, not both")
@@ -58,29 +62,44 @@ def serve(
     from hsds_backends.config import load_config, option, parse_size
     from hsds_backends.errors import HsdsBackendsError
     from hsds_backends.model import default_workers
+    from hsds_backends.security import Containment, is_loopback
     from hsds_backends.storage import storage_from_config
 
     from .backend import ContainersBackend
     from .service import FAULTS_ENV, TOKEN_ENV, DataNode, bind_socket
     from .service import serve as serve_node
 
-    overrides: dict[str, Any] = {"root_dir": root_dir, "aws_s3_gateway": s3_gateway, "aws_region": region, "bucket_name": bucket}
+    overrides: dict[str, Any] = {
+        "root_dir": root_dir, "aws_s3_gateway": s3_gateway, "aws_region": region, "bucket_name": bucket,
+        "allowed_buckets": allowed_buckets,
+    }
+    keys = ContainersBackend.config_keys
     try:
         cfg = load_config(config_file, overrides={k: v for k, v in overrides.items() if v is not None})
         if s3_gateway and not root_dir:
             cfg = cfg.with_overrides(root_dir=None)  # an explicit S3 endpoint wins over a ROOT_DIR from the environment
+        if not cfg.get("root_dir") and not (cfg.get("aws_s3_gateway") or cfg.get("storage") == "s3"):
+            # the current folder is never a default: it may hold ~/.aws, ~/.ssh or anything else
+            raise click.ClickException(
+                "no storage given; pass --root-dir DIR (the folder holding the buckets) or --s3-gateway URL "
+                "(or root_dir / aws_s3_gateway in --config)"
+            )
         if cache_size is not None:
             cache_bytes = parse_size(cache_size, key="--cache-size")
         else:
-            cache_bytes = option(cfg, "chunk_mem_cache_size", ContainersBackend.config_keys["chunk_mem_cache_size"])
+            cache_bytes = option(cfg, "chunk_mem_cache_size", keys["chunk_mem_cache_size"])
+        chunk_bytes_limit = int(cfg["chunk_bytes_limit"])
+        batch_tasks_limit = int(option(cfg, "dn_batch_tasks_limit", keys["dn_batch_tasks_limit"]))
+        batch_bytes_limit = int(option(cfg, "dn_batch_bytes_limit", keys["dn_batch_bytes_limit"]))
+        token = _token(token_file, TOKEN_ENV)
     except HsdsBackendsError as exc:
         raise click.ClickException(str(exc)) from exc
-    token = os.environ.get(TOKEN_ENV) or None
-    if token_file:
-        with open(token_file, encoding="utf-8") as f:
-            token = f.read().strip() or None
-    if socket_path is None and host not in _LOOPBACK and token is None:
-        click.echo(f"warning: serving on {host} without a token; anyone who can reach it can read the data", err=True)
+    if socket_path is None and not is_loopback(host) and token is None:
+        raise click.ClickException(
+            f"refusing to serve on {host} without a token: anyone who can reach it could read the data; "
+            f"set {TOKEN_ENV} or --token-file (for example: openssl rand -hex 32 > dn.token), or bind 127.0.0.1"
+        )
+    containment = Containment.from_config(cfg)
     storage = storage_from_config(cfg)
     node = DataNode(
         storage,
@@ -90,6 +109,10 @@ def serve(
         cache_bytes=cache_bytes,
         token=token,
         default_bucket=cfg.get("bucket_name") or None,
+        containment=containment,
+        chunk_bytes_limit=chunk_bytes_limit,
+        batch_tasks_limit=batch_tasks_limit,
+        batch_bytes_limit=batch_bytes_limit,
         faults=os.environ.get(FAULTS_ENV, "") in ("1", "true", "yes"),
     )
     try:
@@ -104,6 +127,28 @@ def serve(
         asyncio.run(serve_node(node, sock, ready=ready))
     except KeyboardInterrupt:  # pragma: no cover - interactive stop
         pass
+
+
+def _token(token_file: str | None, env_var: str) -> str | None:
+    """Return the bearer token from ``token_file``, else ``env_var``, else ``None``.
+
+    Raises
+    ------
+    ConfigError
+        An empty or unreadable file, or the variable set but empty: either would
+        silently turn authentication off.
+    """
+    from hsds_backends.errors import ConfigError
+    from hsds_backends.security import read_token_file
+
+    if token_file:
+        return read_token_file(token_file)
+    value = os.environ.get(env_var)
+    if value is None:
+        return None
+    if not value.strip():
+        raise ConfigError(f"{env_var} is set but empty; put the token in it, or unset it to serve without a token on loopback")
+    return value.strip()
 
 
 if __name__ == "__main__":  # python -m hsds_backends_containers.cli serve ... (how embedded DNs start)

@@ -17,7 +17,8 @@ Routes (aiohttp):
     metadata lookup) in one request; results stream back as length-prefixed
     frames in completion order (:mod:`hsds_backends_containers._batch`).
 ``GET /info``
-    Node number and count, load, chunk-cache figures, version.
+    Node number and count, load, chunk-cache figures, version; without a valid token
+    only ``{"service", "state"}`` (that it is a DN, and ready).
 
 Every route runs its tasks through the kernel's one entry point
 (:func:`hsds_backends.kernel.run_task`) in a thread pool, with the DN's decoded-chunk
@@ -35,9 +36,25 @@ which is what lets a client move a dead node's chunks elsewhere.
 The DN stops cleanly on SIGTERM or SIGINT; an embedded DN gets SIGTERM from the kernel
 when the process that started it dies (:class:`hsds_backends._proc.ChildProcess`).
 
-A bearer token, when configured, is required on every route. With the
-environment variable ``HSDS_BACKENDS_DN_FAULTS=1`` (tests only) the DN also
-serves ``POST /faults`` to inject delays, error statuses and hangs.
+It fails closed (docs/architecture.md §11), in this order:
+
+- a TCP listener on loopback answers only requests whose ``Host`` names loopback (403:
+  a web page that rebinds its name to 127.0.0.1 still sends its own name);
+- a bearer token, when configured, is required on every route but ``GET /info``, which
+  then says only that this is a DN (401);
+- GETs carry no body, ``POST /chunks/{id}`` only ``application/octet-stream`` or
+  ``application/json`` (HSDS's SN sends nothing else), ``POST /batch`` only
+  ``application/json`` (415);
+- a body is bounded by ``dn_batch_bytes_limit`` (413 from ``Content-Length`` before
+  reading it, or as soon as a streamed body passes it), a batch by
+  ``dn_batch_tasks_limit``, a dataset's chunks by ``chunk_bytes_limit`` (413);
+- every task is checked against the DN's allowed buckets before anything is read
+  (:class:`hsds_backends.security.Containment`, 403): its bucket is allowed and an
+  ``H5D_CHUNKED`` task reads its own chunk key.
+
+A batch runs on at most ``2 × workers`` coroutines, however many tasks it holds. With the
+environment variable ``HSDS_BACKENDS_DN_FAULTS=1`` (tests only) the DN also serves
+``POST /faults`` to inject delays, error statuses and hangs.
 """
 
 from __future__ import annotations
@@ -62,16 +79,27 @@ from aiohttp import web
 from hsds_backends import __version__ as core_version
 from hsds_backends._aio import ResultQueue, cancel_and_wait
 from hsds_backends._proc import loopback_socket
+from hsds_backends.config import DEFAULT_CHUNK_BYTES_LIMIT
 from hsds_backends.dataset import DatasetMeta
-from hsds_backends.errors import DatasetJsonError, HsdsBackendsError, NotFoundError, TaskError
+from hsds_backends.errors import DatasetJsonError, HsdsBackendsError, LimitError, NotFoundError, TaskError
 from hsds_backends.ids import chunk_index, dataset_id_of, object_key
 from hsds_backends.kernel import run_task
+from hsds_backends.security import Containment, host_allowed, is_loopback
 from hsds_backends.storage import Storage, check_bucket
 from hsds_backends.tasks import ChunkResult, ChunkTask, error_to_wire
 
-from ._batch import BATCH_PATH, FRAMES_CONTENT_TYPE, SERVICE, decode_batch, frame
+from ._batch import (
+    BATCH_BYTES_LIMIT,
+    BATCH_CONTENT_TYPE,
+    BATCH_PATH,
+    BATCH_TASKS_LIMIT,
+    FRAMES_CONTENT_TYPE,
+    SERVICE,
+    decode_batch,
+    frame,
+)
 from ._cache import ChunkCache
-from ._hsds import OCTETS, task_from_request
+from ._hsds import OCTETS, post_content_type, task_from_request
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -84,9 +112,8 @@ FAULTS_ENV: Final = "HSDS_BACKENDS_DN_FAULTS"
 #: Environment variable holding the bearer token (never passed on a command line).
 TOKEN_ENV: Final = "HSDS_BACKENDS_DN_TOKEN"
 
-#: HSDS's SN switches to POST for selects longer than half of http_max_url_length
-#: (docs/hsds-format.md §4.4); a batch of point tasks can be large, so the body limit is generous.
-MAX_BODY: Final = 512 * 1024 * 1024
+#: What ``GET /info`` answers without a valid token: that this is a DN, nothing else.
+PUBLIC_INFO: Final = {"service": SERVICE, "state": "READY"}
 #: Seconds a batch whose client went away waits for its cancelled tasks.
 _CANCEL_TIMEOUT_S: Final = 5.0
 #: Connections a DN's listening socket queues (a read opens up to max_tasks_per_node_per_request at once).
@@ -121,9 +148,21 @@ class DataNode:
     cache_bytes
         Size of the decoded-chunk cache (HSDS ``chunk_mem_cache_size``; 0 disables it).
     token
-        Bearer token required on every route, or ``None``.
+        Bearer token required on every route (``GET /info`` without it says only that this
+        is a DN), or ``None``.
     default_bucket
         Bucket for HSDS-style requests that name none (HSDS requires ``bucket``; we are lenient).
+    containment
+        The buckets tasks may read (config ``allowed_buckets``); default: ``default_bucket``
+        only, or none at all without one.
+    chunk_bytes_limit
+        Largest chunk a dataset JSON may declare (config ``chunk_bytes_limit``).
+    batch_tasks_limit, batch_bytes_limit
+        Most tasks per batch and most bytes per request body (config
+        ``dn_batch_tasks_limit``, ``dn_batch_bytes_limit``).
+    check_host
+        Refuse requests whose ``Host`` header is not loopback (a TCP listener on loopback;
+        :func:`serve` sets it).
     faults
         Serve ``POST /faults`` (tests only).
     """
@@ -138,6 +177,11 @@ class DataNode:
         cache_bytes: int = 128 * 1024 * 1024,
         token: str | None = None,
         default_bucket: str | None = None,
+        containment: Containment | None = None,
+        chunk_bytes_limit: int = DEFAULT_CHUNK_BYTES_LIMIT,
+        batch_tasks_limit: int = BATCH_TASKS_LIMIT,
+        batch_bytes_limit: int = BATCH_BYTES_LIMIT,
+        check_host: bool = False,
         faults: bool = False,
     ) -> None:
         if not 0 <= node_number < node_count:
@@ -149,11 +193,18 @@ class DataNode:
         self.cache = ChunkCache(int(cache_bytes))
         self.token = token or None
         self.default_bucket = default_bucket
+        self.containment = containment if containment is not None else Containment.of((), default=default_bucket or "")
+        self.chunk_bytes_limit = int(chunk_bytes_limit)
+        self.batch_tasks_limit = int(batch_tasks_limit)
+        self.batch_bytes_limit = int(batch_bytes_limit)
+        self.check_host = check_host
         self.faults_enabled = faults
         self.faults = Faults()
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="hsds-dn")
-        # more tasks than threads in flight, so storage reads overlap decoding
-        self._sem = asyncio.Semaphore(self.workers * 2)
+        # more tasks than threads in flight, so storage reads overlap decoding; a batch runs on
+        # this many coroutines, not one per task
+        self.width = self.workers * 2
+        self._sem = asyncio.Semaphore(self.width)
         self._pending: dict[Hashable, _Flight] = {}  # chunks being decoded, by cache key
         self._meta: OrderedDict[tuple[str, str], DatasetMeta] = OrderedDict()
         self.started = time.time()
@@ -162,7 +213,8 @@ class DataNode:
     # ------------------------------------------------------------------ app
     def app(self) -> web.Application:
         """Return the aiohttp application of this DN."""
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._middleware])
+        # the bodies are read by _read_body, which refuses a large one first; aiohttp's own cap is a backstop
+        app = web.Application(client_max_size=self.batch_bytes_limit + 1, middlewares=[self._middleware])
         app.router.add_get("/info", self._info)
         app.router.add_get("/chunks/{id}", self._get_chunk)
         app.router.add_post("/chunks/{id}", self._post_chunk)
@@ -178,16 +230,24 @@ class DataNode:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        if self.token is not None:
+        if self.check_host and not host_allowed(request.headers.get("Host")):
+            return _refusal(
+                403,
+                "AuthError",
+                f"Host {request.headers.get('Host')!r} is not a loopback name; this DN listens on loopback and answers "
+                "only requests addressed to 127.0.0.1, ::1 or localhost",
+            )
+        if self.token is not None and not self._authorized(request):
+            if request.path == "/info" and request.method == "GET":
+                return web.json_response(PUBLIC_INFO)  # a health check needs no token, and learns nothing more
             auth = request.headers.get("Authorization", "")
-            scheme, _, given = auth.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
-                why = "no bearer token" if not auth else "wrong bearer token"
-                return web.json_response(
-                    {"statusCode": 401, "error_type": "AuthError", "message": f"{why}; send 'Authorization: Bearer <token>' (dn_token)"},
-                    status=401,
-                    headers={"WWW-Authenticate": 'Bearer realm="hsds-backends-dn"'},
-                )
+            why = "no bearer token" if not auth else "wrong bearer token"
+            return _refusal(
+                401, "AuthError", f"{why}; send 'Authorization: Bearer <token>' (dn_token)",
+                headers={"WWW-Authenticate": 'Bearer realm="hsds-backends-dn"'},
+            )
+        if request.method == "GET" and request.body_exists:
+            return _refusal(415, "TaskError", f"GET {request.path} takes no body; send a selection as query parameters or POST it")
         route = request.path
         faulty = self.faults_enabled and (route.startswith("/chunks/") or route == BATCH_PATH)
         if faulty and self.faults.hang:
@@ -200,15 +260,42 @@ class DataNode:
         _big_send_buffer(request)
         try:
             return await handler(request)
+        except HsdsBackendsError as exc:
+            return self._failed(exc, request)
+        except web.HTTPException:
+            raise  # aiohttp's own answers (404 for no such route, 405)
+        except Exception as exc:  # noqa: BLE001 - an answer, never a traceback: a bug of ours, reported on one line
+            return self._failed(_internal(exc), request)
         finally:
             self.counters["inflight_requests"] -= 1
 
+    def _authorized(self, request: web.Request) -> bool:
+        """Whether ``request`` carries this DN's bearer token (compared in constant time)."""
+        assert self.token is not None
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token.encode())
+
+    async def _read_body(self, request: web.Request) -> bytearray:
+        """Read a request body of at most ``dn_batch_bytes_limit`` bytes, refusing a larger one before reading it."""
+        limit = self.batch_bytes_limit
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            raise _too_big(declared, limit, request.path)
+        body = bytearray()
+        async for piece in request.content.iter_any():  # no Content-Length: stop as soon as it is too much
+            if len(body) + len(piece) > limit:
+                raise _too_big(len(body) + len(piece), limit, request.path, more=True)
+            body += piece
+        return body
+
     # --------------------------------------------------------------- routes
     async def _info(self, request: web.Request) -> web.Response:
+        if self.token is None:
+            return web.json_response(PUBLIC_INFO)  # no token, no way to tell who asks: paths and pid stay private
         return web.json_response(self.info())
 
     def info(self) -> dict[str, Any]:
-        """Return what ``GET /info`` reports."""
+        """Return what ``GET /info`` reports to a request with the DN's token."""
         load: dict[str, float] = dict(self.counters)
         if hasattr(os, "getloadavg"):
             load["loadavg_1min"] = round(os.getloadavg()[0], 2)
@@ -225,11 +312,17 @@ class DataNode:
             "load": load,
             "cache": self.cache.stats(),
             "storage": self.storage.to_config(),
+            "allowed_buckets": None if self.containment.buckets is None else sorted(self.containment.buckets),
+            "limits": {
+                "chunk_bytes_limit": self.chunk_bytes_limit,
+                "dn_batch_tasks_limit": self.batch_tasks_limit,
+                "dn_batch_bytes_limit": self.batch_bytes_limit,
+            },
         }
 
     async def _set_faults(self, request: web.Request) -> web.Response:
         try:
-            doc = await request.json()
+            doc = json.loads(await self._read_body(request))
             self.faults = Faults(
                 status=int(doc.get("status") or 0),
                 count=int(doc.get("count", 1 if doc.get("status") else 0)),
@@ -241,40 +334,41 @@ class DataNode:
         return web.json_response(self.faults.__dict__)
 
     async def _get_chunk(self, request: web.Request) -> web.StreamResponse:
-        cid = request.match_info["id"]
-        try:
-            task = await self._hsds_task(request, cid, None)
-            return _octets(await self.run(task))
-        except HsdsBackendsError as exc:
-            return self._failed(exc, cid)
+        task = await self._hsds_task(request, request.match_info["id"], None)
+        return _octets(await self.run(task))
 
     async def _post_chunk(self, request: web.Request) -> web.StreamResponse:
-        cid = request.match_info["id"]
-        try:
-            body = await request.read()
-            task = await self._hsds_task(request, cid, body)
-            return _octets(await self.run(task))
-        except HsdsBackendsError as exc:
-            return self._failed(exc, cid)
+        post_content_type(request.headers.get("Content-Type"))  # before reading the body
+        body = await self._read_body(request)
+        task = await self._hsds_task(request, request.match_info["id"], bytes(body))
+        return _octets(await self.run(task))
 
     async def _batch(self, request: web.Request) -> web.StreamResponse:
-        try:
-            tasks, tag = decode_batch(await request.read())
-        except HsdsBackendsError as exc:
-            return self._failed(exc, None)
+        ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if ctype != BATCH_CONTENT_TYPE:
+            raise TaskError(f"Content-Type {ctype or '(none)'!r} is not supported on {BATCH_PATH}; send {BATCH_CONTENT_TYPE!r}", status=415)
+        # every task is checked against the allowed buckets as it is parsed: a batch that asks for
+        # one foreign object gets nothing
+        tasks, tag = decode_batch(
+            await self._read_body(request), tasks_limit=self.batch_tasks_limit,
+            chunk_bytes_limit=self.chunk_bytes_limit, containment=self.containment,
+        )
         resp = web.StreamResponse(status=200, headers={"Content-Type": FRAMES_CONTENT_TYPE})
         await resp.prepare(request)
         # a task's error is an answer (its frame), not a failure of the batch
         done: ResultQueue[tuple[int, ChunkResult | BaseException]] = ResultQueue()
+        todo = iter(enumerate(tasks))
 
-        async def one(j: int, task: ChunkTask) -> None:
-            try:
-                res: ChunkResult | BaseException = await self.run(task, tag)
-            except Exception as exc:  # noqa: BLE001 - reported to the client in its frame
-                res = exc
-            done.put((j, res))
+        async def runner() -> None:
+            # a bounded number of these share the batch's tasks: no coroutine per task
+            for j, task in todo:
+                try:
+                    res: ChunkResult | BaseException = await self.run(task, tag)
+                except Exception as exc:  # noqa: BLE001 - reported to the client in its frame
+                    res = exc
+                done.put((j, res))
 
-        runners = [asyncio.create_task(one(j, t)) for j, t in enumerate(tasks)]
+        runners = [asyncio.create_task(runner()) for _ in range(min(self.width, len(tasks)))]
         try:
             async for j, res in done.drain(len(tasks)):
                 if isinstance(res, BaseException):
@@ -298,9 +392,12 @@ class DataNode:
         params = request.query
         index = chunk_index(cid)  # validates the chunk id (StoragePathError → 400)
         bucket = check_bucket(params.get("bucket") or self.default_bucket or "")
+        self.containment.check_bucket(bucket)  # before the dataset JSON is read from it
         meta = await self._dataset(bucket, dataset_id_of(cid))
         ctype = request.headers.get("Content-Type")
-        return task_from_request(cid, index, meta, bucket, params, content_type=ctype, body=body)
+        task = task_from_request(cid, index, meta, bucket, params, content_type=ctype, body=body)
+        self.containment.check_task(task)  # a linked chunk's s3path names a bucket of its own
+        return task
 
     async def _dataset(self, bucket: str, dset_id: str) -> DatasetMeta:
         key = (bucket, dset_id)
@@ -317,15 +414,18 @@ class DataNode:
             raise DatasetJsonError(f"dataset JSON of {dset_id} in bucket {bucket!r} is not valid JSON: {exc}") from exc
         if isinstance(doc, dict):
             doc.setdefault("id", dset_id)
-        meta = DatasetMeta.from_json(doc, bucket)
+        meta = DatasetMeta.from_json(doc, bucket, chunk_bytes_limit=self.chunk_bytes_limit)
         self._meta[key] = meta
         if len(self._meta) > 512:
             self._meta.popitem(last=False)
         return meta
 
-    def _failed(self, exc: HsdsBackendsError, cid: str | None) -> web.Response:
+    def _failed(self, exc: HsdsBackendsError, request: web.Request) -> web.Response:
         self.counters["errors"] += 1
-        return _error_response(exc, cid)
+        resp = _error_response(exc, request.match_info.get("id"))
+        if request.body_exists and not request.content.is_eof():
+            resp.force_close()  # a body left unread (too big, wrong type): say the connection ends here
+        return resp
 
     # ------------------------------------------------------------- execution
     async def run(self, task: ChunkTask, tag: str = "") -> ChunkResult:
@@ -448,6 +548,25 @@ def _error_response(exc: HsdsBackendsError, cid: str | None) -> web.Response:
     return web.json_response(doc, status=int(doc["statusCode"]))
 
 
+def _refusal(status: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    """A refusal made before a route runs, with the body every error answer has."""
+    return web.json_response({"statusCode": status, "error_type": error_type, "message": message, "chunk_id": None}, status=status, headers=headers)
+
+
+def _too_big(size: int, limit: int, route: str, *, more: bool = False) -> LimitError:
+    what = f"more than {limit}" if more else str(size)
+    return LimitError(
+        f"request body of {what} bytes on {route} exceeds dn_batch_bytes_limit ({limit} bytes); "
+        "send fewer tasks or points per request, or raise config dn_batch_bytes_limit"
+    )
+
+
+def _internal(exc: Exception) -> TaskError:
+    """An unexpected failure as a one-line 500 answer (the class and message, no traceback)."""
+    text = str(exc).splitlines()[0][:300] if str(exc) else ""
+    return TaskError(f"internal error: {type(exc).__name__}: {text}", status=500)
+
+
 # ---------------------------------------------------------------- running
 
 
@@ -498,7 +617,10 @@ async def serve(node: DataNode, sock: socket.socket, *, ready: Callable[[str], N
     """Serve ``node`` on ``sock`` until SIGTERM or SIGINT, then shut down cleanly.
 
     ``ready(url)`` is called once requests are accepted (the CLI prints ``READY <url>``).
+    A TCP socket on loopback makes the node refuse foreign ``Host`` headers.
     """
+    if sock.family != socket.AF_UNIX and is_loopback(str(sock.getsockname()[0])):
+        node.check_host = True
     runner = web.AppRunner(node.app(), access_log=None, shutdown_timeout=1.0, handle_signals=False)
     await runner.setup()
     site = web.SockSite(runner, sock)
