@@ -62,7 +62,8 @@ class PosixStorage(Storage):
         except IsADirectoryError:
             return None
         except OSError as exc:
-            raise StorageError(f"cannot read {p!r}: {exc}") from exc
+            # bucket and key, not the file path: the message may travel to a remote caller
+            raise StorageError(f"cannot read bucket {bucket!r}, key {key!r}: {exc.strerror or type(exc).__name__}") from exc
 
     def sync_reader(self) -> SyncRead:
         """Return :meth:`read_sync`: posix reads need no event loop."""
