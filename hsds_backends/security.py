@@ -48,9 +48,13 @@ class Containment:
     ----------
     buckets
         The allowed buckets; ``None`` = any (only when the operator said ``"*"``).
+    setting
+        Where an operator allows more buckets, for refusals ("config allowed_buckets";
+        the Lambda function names its ``BUCKET_ALLOWLIST``).
     """
 
     buckets: frozenset[str] | None
+    setting: str = "config allowed_buckets"
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Containment:
@@ -58,14 +62,14 @@ class Containment:
         return cls.of(config.get("allowed_buckets") or (), default=str(config.get("bucket_name") or ""))
 
     @classmethod
-    def of(cls, names: Iterable[str] | str, *, default: str = "") -> Containment:
+    def of(cls, names: Iterable[str] | str, *, default: str = "", setting: str = "config allowed_buckets") -> Containment:
         """Build from bucket names (``"*"`` = any); none given: only ``default``."""
         items = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n and n.strip()]
         if ANY_BUCKET in items:
-            return cls(None)
+            return cls(None, setting)
         if not items and default:
             items = [default]
-        return cls(frozenset(items))
+        return cls(frozenset(items), setting)
 
     def describe(self) -> str:
         """One phrase for messages and logs: ``any bucket`` or ``buckets ['a', 'b']``."""
@@ -76,7 +80,7 @@ class Containment:
         if self.buckets is not None and bucket not in self.buckets:
             raise StoragePathError(
                 f"{what} {bucket!r} is not an allowed bucket (allowed: {sorted(self.buckets)}); "
-                "add it to config allowed_buckets to serve it",
+                f"add it to {self.setting} to serve it",
                 status=403,
             )
 

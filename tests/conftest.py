@@ -39,6 +39,18 @@ def conformance_root(tmp_path_factory: pytest.TempPathFactory, runner: asyncio.R
     return root, runner.run(write_conformance_domain(PosixStorage(root), "hsdstest"))
 
 
+def write_grid(runner: asyncio.Runner, root: Path, domain: str, grid: Any, chunks: tuple[int, ...]) -> Path:
+    """Write ``grid`` as ``/grid`` of ``domain`` (shuffle + gzip 4, as HSDS stores it) under ``root``; return ``root``."""
+
+    async def write() -> None:
+        w = Writer(PosixStorage(root), "hsdstest")
+        await w.create_domain(domain)
+        await w.create_dataset(domain, "/grid", grid, chunks=chunks, filters=["shuffle", ("gzip", 4)])
+
+    runner.run(write())
+    return root
+
+
 @pytest.fixture
 def storage(tmp_path: Path) -> PosixStorage:
     """Posix storage in a fresh temp folder."""

@@ -6,15 +6,44 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
+from ..model import Backend
 from .moto import MotoServer
 
-__all__ = ["create_bucket", "moto_server", "s3_config"]
+if TYPE_CHECKING:
+    from ..api import Reader
+
+B = TypeVar("B", bound=Backend)
+
+__all__ = ["create_bucket", "moto_server", "reader_and_backend", "s3_config"]
+
+
+def reader_and_backend(
+    runner: asyncio.Runner, make_backend: Callable[[Mapping[str, Any]], B], config: Mapping[str, Any]
+) -> Iterator[tuple[Reader, B]]:
+    """Yield a :class:`Reader` and a backend built from ``config`` on ``runner``'s loop; close both after.
+
+    For module-scoped fixtures: ``yield from reader_and_backend(runner, LambdaBackend, cfg)``.
+    """
+    from ..api import Reader
+
+    backend = make_backend(config)
+
+    async def make() -> Reader:
+        return Reader(config)
+
+    reader = runner.run(make())
+    try:
+        yield reader, backend
+    finally:
+        runner.run(backend.aclose())
+        runner.run(reader.aclose())
 
 
 def create_bucket(config: Mapping[str, Any], bucket: str) -> None:

@@ -27,6 +27,7 @@ from hsds_backends_lambda.local import FunctionSpec, LocalLambdaRuntime  # noqa:
 
 from hsds_backends import vlen_dtype  # noqa: E402
 from hsds_backends.api import Reader  # noqa: E402
+from hsds_backends.testing.fixtures import reader_and_backend  # noqa: E402
 from hsds_backends.errors import BackendError, ChunkDecodeError  # noqa: E402
 from hsds_backends.storage import PosixStorage  # noqa: E402
 from hsds_backends.testing.data import CONFORMANCE_DOMAIN, ConformanceData  # noqa: E402
@@ -78,15 +79,7 @@ def reader_backend(data: Any, runtime: LocalLambdaRuntime, runner: asyncio.Runne
         "aws_lambda_timeout": 2,
         "aws_lambda_retry_base": 0.02,
     }
-    backend = LambdaBackend(cfg)
-
-    async def make() -> Reader:
-        return Reader(cfg)
-
-    reader = runner.run(make())
-    yield reader, backend
-    runner.run(backend.aclose())
-    runner.run(reader.aclose())
+    yield from reader_and_backend(runner, LambdaBackend, cfg)
 
 
 @pytest.fixture(autouse=True)
@@ -238,7 +231,7 @@ def be_i4_task(data: Any, runner: asyncio.Runner) -> dict[str, Any]:
         (lambda d: d.pop("dset_json"), 400, "missing 'dset_json'"),
         (lambda d: d.update(select="[0:50,0:3]"), 400, r"0:50"),
         (lambda d: d.update(select="[a:b]"), 400, r"a:b"),
-        (lambda d: d.update(bucket="secret-bucket"), 403, "'secret-bucket' is not in this function's allow-list"),
+        (lambda d: d.update(bucket="secret-bucket"), 403, r"'secret-bucket' is not an allowed bucket \(allowed: \['hsdstest', 'other'\]\); add it to the function's BUCKET_ALLOWLIST"),
         (lambda d: d.update(key="../../etc/passwd"), 400, r"contains '\.\.'"),
         (lambda d: d.update(s3path="hsdstest/../x", s3size=10), 400, r"contains '\.\.'"),
         (lambda d: d.update(point_arr="not base64!"), 400, "point_arr is not valid base64"),
@@ -303,7 +296,7 @@ def test_bad_payload_through_the_runtime(runtime: LocalLambdaRuntime, be_i4_task
     assert error_type is None  # a bad payload is an answer, not a function error
     answer = json.loads(body)
     # the runtime's function has no BUCKET_ALLOWLIST, so only its BUCKET_NAME may be read: 403, nothing fetched
-    assert answer["statusCode"] == 403 and "'not-allowed-here' is not in this function's allow-list ['hsdstest']" in answer["message"]
+    assert answer["statusCode"] == 403 and "'not-allowed-here' is not an allowed bucket (allowed: ['hsdstest']); add it to the function's BUCKET_ALLOWLIST" in answer["message"]
     d = dict(be_i4_task, select="[0:99,0:2]")
     answer = json.loads(runner.run(runtime.run("chunk_read", json.dumps(d).encode()))[0])
     assert answer["statusCode"] == 400 and "0:99" in answer["message"]

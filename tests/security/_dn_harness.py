@@ -12,7 +12,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 #: A made-up dataset id (nothing is stored under it unless a test writes it).
@@ -159,3 +161,25 @@ def frames(body: bytes) -> list[tuple[int, int, bytes]]:
         out.append((j, status, body[pos : pos + n]))
         pos += n
     return out
+
+
+def write_one_dataset(root: Path, domain: str, h5path: str, arr: Any, chunks: tuple[int, ...]) -> dict[str, Any]:
+    """Write ``arr`` as dataset ``h5path`` of ``domain`` under ``root``; return ``{"root", "meta"}``."""
+    import asyncio
+
+    from hsds_backends.storage import PosixStorage
+    from hsds_backends.writer import Writer
+
+    async def write() -> Any:
+        return await Writer(PosixStorage(root), "hsdstest").create_dataset(domain, h5path, arr, chunks=chunks)
+
+    return {"root": str(root), "meta": asyncio.run(write())}
+
+
+def serving(*args: str) -> Iterator[DN]:
+    """For module fixtures: ``yield from serving("--root-dir", root)`` starts a DN and stops it after."""
+    node = start_dn(*args)
+    try:
+        yield node
+    finally:
+        node.stop()

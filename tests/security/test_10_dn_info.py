@@ -17,11 +17,9 @@ import pytest
 
 pytest.importorskip("hsds_backends_containers")
 
-from _dn_harness import DN, clean_env, json_message, start_dn  # noqa: E402
+from _dn_harness import DN, clean_env, json_message, serving, start_dn, write_one_dataset  # noqa: E402
 
 from hsds_backends.ids import chunk_id  # noqa: E402
-from hsds_backends.storage import PosixStorage  # noqa: E402
-from hsds_backends.writer import Writer  # noqa: E402
 
 TOKEN = "info-test-token"
 PUBLIC = {"service": "hsds-backends-dn", "state": "READY"}
@@ -29,21 +27,12 @@ PUBLIC = {"service": "hsds-backends-dn", "state": "READY"}
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    import asyncio
-
-    root = tmp_path_factory.mktemp("secretpath")
-
-    async def write() -> Any:
-        return await Writer(PosixStorage(root), "hsdstest").create_dataset("/home/c/d.h5", "/v", np.arange(100, dtype="<i2"), chunks=(10,))
-
-    return {"root": str(root), "meta": asyncio.run(write())}
+    return write_one_dataset(tmp_path_factory.mktemp("secretpath"), "/home/c/d.h5", "/v", np.arange(100, dtype="<i2"), (10,))
 
 
 @pytest.fixture(scope="module")
 def open_dn(data: dict[str, Any]) -> Iterator[DN]:
-    node = start_dn("--root-dir", data["root"])
-    yield node
-    node.stop()
+    yield from serving("--root-dir", data["root"])
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from hsds_backends_lambda.backend import LambdaBackend  # noqa: E402
 from hsds_backends_lambda.local import FunctionSpec, LocalLambdaRuntime, RuntimeProcess  # noqa: E402
 
 from hsds_backends.api import Reader  # noqa: E402
+from hsds_backends.testing.fixtures import reader_and_backend  # noqa: E402
 from hsds_backends.storage import PosixStorage  # noqa: E402
 from hsds_backends.writer import Writer  # noqa: E402
 
@@ -84,15 +85,7 @@ def runtime(root: Path, runner: asyncio.Runner) -> Iterator[LocalLambdaRuntime]:
 def reader_backend(root: Path, runtime: LocalLambdaRuntime, runner: asyncio.Runner) -> Iterator[tuple[Reader, LambdaBackend]]:
     # base64 answers, one task per invoke: the 2021 single-task form a thief can imitate
     cfg = {"root_dir": str(root), "bucket_name": BUCKET, "aws_lambda_gateway": runtime.url, "aws_lambda_answer": "base64", "aws_lambda_max_invoke": 1}
-    backend = LambdaBackend(cfg)
-
-    async def make() -> Reader:
-        return Reader(cfg)
-
-    reader = runner.run(make())
-    yield reader, backend
-    runner.run(backend.aclose())
-    runner.run(reader.aclose())
+    yield from reader_and_backend(runner, LambdaBackend, cfg)
 
 
 async def _read(rb: tuple[Reader, LambdaBackend]) -> np.ndarray:

@@ -16,6 +16,7 @@ import asyncio
 import os
 import re
 import subprocess
+import textwrap
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,8 +36,7 @@ from hsds_backends_dask import DaskBackend
 from hsds_backends._inline import InlineBackend
 from hsds_backends.api import Reader
 from hsds_backends.errors import BackendError, ConfigError
-from hsds_backends.storage import PosixStorage
-from hsds_backends.writer import Writer
+from conftest import write_grid
 
 DOMAIN = "/home/test/dask-tls.h5"
 GRID = np.arange(40 * 40, dtype="<i4").reshape(40, 40) - 700  # 25 chunks of 8x8
@@ -44,14 +44,7 @@ GRID = np.arange(40 * 40, dtype="<i4").reshape(40, 40) - 700  # 25 chunks of 8x8
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory, runner: asyncio.Runner) -> Path:
-    path = tmp_path_factory.mktemp("dask-tls")
-
-    async def write() -> None:
-        w = Writer(PosixStorage(path), "hsdstest")
-        await w.create_domain(DOMAIN)
-        await w.create_dataset(DOMAIN, "/grid", GRID, chunks=(8, 8), filters=["shuffle", ("gzip", 4)])
-
-    runner.run(write())
+    path = write_grid(runner, tmp_path_factory.mktemp("dask-tls"), DOMAIN, GRID, (8, 8))
     return path
 
 
@@ -171,16 +164,18 @@ def test_finding_6_the_backends_own_reads_still_work_and_are_byte_identical(
 
 def test_finding_6_without_cryptography_the_cluster_does_not_start_open(tmp_path: Path) -> None:
     """Finding 6: the embedded cluster must never fall back to plain tcp:// when it cannot make TLS credentials."""
-    code = (
-        "import asyncio, sys\n"
-        "sys.modules['cryptography'] = None  # as if it were not installed: importing it raises ImportError\n"
-        "from hsds_backends_dask import DaskBackend\n"
-        f"b = DaskBackend({{'root_dir': {str(tmp_path)!r}, 'dask_n_workers': 1}})\n"
-        "try:\n"
-        "    asyncio.run(b.get_client())\n"
-        "except Exception as exc:\n"
-        "    print(type(exc).__name__, exc)\n"
-        "    print('cluster', b._cluster, 'client', b.client)\n"
+    code = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        sys.modules['cryptography'] = None  # as if it were not installed: importing it raises ImportError
+        from hsds_backends_dask import DaskBackend
+        b = DaskBackend({{'root_dir': {str(tmp_path)!r}, 'dask_n_workers': 1}})
+        try:
+            asyncio.run(b.get_client())
+        except Exception as exc:
+            print(type(exc).__name__, exc)
+            print('cluster', b._cluster, 'client', b.client)
+        """
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -225,15 +220,10 @@ def tls_cluster(runner: asyncio.Runner, tls_files: dict[str, str]) -> Iterator[A
     )
 
     async def start() -> Any:
+        # a second, separately secured cluster on loopback (one single-threaded process worker)
         return await distributed.LocalCluster(
-            n_workers=1,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            protocol="tls://",
-            security=security,
-            dashboard_address="127.0.0.1:0",
-            scheduler_kwargs={"dashboard": False},
+            n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", protocol="tls://",
+            security=security, dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False},
             asynchronous=True,
         )
 

@@ -37,9 +37,8 @@ from hsds_backends.errors import StoragePathError
 from hsds_backends.plan import plan_hyperslab
 from hsds_backends.security import Containment
 from hsds_backends.selection import parse_select
-from hsds_backends.storage import PosixStorage
 from hsds_backends.tasks import ChunkTask
-from hsds_backends.writer import Writer
+from conftest import write_grid
 
 DOMAIN = "/home/test/dask-buckets.h5"
 GRID = np.arange(32 * 32, dtype="<u2").reshape(32, 32)  # 16 chunks of 8x8
@@ -48,14 +47,7 @@ SECRET = b"not chunk bytes: a file the reader must not serve\n"
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory, runner: asyncio.Runner) -> Path:
-    path = tmp_path_factory.mktemp("dask-buckets")
-
-    async def write() -> None:
-        w = Writer(PosixStorage(path), "hsdstest")
-        await w.create_domain(DOMAIN)
-        await w.create_dataset(DOMAIN, "/grid", GRID, chunks=(8, 8), filters=["shuffle", ("gzip", 4)])
-
-    runner.run(write())
+    path = write_grid(runner, tmp_path_factory.mktemp("dask-buckets"), DOMAIN, GRID, (8, 8))
     shutil.copytree(path / "hsdstest", path / "other")
     (path / "other" / "secret.bin").write_bytes(SECRET)
     (path / "hsdstest" / "secret.bin").write_bytes(SECRET)

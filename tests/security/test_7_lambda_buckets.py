@@ -67,8 +67,8 @@ def test_finding_7_the_function_reads_only_its_own_bucket_by_default(state: _Sta
     answer = handle_event(other, state)
     assert answer["statusCode"] == 403 and answer["error_type"] == "StoragePathError", answer
     assert answer["message"] == (
-        f"chunk {other['chunk_id']}: bucket 'payroll' is not in this function's allow-list ['hsdstest'];"
-        " read an allowed bucket or add it to the function's BUCKET_ALLOWLIST (default: its BUCKET_NAME; '*': any)"
+        f"chunk {other['chunk_id']}: bucket 'payroll' is not an allowed bucket (allowed: ['hsdstest']);"
+        " add it to the function's BUCKET_ALLOWLIST (default: its BUCKET_NAME; '*': any) to serve it"
     )
     batch = handle_event({"tasks": [other, own]}, state)  # in a batch: that task refused, the rest served
     assert [r["statusCode"] for r in batch["results"]] == [403, 200]

@@ -15,7 +15,6 @@ import asyncio
 import subprocess
 import sys
 import textwrap
-import zlib
 from pathlib import Path
 
 import numpy as np

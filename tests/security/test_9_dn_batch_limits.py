@@ -21,14 +21,13 @@ import pytest
 
 pytest.importorskip("hsds_backends_containers")
 
-from _dn_harness import CHUNK0, DN, batch, clean_env, json_message, start_dn  # noqa: E402
+from _dn_harness import CHUNK0, DN, batch, clean_env, json_message, serving, start_dn, write_one_dataset  # noqa: E402
 
 import hsds_backends as hb  # noqa: E402
 import hsds_backends_containers._batch as batch_mod  # noqa: E402
 from hsds_backends._proc import loopback_socket  # noqa: E402
 from hsds_backends.ids import chunk_id  # noqa: E402
 from hsds_backends.storage import PosixStorage  # noqa: E402
-from hsds_backends.writer import Writer  # noqa: E402
 from hsds_backends_containers.backend import ContainersBackend  # noqa: E402
 from hsds_backends_containers.service import DataNode  # noqa: E402
 
@@ -39,19 +38,12 @@ MB = 1024
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("root")
-
-    async def write() -> Any:
-        return await Writer(PosixStorage(root), "hsdstest").create_dataset("/home/b/data.h5", "/v", ARR, chunks=(10_000,))
-
-    return {"root": str(root), "meta": asyncio.run(write())}
+    return write_one_dataset(tmp_path_factory.mktemp("root"), "/home/b/data.h5", "/v", ARR, (10_000,))
 
 
 @pytest.fixture(scope="module")
 def dn(data: dict[str, Any]) -> Iterator[DN]:
-    node = start_dn("--root-dir", data["root"])
-    yield node
-    node.stop()
+    yield from serving("--root-dir", data["root"])
 
 
 def _raw(dn: DN, head: bytes, body_parts: list[bytes], timeout: float = 10.0) -> tuple[int, bytes, float, bytes]:

@@ -79,7 +79,7 @@ try:  # SIMD base64, ~3x the standard library's speed (the protocol is base64 in
 except ImportError:  # pragma: no cover - pybase64 is a dependency; keep working without it
     from base64 import b64encode as _b64encode  # type: ignore[assignment]
 
-from hsds_backends.errors import ConfigError, StorageError, StoragePathError, TaskError
+from hsds_backends.errors import ConfigError, StorageError, TaskError
 from hsds_backends.kernel import run_task
 from hsds_backends.security import Containment
 from hsds_backends.storage import Storage, storage_from_config
@@ -106,7 +106,9 @@ class _State:
         self.env = dict(env)
         storage_config = _storage_config(env)  # first: a refusal leaves no loop or threads behind
         self.default_bucket = env.get("BUCKET_NAME") or ""
-        self.containment = _FunctionContainment.of(env.get("BUCKET_ALLOWLIST") or "", default=self.default_bucket)
+        self.containment = Containment.of(
+            env.get("BUCKET_ALLOWLIST") or "", default=self.default_bucket, setting="the function's BUCKET_ALLOWLIST (default: its BUCKET_NAME; '*': any)"
+        )
         self.loop = asyncio.new_event_loop()
         self.threads = max(1, int(env.get("HSDS_LAMBDA_THREADS") or 0) or (os.cpu_count() or 1))
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="chunk-read")
@@ -120,18 +122,6 @@ class _State:
         self.loop.run_until_complete(self.storage.aclose())
         self.loop.close()
         self.pool.shutdown(wait=False)
-
-
-class _FunctionContainment(Containment):
-    """The core's containment, with refusals that name the function's own setting (``BUCKET_ALLOWLIST``)."""
-
-    def check_bucket(self, bucket: str, *, what: str = "bucket") -> None:
-        if self.buckets is not None and bucket not in self.buckets:
-            raise StoragePathError(
-                f"{what} {bucket!r} is not in this function's allow-list {sorted(self.buckets)};"
-                " read an allowed bucket or add it to the function's BUCKET_ALLOWLIST (default: its BUCKET_NAME; '*': any)",
-                status=403,
-            )
 
 
 #: Variables that say the function reads S3: an endpoint, or the role credentials Lambda sets.
