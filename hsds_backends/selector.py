@@ -129,7 +129,8 @@ def select_backend(
 
     Precedence, first match wins:
 
-    1. ``explicit``: the caller's argument (a name or a :class:`Backend`);
+    1. ``explicit``: the caller's argument (a name or a :class:`Backend`; ``"auto"`` is the
+       same as none);
     2. config ``backend`` when it is not ``auto`` (HSDS config key, env ``BACKEND``);
     3. the ``hsds_backends_select_backend`` hook (a site plugin may implement it);
     4. the default policy (config ``backend_policy``: ``auto`` or ``hsds2021``),
@@ -147,7 +148,7 @@ def select_backend(
     """
     if isinstance(explicit, Backend):
         return _named(explicit, request, "asked for by the caller")
-    if explicit:
+    if explicit and explicit.strip().lower() != "auto":  # "auto" by name = no backend named
         return _named(get_backend(explicit), request, "asked for by the caller")
     name = str(config.get("backend") or "auto").lower()
     if name != "auto":

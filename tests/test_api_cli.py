@@ -162,6 +162,18 @@ def test_cli_read_select(root: Path, tmp_path: Path) -> None:
     assert stats["backend"] == "inline" and stats["chunks"] == 12 and stats["missing"] == 1
 
 
+def test_backend_auto_by_name_is_the_same_as_none(root: Path, tmp_path: Path) -> None:
+    """``auto`` is the documented default of config ``backend``: accepted wherever a backend name is."""
+    out = tmp_path / "o.npy"
+    r = _invoke("read", DOMAIN, "/grid", "--root-dir", str(root), "--select", "[0:16, 0:16]", "--backend", "auto", "-o", str(out), "--explain")
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(np.load(out), _grid()[0:16, 0:16])
+    assert "backend: inline (auto: inline fastest at" in r.stderr
+    with hb.open_domain(DOMAIN, root_dir=str(root)) as dom:
+        res = dom["/grid"].read_result(np.s_[0:16, 0:16], backend="AUTO")
+        assert res.stats.reason.startswith("auto: ") and res.data.tobytes() == _grid()[0:16, 0:16].tobytes()
+
+
 def test_cli_read_points_query_fields(root: Path, tmp_path: Path) -> None:
     pts = tmp_path / "p.npy"
     np.save(pts, np.array([[5, 5], [0, 20], [63, 0]]))
