@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from ._version import __version__
 from .api import AsyncDataset, AsyncDomain, Dataset, Domain, Reader, ReadResult, ReadStats, open_domain
+from .groups import AsyncGroup, ExternalLink, Group, SoftLink
 from .dataset import DatasetMeta
 from .dtypes import dtype_from_type_json, type_json_from_dtype, vlen_dtype
 from .errors import (
@@ -50,6 +51,7 @@ __all__ = [
     "__version__",
     "AsyncDataset",
     "AsyncDomain",
+    "AsyncGroup",
     "Backend",
     "BackendError",
     "BackendInfo",
@@ -67,7 +69,9 @@ __all__ = [
     "DatasetNotFoundError",
     "Domain",
     "DomainNotFoundError",
+    "ExternalLink",
     "FieldError",
+    "Group",
     "HsdsBackendsError",
     "KNOWN_BACKENDS",
     "NoBackendError",
@@ -80,6 +84,7 @@ __all__ = [
     "ReadStats",
     "Reader",
     "SelectionError",
+    "SoftLink",
     "Storage",
     "StorageError",
     "StoragePathError",

@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -34,6 +34,8 @@ from .dataset import DatasetMeta
 from .errors import DatasetJsonError, DatasetNotFoundError, DomainNotFoundError, NotFoundError, SelectionError
 from .ids import domain_key, object_key
 from .execute import Execution
+from .attrs import AttributeManager
+from .groups import AsyncGroup, ExternalLink, Group, Link
 from ._ledger import BackendCounters, Ledger
 from .model import Backend, Choice, ReadRequest, RequestStats, current_stats
 from .plan import Assembler, ReadLimits, ReadPlan, plan_hyperslab, plan_points, plan_query
@@ -43,9 +45,10 @@ from .selector import candidates_for, estimate, only_core_implements, rank, sele
 from .storage import Storage, check_bucket, storage_from_config
 
 if TYPE_CHECKING:
+    import dask.array
     import pluggy
 
-__all__ = ["Reader", "AsyncDomain", "AsyncDataset", "ReadResult", "ReadStats", "open_domain", "Domain", "Dataset", "to_selection"]
+__all__ = ["Reader", "AsyncDomain", "AsyncDataset", "ReadResult", "ReadStats", "open_domain", "Domain", "Dataset", "to_selection", "AsyncGroup", "Group", "ExternalLink"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -332,9 +335,70 @@ class AsyncDomain:
         obj_id = await self.resolve(h5path)
         if not obj_id.startswith("d-"):
             raise DatasetNotFoundError(f"{h5path!r} in domain {self.domain!r} is not a dataset (id {obj_id})")
+        return await self._dataset(obj_id, h5path)
+
+    async def _dataset(self, obj_id: str, h5path: str) -> AsyncDataset:
         j = dict(await self._obj(obj_id, h5path))
         j.setdefault("id", obj_id)
         return AsyncDataset(self, DatasetMeta.from_json(j, self.bucket, chunk_bytes_limit=self.reader.chunk_bytes_limit), h5path)
+
+    # ------------------------------------------------ groups (hsds_backends.groups)
+    async def root(self) -> AsyncGroup:
+        """Return the root group (docs/hsds-format.md §2: links and attributes inline)."""
+        return AsyncGroup(self, self.root_id, "/", await self._obj(self.root_id))
+
+    async def group(self, h5path: str = "/") -> AsyncGroup:
+        """Return the group at ``h5path`` (soft links followed)."""
+        obj = await self.get_object(h5path)
+        if not isinstance(obj, AsyncGroup):
+            what = "an external link" if isinstance(obj, ExternalLink) else "a dataset"
+            raise NotFoundError(f"{h5path!r} in domain {self.domain!r} is {what}, not a group; give a group path")
+        return obj
+
+    async def get_object(self, h5path: str) -> AsyncGroup | AsyncDataset | ExternalLink:
+        """Return the group, dataset or (unfollowed) external link at ``h5path``."""
+        return await (await self.root()).get_object(h5path)
+
+    async def attributes(self) -> AttributeManager:
+        """Return the root group's attributes (the domain's ``attrs``)."""
+        return (await self.root()).attrs
+
+    async def keys(self) -> list[str]:
+        """Return the root group's link names, sorted."""
+        return (await self.root()).keys()
+
+    async def values(self) -> list[AsyncGroup | AsyncDataset | ExternalLink]:
+        """Return the root group's members, in :meth:`keys` order."""
+        return await (await self.root()).values()
+
+    async def items(self) -> list[tuple[str, AsyncGroup | AsyncDataset | ExternalLink]]:
+        """Return ``(name, member)`` pairs of the root group, in :meth:`keys` order."""
+        return await (await self.root()).items()
+
+    async def contains(self, h5path: str) -> bool:
+        """Return whether the last link of ``h5path`` exists (as h5py's ``in``)."""
+        return await (await self.root()).contains(h5path)
+
+    async def walk(self) -> list[tuple[str, Link, AsyncGroup | AsyncDataset | None]]:
+        """Every link of the domain, depth first (see :meth:`AsyncGroup.walk`)."""
+        return await (await self.root()).walk()
+
+    async def path_of(self, obj_id: str) -> str | None:
+        """Return an absolute path of object ``obj_id`` (e.g. a reference attribute's target), or ``None``."""
+        if obj_id == self.root_id:
+            return "/"
+        for rel, link, _obj in await self.walk():
+            if getattr(link, "id", None) == obj_id:
+                return "/" + rel
+        return None
+
+    async def visit(self, func: Callable[[str], T | None]) -> T | None:
+        """Call ``func(name)`` on each object of the domain (see :meth:`AsyncGroup.visititems`)."""
+        return await (await self.root()).visit(func)
+
+    async def visititems(self, func: Callable[[str, AsyncGroup | AsyncDataset], T | None]) -> T | None:
+        """Call ``func(name, object)`` on each object of the domain, as h5py does."""
+        return await (await self.root()).visititems(func)
 
 
 class _DatasetInfo:
@@ -358,6 +422,19 @@ class _DatasetInfo:
     def fillvalue(self) -> Any:
         return self.meta.fill_element[()]
 
+    @property
+    def attrs(self) -> AttributeManager:
+        """The dataset's attributes (a read-only mapping; docs/hsds-format.md §2)."""
+        return AttributeManager(self.meta.source_json.get("attributes"), f"dataset {self.meta.id}")
+
+    @property
+    def name(self) -> str:
+        """The path the dataset was opened by (its id when it was opened by id)."""
+        return self._h5path()
+
+    def _h5path(self) -> str:
+        return self.meta.id
+
 
 class AsyncDataset(_DatasetInfo):
     """A dataset of an open domain."""
@@ -369,6 +446,14 @@ class AsyncDataset(_DatasetInfo):
 
     def __repr__(self) -> str:
         return f"<AsyncDataset {self.h5path!r} shape={self.shape} dtype={self.dtype} chunks={self.chunks}>"
+
+    def _h5path(self) -> str:
+        return self.h5path if self.h5path.startswith(("d-", "/")) else "/" + self.h5path
+
+    @property
+    def attrs(self) -> AttributeManager:
+        """The dataset's attributes (a read-only mapping; docs/hsds-format.md §2)."""
+        return AttributeManager(self.meta.source_json.get("attributes"), f"dataset {self._h5path()!r}")
 
     def plan(self, selection: Any = None, *, fields: Sequence[str] | str | None = None) -> ReadPlan:
         return plan_hyperslab(self.meta, to_selection(selection, self.shape), fields, limits=self.domain.reader.limits)
@@ -399,6 +484,26 @@ class AsyncDataset(_DatasetInfo):
     ) -> np.ndarray[Any, Any]:
         """Return matching rows as a structured array whose first field is the absolute ``index``."""
         return (await self.query_result(expr, select=select, limit=limit, fields=fields, **run)).data
+
+    def to_dask(self, chunks: Any = None) -> dask.array.Array:
+        """Return a :class:`dask.array.Array` over this dataset, one block per chunk (or group of chunks).
+
+        Parameters
+        ----------
+        chunks
+            ``None`` (one block per dataset chunk), or block extents that are multiples of
+            the dataset's chunk shape (``-1``/``None`` per axis: the whole axis). See
+            :mod:`hsds_backends.dask_array`.
+
+        Returns
+        -------
+        dask.array.Array
+            Its graph holds the configuration (without secrets) and the dataset JSON; each
+            block is read by a reader rebuilt where the task runs, on the ``inline`` backend.
+        """
+        from .dask_array import to_dask
+
+        return to_dask(self.meta, self.domain.reader.config, Reader, chunks)
 
 
 # ---------------------------------------------------------------- sync facade
@@ -497,6 +602,65 @@ class Domain:
 
     __getitem__ = get
 
+    # ------------------------------------------------ groups (hsds_backends.groups)
+    def _wrap_dataset(self, adset: AsyncDataset) -> Dataset:
+        return Dataset(self, adset)
+
+    @property
+    def root(self) -> Group:
+        """The root group, an h5py-like read-only mapping (``root["g"]`` gives groups too)."""
+        return Group(self, self._lt.run(self._adom.root()))
+
+    def group(self, h5path: str = "/") -> Group:
+        """Return the group at ``h5path`` (soft links followed)."""
+        return Group(self, self._lt.run(self._adom.group(h5path)))
+
+    def get_object(self, h5path: str) -> Group | Dataset | ExternalLink:
+        """Return the group, dataset or (unfollowed) external link at ``h5path``."""
+        return self.root[h5path]  # type: ignore[no-any-return]
+
+    @property
+    def attrs(self) -> AttributeManager:
+        """The root group's attributes."""
+        return self.root.attrs
+
+    def keys(self) -> list[str]:
+        """Return the root group's link names, sorted."""
+        return self.root.async_group.keys()
+
+    def values(self) -> list[Any]:
+        """Return the root group's members (groups, datasets, external links), in :meth:`keys` order."""
+        return list(self.root.values())
+
+    def items(self) -> list[tuple[str, Any]]:
+        """Return ``(name, member)`` pairs of the root group, in :meth:`keys` order."""
+        return list(self.root.items())
+
+    def __contains__(self, h5path: object) -> bool:
+        return h5path in self.root
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.root)
+
+    def walk(self) -> list[tuple[str, Link, Any]]:
+        """Every link of the domain, depth first (see :meth:`hsds_backends.groups.AsyncGroup.walk`)."""
+        return self.root.walk()
+
+    def path_of(self, obj_id: str) -> str | None:
+        """Return an absolute path of object ``obj_id`` (e.g. a reference attribute's target), or ``None``."""
+        return self._lt.run(self._adom.path_of(obj_id))
+
+    def visit(self, func: Callable[[str], T | None]) -> T | None:
+        """Call ``func(name)`` on each object of the domain, as h5py does."""
+        return self.root.visit(func)
+
+    def visititems(self, func: Callable[[str, Any], T | None]) -> T | None:
+        """Call ``func(name, object)`` on each object of the domain, as h5py does."""
+        return self.root.visititems(func)
+
     def close(self) -> None:
         if self._lt.loop.is_closed():
             return
@@ -523,6 +687,14 @@ class Dataset(_DatasetInfo):
     def __repr__(self) -> str:
         return repr(self.async_dataset).replace("AsyncDataset", "Dataset")
 
+    def _h5path(self) -> str:
+        return self.async_dataset._h5path()
+
+    @property
+    def attrs(self) -> AttributeManager:
+        """The dataset's attributes (a read-only mapping; docs/hsds-format.md §2)."""
+        return self.async_dataset.attrs
+
     def __getitem__(self, key: Any) -> np.ndarray[Any, Any]:
         if isinstance(key, str):
             raise SelectionError(f"index {key!r} is a string; use .read({key!r}) for an HSDS select string")
@@ -539,3 +711,7 @@ class Dataset(_DatasetInfo):
 
     def query(self, expr: str, *, select: Any = None, limit: int | None = None, fields: Sequence[str] | str | None = None, **run: Any) -> np.ndarray[Any, Any]:
         return self._domain._lt.run(self.async_dataset.query(expr, select=select, limit=limit, fields=fields, **run))
+
+    def to_dask(self, chunks: Any = None) -> dask.array.Array:
+        """Return a :class:`dask.array.Array` over this dataset; see :meth:`AsyncDataset.to_dask`."""
+        return self.async_dataset.to_dask(chunks)

@@ -1,4 +1,4 @@
-"""The ``hsds-backends`` command: ``read``, ``backends``, ``demo``.
+"""The ``hsds-backends`` command: ``read``, ``ls``, ``backends``, ``demo``.
 
 Backends may add subcommands (``hsds-backends lambda …``, ``hsds-backends dn …``)
 through the entry-point group ``hsds_backends.cli`` (a :class:`click.Command`).
@@ -392,6 +392,116 @@ def demo(root_dir: str, size: int, only: tuple[str, ...]) -> None:
         raise CliError(f"cannot write the demo domain under --dir {root_dir!r}: {exc.strerror or exc}") from exc
     if not ok:
         raise SystemExit(FAILURE_EXIT)
+
+
+def _jsonable(value: Any) -> Any:
+    """An attribute value as JSON: arrays as lists, bytes as text, ``None`` for an empty attribute."""
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+def _ls_entry(path: str, link: Any, obj: Any, attrs: bool) -> dict[str, Any]:
+    """One ``ls`` line as a dict: path, kind, shape, dtype, chunks, filters (and link target, attributes)."""
+    from .attrs import AttributeManager
+    from .groups import AsyncGroup, ExternalLink, SoftLink
+
+    e: dict[str, Any] = {"path": path, "kind": "", "shape": None, "dtype": None, "chunks": None, "filters": []}
+    am: AttributeManager | None = None
+    if isinstance(link, SoftLink) and obj is None:
+        e.update(kind="softlink", target=link.path)
+    elif isinstance(link, ExternalLink):
+        e.update(kind="externallink", target=link.path, domain=link.filename)
+    elif isinstance(obj, AsyncGroup):
+        e.update(kind="group", id=obj.id)
+        am = obj.attrs
+    else:
+        meta = obj.meta
+        names = [str(f.get("name") or f.get("class") or f.get("id")) if isinstance(f, dict) else str(f) for f in meta.filters]
+        e.update(kind="dataset", id=meta.id, shape=list(meta.shape), dtype=str(meta.dtype), chunks=list(meta.chunks), filters=names)
+        am = obj.attrs
+    if attrs:
+        e["attrs"] = {} if am is None else {k: _jsonable(am[k]) for k in am}
+    return e
+
+
+def _ls_line(e: dict[str, Any]) -> str:
+    cols = [e["path"], e["kind"]]
+    if e["kind"] == "dataset":
+        cols += [
+            "{" + ", ".join(map(str, e["shape"])) + "}",
+            e["dtype"],
+            "chunks {" + ", ".join(map(str, e["chunks"])) + "}",
+            ",".join(e["filters"]) or "no filters",
+        ]
+    elif e["kind"] == "softlink":
+        cols.append(f"-> {e['target']}")
+    elif e["kind"] == "externallink":
+        cols.append(f"-> {e['domain']}:{e['target']}")
+    return "  ".join(cols)
+
+
+@cli.command(epilog=EXIT_HELP)
+@click.argument("domain")
+@click.argument("path", default="/")
+@click.option("-r", "--recursive", is_flag=True, help="List every object below PATH, not only its members.")
+@click.option("--attrs", "show_attrs", is_flag=True, help="Show each object's attributes.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects (path, kind, shape, dtype, chunks, filters).")
+@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), help="config.yml to load.")
+@click.option("--root-dir", help="Posix storage root (HSDS root_dir).")
+@click.option("--bucket", help="Bucket (HSDS bucket_name).")
+def ls(
+    domain: str, path: str, recursive: bool, show_attrs: bool, as_json: bool, config: str | None, root_dir: str | None, bucket: str | None
+) -> None:
+    """List the groups, datasets and links of DOMAIN under PATH (default: the root group), like h5ls.
+
+    One line per object: path, kind (group, dataset, softlink, externallink) and, for a
+    dataset, shape, dtype, chunk shape and filters. Soft and external links are shown,
+    not followed, inside a listing; a PATH that is a soft link is followed.
+    """
+    cfg = _config(config, root_dir=root_dir, bucket_name=bucket)
+    _check_root_dir(cfg)
+
+    async def go() -> list[dict[str, Any]]:
+        from .api import Reader
+        from .groups import AsyncGroup, ExternalLink, HardLink, join_path
+
+        async with Reader(cfg) as reader:
+            dom = await reader.open(domain)
+            obj = await dom.get_object(path)
+            if isinstance(obj, ExternalLink):
+                return [_ls_entry(join_path("/", path), obj, None, show_attrs)]
+            if not isinstance(obj, AsyncGroup):
+                return [_ls_entry(join_path("/", path), HardLink(obj.meta.id), obj, show_attrs)]
+            out = []
+            if show_attrs:
+                out.append(_ls_entry(obj.name, HardLink(obj.id), obj, True))
+            entries: list[tuple[str, Any, Any]] = []
+            if recursive:
+                entries += await obj.walk()
+            else:
+                for name in obj.keys():
+                    link = obj.getlink(name)
+                    member = await obj.get_object(name) if isinstance(link, HardLink) else None
+                    entries.append((name, link, member))
+            for rel, link, member in entries:
+                out.append(_ls_entry(join_path(obj.name, rel), link, member, show_attrs))
+            return out
+
+    entries = asyncio.run(go())
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    for e in entries:
+        click.echo(_ls_line(e))
+        for k, v in (e.get("attrs") or {}).items():
+            click.echo(f"    @{k} = {json.dumps(v)}")
 
 
 def _backend_names() -> list[str]:

@@ -114,8 +114,8 @@ class Writer:
         await self._put_json(key, {"root": root, "owner": self.owner, "acls": self._acls(), "created": t, "lastModified": t})
         return root
 
-    async def _link(self, domain: str, h5path: str, obj_id: str) -> None:
-        """Link ``obj_id`` at ``h5path``, creating intermediate groups."""
+    async def _link(self, domain: str, h5path: str, obj_id: str, link: Mapping[str, Any] | None = None) -> None:
+        """Link ``obj_id`` at ``h5path``, creating intermediate groups (``link``: a soft or external link JSON instead)."""
         root = await self.create_domain(domain)
         parts = [p for p in h5path.split("/") if p]
         if not parts:
@@ -134,11 +134,79 @@ class Writer:
             t = _now()
             target = obj_id if last else new_object_id("g", root)
             links[name] = {"class": "H5L_TYPE_HARD", "id": target, "title": name, "created": t}
+            if last and link is not None:
+                links[name] = {**link, "title": name, "created": t}
             group["lastModified"] = t
             await self._put_json(gkey, group)
             if not last:
                 await self._put_json(object_key(target), {"id": target, "root": root, "created": t, "lastModified": t, "links": {}, "attributes": {}})
             gid = target
+
+    async def create_group(self, domain: str, h5path: str) -> str:
+        """Create an empty group at ``h5path`` (and missing parents); return its id."""
+        root = await self.create_domain(domain)
+        gid = new_object_id("g", root)
+        t = _now()
+        await self._put_json(object_key(gid), {"id": gid, "root": root, "created": t, "lastModified": t, "links": {}, "attributes": {}})
+        await self._link(domain, h5path, gid)
+        return gid
+
+    async def create_soft_link(self, domain: str, h5path: str, target: str) -> None:
+        """Link ``h5path`` softly to the path ``target`` (docs/hsds-format.md §2: ``H5L_TYPE_SOFT``)."""
+        await self._link(domain, h5path, "", {"class": "H5L_TYPE_SOFT", "h5path": target})
+
+    async def create_external_link(self, domain: str, h5path: str, target_domain: str, target: str) -> None:
+        """Link ``h5path`` to ``target`` in another domain (``H5L_TYPE_EXTERNAL``: ``h5domain``, ``h5path``)."""
+        await self._link(domain, h5path, "", {"class": "H5L_TYPE_EXTERNAL", "h5domain": target_domain, "h5path": target})
+
+    async def _object_at(self, domain: str, h5path: str) -> str:
+        """The id of the object at ``h5path`` (``/``: the root group), following hard links only."""
+        gid = await self.create_domain(domain)
+        for name in [p for p in h5path.split("/") if p]:
+            links = (await self._get_json(object_key(gid)) or {}).get("links", {})
+            if name not in links or "id" not in links[name]:
+                raise DatasetJsonError(f"no hard link {name!r} on the way to {h5path!r} in domain {domain!r}; create it first")
+            gid = links[name]["id"]
+        return gid
+
+    async def set_attribute(
+        self, domain: str, h5path: str, name: str, value: Any, dtype: Any = None, *, type_json: Any = None, shape: Any = None
+    ) -> None:
+        """Store attribute ``name`` on the object at ``h5path`` in HSDS's JSON form (docs/hsds-format.md §2).
+
+        Parameters
+        ----------
+        value
+            The value; a 0-d value makes a scalar attribute (``H5S_SCALAR``).
+        dtype
+            Its numpy dtype (default: ``numpy.asarray(value).dtype``); vlen dtypes from
+            :func:`hsds_backends.dtypes.vlen_dtype`, enums with ``metadata={"enum": …}``.
+        type_json, shape
+            Raw HSDS type and shape JSON, stored with ``value`` as given (for references,
+            or layouts the numpy route cannot express).
+        """
+        if type_json is None:
+            dt = np.dtype(dtype) if dtype is not None else None
+            if dt is not None and dt.subdtype is not None:
+                base, sub = dt.subdtype
+                arr = np.asarray(value, dtype=base)
+                ashape = arr.shape[: arr.ndim - len(sub)]
+            else:
+                arr = np.asarray(value, dtype=dt) if dt is None or not dt.hasobject else _object_array(value, dt)
+                dt = arr.dtype if dt is None else dt
+                ashape = arr.shape
+            type_json = type_json_from_dtype(dt)
+            shape = {"class": "H5S_SCALAR"} if not ashape else {"class": "H5S_SIMPLE", "dims": list(ashape)}
+            value = _json_value(arr.tolist())
+        elif shape is None:
+            shape = {"class": "H5S_SCALAR"}
+        oid = await self._object_at(domain, h5path)
+        key = object_key(oid)
+        obj = await self._get_json(key)
+        t = _now()
+        obj.setdefault("attributes", {})[name] = {"type": type_json, "shape": shape, "value": value, "created": t}
+        obj["lastModified"] = t
+        await self._put_json(key, obj)
 
     async def create_dataset(
         self,
@@ -351,3 +419,30 @@ def _all_fill(part: np.ndarray[Any, Any], fill: np.ndarray[Any, Any]) -> bool:
         return False
     a = np.ascontiguousarray(part).view(np.uint8).reshape(-1, part.dtype.itemsize) if part.size else np.empty((0, part.dtype.itemsize), np.uint8)
     return bool((a == np.frombuffer(fill.tobytes(), np.uint8)).all())
+
+
+def _object_array(value: Any, dt: np.dtype[Any]) -> np.ndarray[Any, Any]:
+    """``value`` as an array of ``dt`` without numpy turning vlen elements into extra axes."""
+    if isinstance(value, np.ndarray) and value.dtype.hasobject:
+        return value.astype(dt)
+    if dt.names is not None or not isinstance(value, (list, tuple)):
+        return np.array(value, dtype=dt)
+    out = np.empty(len(value), dtype=dt)
+    for i, v in enumerate(value):
+        out[i] = v
+    return out
+
+
+def _json_value(v: Any) -> Any:
+    """``tolist()`` output as JSON: tuples (compound elements) as lists, bytes as text, arrays as lists."""
+    if isinstance(v, (list, tuple)):
+        return [_json_value(x) for x in v]
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    if isinstance(v, np.ndarray):
+        return _json_value(v.tolist())
+    if isinstance(v, np.generic):
+        return _json_value(v.item())
+    if isinstance(v, bool):
+        return int(v)
+    return v
