@@ -330,6 +330,12 @@ class Group(Mapping[str, Any]):
     def __init__(self, domain: Domain, agroup: AsyncGroup) -> None:
         self._domain = domain
         self.async_group = agroup
+        self.name: str = agroup.name
+        """The absolute path this group was reached by."""
+        self.id: str = agroup.id
+        """The group's object id (``g-…``)."""
+        self.attrs: AttributeManager = agroup.attrs
+        """The group's attributes (a read-only mapping)."""
 
     def __repr__(self) -> str:
         return repr(self.async_group).replace("AsyncGroup", "Group")
@@ -346,21 +352,6 @@ class Group(Mapping[str, Any]):
         if hasattr(obj, "meta") and hasattr(obj, "domain"):  # an AsyncDataset (not imported: api imports us)
             return self._domain._wrap_dataset(obj)
         return obj  # a link, or the caller's default
-
-    @property
-    def name(self) -> str:
-        """The absolute path this group was reached by."""
-        return self.async_group.name
-
-    @property
-    def id(self) -> str:
-        """The group's object id (``g-…``)."""
-        return self.async_group.id
-
-    @property
-    def attrs(self) -> AttributeManager:
-        """The group's attributes (a read-only mapping)."""
-        return self.async_group.attrs
 
     def __getitem__(self, path: str) -> Any:
         return self._wrap(self._run(self.async_group.get_object(path)))
