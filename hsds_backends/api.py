@@ -31,7 +31,7 @@ import numpy as np
 
 from .config import CORE_KEYS, load_config, option
 from .dataset import DatasetMeta
-from .errors import DatasetJsonError, DatasetNotFoundError, DomainNotFoundError, NotFoundError, SelectionError
+from .errors import DatasetJsonError, DatasetNotFoundError, DomainNotFoundError, FieldError, NotFoundError, SelectionError
 from .ids import domain_key, object_key
 from .execute import Execution
 from .attrs import AttributeManager
@@ -401,6 +401,34 @@ class AsyncDomain:
         return await (await self.root()).visititems(func)
 
 
+def _single_field(fields: Sequence[str] | str | None) -> str | None:
+    """The field name when ``fields`` names one field as a plain string (h5py's rule for a plain result)."""
+    if isinstance(fields, str) and "," not in fields and ":" not in fields and fields.strip():
+        return fields.strip()
+    return None
+
+
+def _plain_field(result: ReadResult, fields: Sequence[str] | str | None) -> ReadResult:
+    """With one field named as a string, the result's data is that field as a plain array."""
+    name = _single_field(fields)
+    if name is not None and result.data.dtype.names is not None:
+        result.data = np.ascontiguousarray(result.data[name])
+    return result
+
+
+def _split_key(key: Any) -> tuple[Any, str | list[str] | None]:
+    """Split an h5py-style index into (selection, fields): field names may be mixed in (``d[0:10, 'temp']``)."""
+    if isinstance(key, str):
+        return None, key
+    if isinstance(key, list) and key and all(isinstance(k, str) for k in key):
+        return None, list(key)
+    if isinstance(key, tuple) and any(isinstance(k, str) for k in key):
+        names = [k for k in key if isinstance(k, str)]
+        rest = tuple(k for k in key if not isinstance(k, str))
+        return (rest or None), (names[0] if len(names) == 1 else names)
+    return key, None
+
+
 class _DatasetInfo:
     """What a dataset's metadata says, for the async and the sync dataset alike."""
 
@@ -459,15 +487,21 @@ class AsyncDataset(_DatasetInfo):
         return plan_hyperslab(self.meta, to_selection(selection, self.shape), fields, limits=self.domain.reader.limits)
 
     async def read_result(self, selection: Any = None, *, fields: Sequence[str] | str | None = None, **run: Any) -> ReadResult:
-        """Read a hyperslab and return it with statistics. ``run`` goes to :meth:`Reader.run`."""
-        return await self.domain.reader.run(self.plan(selection, fields=fields), **run)
+        """Read a hyperslab and return it with statistics. ``run`` goes to :meth:`Reader.run`.
+
+        ``fields``: one field name (a ``str``) gives a plain array of that field's type, as
+        h5py's ``dset.fields('temp')[sel]`` does; a list of names (or ``"a,b"``) a structured
+        array of those fields.
+        """
+        return _plain_field(await self.domain.reader.run(self.plan(selection, fields=fields), **run), fields)
 
     async def read(self, selection: Any = None, *, fields: Sequence[str] | str | None = None, **run: Any) -> np.ndarray[Any, Any]:
         """Read a hyperslab: ``None`` (all), an HSDS select string, or a numpy-style index."""
         return (await self.read_result(selection, fields=fields, **run)).data
 
     async def read_points_result(self, points: Any, *, fields: Sequence[str] | str | None = None, **run: Any) -> ReadResult:
-        return await self.domain.reader.run(plan_points(self.meta, points, fields, limits=self.domain.reader.limits), **run)
+        plan = plan_points(self.meta, points, fields, limits=self.domain.reader.limits)
+        return _plain_field(await self.domain.reader.run(plan, **run), fields)
 
     async def read_points(self, points: Any, *, fields: Sequence[str] | str | None = None, **run: Any) -> np.ndarray[Any, Any]:
         """Read the values at (N, rank) absolute coordinates, in the order given."""
@@ -676,6 +710,17 @@ class Domain:
         self.close()
 
 
+class _FieldsView:
+    """What :meth:`Dataset.fields` returns: ``view[sel]`` reads ``sel`` of the chosen fields."""
+
+    def __init__(self, dataset: Dataset, names: str | Sequence[str]) -> None:
+        self._dataset = dataset
+        self._names = names
+
+    def __getitem__(self, key: Any) -> np.ndarray[Any, Any]:
+        return self._dataset.read(None if isinstance(key, tuple) and len(key) == 0 else key, fields=self._names)
+
+
 class Dataset(_DatasetInfo):
     """Synchronous view of an :class:`AsyncDataset`; ``d[...]`` reads a numpy-style index."""
 
@@ -696,9 +741,20 @@ class Dataset(_DatasetInfo):
         return self.async_dataset.attrs
 
     def __getitem__(self, key: Any) -> np.ndarray[Any, Any]:
-        if isinstance(key, str):
-            raise SelectionError(f"index {key!r} is a string; use .read({key!r}) for an HSDS select string")
-        return self.read(None if isinstance(key, tuple) and len(key) == 0 else key)
+        """Read a numpy-style index; field names may be mixed in, as in h5py (``d['temp']``, ``d[0:10, 'temp']``)."""
+        selection, fields = _split_key(key)
+        if isinstance(fields, str) and fields.lstrip().startswith("["):
+            raise SelectionError(f"index {fields!r} is a string; use .read({fields!r}) for an HSDS select string")
+        if fields is not None and self.dtype.names is None:
+            raise FieldError(f"index {fields!r} names a field, but this dataset's type {self.dtype} has no fields")
+        return self.read(None if isinstance(selection, tuple) and len(selection) == 0 else selection, fields=fields)
+
+    def fields(self, names: str | Sequence[str]) -> _FieldsView:
+        """Return a view reading only ``names`` (h5py's ``dset.fields``): ``d.fields('temp')[0:10]``.
+
+        One name (a ``str``) reads a plain array of that field's type; a list, a structured one.
+        """
+        return _FieldsView(self, names)
 
     def read(self, selection: Any = None, *, fields: Sequence[str] | str | None = None, **run: Any) -> np.ndarray[Any, Any]:
         return self._domain._lt.run(self.async_dataset.read(selection, fields=fields, **run))

@@ -292,7 +292,8 @@ def read(
         raise click.UsageError("--select cannot be combined with --points")
     cfg = _config(config, root_dir=root_dir, bucket_name=bucket)
     _check_root_dir(cfg)
-    flds = [f.strip() for f in fields.split(",")] if fields else None
+    # h5py's rule: one name gives that field as a plain array, several a structured array
+    flds: str | list[str] | None = ([f.strip() for f in fields.split(",")] if "," in fields else fields.strip()) if fields else None
     points = _load_points(points_file) if points_file else None
 
     async def go() -> Any:
@@ -329,6 +330,8 @@ def read(
 
     result = asyncio.run(go())  # errors become one line in _Group.invoke
     data = result.data
+    if isinstance(flds, str) and query is None and data.dtype.names is not None:
+        data = np.ascontiguousarray(data[flds])  # one field named: a plain array, as the Python API gives
     try:
         np.save(output, data, allow_pickle=data.dtype.hasobject)  # pickles only our own vlen objects
     except OSError as exc:

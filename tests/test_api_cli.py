@@ -80,6 +80,33 @@ def test_sync_api_string_index_is_refused(root: Path) -> None:
     with hb.open_domain(DOMAIN, root_dir=str(root)) as dom:
         with pytest.raises(hb.SelectionError, match=r"use \.read\('\[0:3\]'\)"):
             dom["/grid"]["[0:3]"]
+        with pytest.raises(hb.FieldError, match=r"index 'temp' names a field, but this dataset's type float32 has no fields"):
+            dom["/grid"]["temp"]
+
+
+def test_fields_follow_h5pys_single_name_rule(root: Path, tmp_path: Path) -> None:
+    t = _table()
+    with hb.open_domain(DOMAIN, root_dir=str(root)) as dom:
+        d = dom["/group/table"]
+        plain = d["temp"]
+        assert plain.dtype == np.dtype("<f4") and plain.dtype.names is None and plain.tobytes() == t["temp"].tobytes()
+        assert d[10:20, "temp"].tobytes() == t["temp"][10:20].tobytes()
+        assert d.fields("temp")[5:9].tobytes() == t["temp"][5:9].tobytes()
+        assert d.read(np.s_[0:4], fields="id").tolist() == [0, 1, 2, 3]
+        two = d[["id", "temp"]]
+        assert two.dtype.names == ("id", "temp") and two["temp"].tobytes() == t["temp"].tobytes()
+        assert d[0:3, "id", "temp"].dtype.names == ("id", "temp")
+        assert d.fields(["temp"])[0:2].dtype.names == ("temp",)  # a list keeps the structure
+        assert d.read_points(np.array([[3], [7]]), fields="temp").tolist() == [3.0, 7.0]
+        with pytest.raises(hb.FieldError, match="nope"):
+            d["nope"]
+    out = tmp_path / "f.npy"
+    r = _invoke("read", DOMAIN, "/group/table", "--root-dir", str(root), "--select", "[0:5]", "--fields", "temp", "-o", str(out))
+    assert r.exit_code == 0, r.output
+    assert np.load(out).dtype == np.dtype("<f4") and np.load(out).tolist() == t["temp"][:5].tolist()
+    r = _invoke("read", DOMAIN, "/group/table", "--root-dir", str(root), "--select", "[0:5]", "--fields", "temp,id", "-o", str(out))
+    assert r.exit_code == 0, r.output
+    assert np.load(out).dtype.names == ("temp", "id")
 
 
 def test_unknown_domain_and_dataset(root: Path) -> None:
