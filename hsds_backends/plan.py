@@ -14,6 +14,7 @@ import itertools
 import math
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -102,7 +103,9 @@ class ReadLimits:
                 f"dataset {meta.id}: the selection touches {chunks} chunks, over read_chunks_limit ({self.chunks}); "
                 "read a smaller selection or raise config read_chunks_limit"
             )
-        limit = self.nbytes if self.nbytes is not None else available_memory() // 2
+        if not nbytes:  # nothing to bound (query and point-grouping checks count chunks only)
+            return
+        limit = self.nbytes if self.nbytes is not None else _recent_available_memory() // 2
         if nbytes > limit:
             source = "read_bytes_limit" if self.nbytes is not None else "half the available memory (default of read_bytes_limit)"
             raise LimitError(
@@ -124,6 +127,23 @@ def available_memory() -> int:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (OSError, ValueError, AttributeError):  # pragma: no cover - not a POSIX system
         return 2**63
+
+
+#: Seconds a reading of the available memory is reused: planning runs on every read, and
+#: /proc/meminfo costs a file read each time.
+_MEMORY_TTL_S: Final = 1.0
+_memory_seen: tuple[float, int] = (-_MEMORY_TTL_S, 0)
+
+
+def _recent_available_memory() -> int:
+    """:func:`available_memory`, read at most once per :data:`_MEMORY_TTL_S`."""
+    global _memory_seen
+    now = time.monotonic()
+    at, value = _memory_seen
+    if now - at >= _MEMORY_TTL_S:
+        value = available_memory()
+        _memory_seen = (now, value)
+    return value
 
 
 _DEFAULT_LIMITS: Final = ReadLimits()
