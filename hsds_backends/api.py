@@ -416,6 +416,11 @@ def _plain_field(result: ReadResult, fields: Sequence[str] | str | None) -> Read
     return result
 
 
+def _all_if_empty(key: Any) -> Any:
+    """``d[()]`` reads everything (a scalar dataset's value), as in h5py."""
+    return None if isinstance(key, tuple) and len(key) == 0 else key
+
+
 def _split_key(key: Any) -> tuple[Any, str | list[str] | None]:
     """Split an h5py-style index into (selection, fields): field names may be mixed in (``d[0:10, 'temp']``)."""
     if isinstance(key, str):
@@ -453,7 +458,7 @@ class _DatasetInfo:
     @property
     def attrs(self) -> AttributeManager:
         """The dataset's attributes (a read-only mapping; docs/hsds-format.md §2)."""
-        return AttributeManager(self.meta.source_json.get("attributes"), f"dataset {self.meta.id}")
+        return AttributeManager(self.meta.source_json.get("attributes"), f"dataset {self._h5path()!r}")
 
     @property
     def name(self) -> str:
@@ -477,11 +482,6 @@ class AsyncDataset(_DatasetInfo):
 
     def _h5path(self) -> str:
         return self.h5path if self.h5path.startswith(("d-", "/")) else "/" + self.h5path
-
-    @property
-    def attrs(self) -> AttributeManager:
-        """The dataset's attributes (a read-only mapping; docs/hsds-format.md §2)."""
-        return AttributeManager(self.meta.source_json.get("attributes"), f"dataset {self._h5path()!r}")
 
     def plan(self, selection: Any = None, *, fields: Sequence[str] | str | None = None) -> ReadPlan:
         return plan_hyperslab(self.meta, to_selection(selection, self.shape), fields, limits=self.domain.reader.limits)
@@ -718,7 +718,7 @@ class _FieldsView:
         self._names = names
 
     def __getitem__(self, key: Any) -> np.ndarray[Any, Any]:
-        return self._dataset.read(None if isinstance(key, tuple) and len(key) == 0 else key, fields=self._names)
+        return self._dataset.read(_all_if_empty(key), fields=self._names)
 
 
 class Dataset(_DatasetInfo):
@@ -735,11 +735,6 @@ class Dataset(_DatasetInfo):
     def _h5path(self) -> str:
         return self.async_dataset._h5path()
 
-    @property
-    def attrs(self) -> AttributeManager:
-        """The dataset's attributes (a read-only mapping; docs/hsds-format.md §2)."""
-        return self.async_dataset.attrs
-
     def __getitem__(self, key: Any) -> np.ndarray[Any, Any]:
         """Read a numpy-style index; field names may be mixed in, as in h5py (``d['temp']``, ``d[0:10, 'temp']``)."""
         selection, fields = _split_key(key)
@@ -747,7 +742,7 @@ class Dataset(_DatasetInfo):
             raise SelectionError(f"index {fields!r} is a string; use .read({fields!r}) for an HSDS select string")
         if fields is not None and self.dtype.names is None:
             raise FieldError(f"index {fields!r} names a field, but this dataset's type {self.dtype} has no fields")
-        return self.read(None if isinstance(selection, tuple) and len(selection) == 0 else selection, fields=fields)
+        return self.read(_all_if_empty(selection), fields=fields)
 
     def fields(self, names: str | Sequence[str]) -> _FieldsView:
         """Return a view reading only ``names`` (h5py's ``dset.fields``): ``d.fields('temp')[0:10]``.
