@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .._aws import open_client
 from ..config import is_unset
 from ..errors import ConfigError, StorageError
 from .base import Storage, check_bucket, check_key
@@ -184,10 +185,6 @@ class S3Storage(Storage):
                 return self._client
             if self._client is not None:
                 await self._drop_client()
-            from aiobotocore.config import AioConfig
-            from aiobotocore.session import get_session
-
-            key_id, secret, token = self.__credentials
             config_kwargs: dict[str, Any] = {
                 "max_pool_connections": self.max_pool_connections,
                 "connect_timeout": self.connect_timeout,
@@ -195,21 +192,11 @@ class S3Storage(Storage):
             }
             if self.addressing_style is not None:
                 config_kwargs["s3"] = {"addressing_style": self.addressing_style}
-            stack = contextlib.AsyncExitStack()
             try:
-                client = await stack.enter_async_context(
-                    get_session().create_client(
-                        "s3",
-                        region_name=self.region,
-                        endpoint_url=self.endpoint_url,
-                        aws_access_key_id=key_id,
-                        aws_secret_access_key=secret,
-                        aws_session_token=token,
-                        config=AioConfig(**config_kwargs),
-                    )
+                stack, client = await open_client(
+                    "s3", region=self.region, endpoint_url=self.endpoint_url, credentials=self.__credentials, **config_kwargs
                 )
             except Exception as exc:
-                await stack.aclose()
                 raise StorageError(
                     f"cannot create an S3 client for endpoint {self.endpoint_url or 'AWS'!r}"
                     f" (region {self.region!r}): {exc}"

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
+from hsds_backends._aws import open_client
 from hsds_backends.errors import BackendError, BackendTimeoutError
 
 from .wire import PRICE_GB_S, PRICE_REQUEST, is_raw_answer, parse_raw_answer
@@ -269,26 +270,15 @@ class InvokeClient:
             return self._client, self._sem
         if self._stack is not None and self._loop is loop:
             await self._stack.aclose()
-        from aiobotocore.config import AioConfig
-        from aiobotocore.session import get_session
-
-        key, secret, token = self._credentials
-        stack = contextlib.AsyncExitStack()
-        self._client = await stack.enter_async_context(
-            get_session().create_client(
-                "lambda",
-                region_name=self.region,
-                endpoint_url=self.endpoint_url,
-                aws_access_key_id=key,
-                aws_secret_access_key=secret,
-                aws_session_token=token,
-                config=AioConfig(
-                    max_pool_connections=self.max_in_flight,
-                    read_timeout=self.read_timeout_s,
-                    connect_timeout=self.connect_timeout_s,
-                    retries={"mode": "standard", "total_max_attempts": 1},
-                ),
-            )
+        stack, self._client = await open_client(
+            "lambda",
+            region=self.region,
+            endpoint_url=self.endpoint_url,
+            credentials=self._credentials,
+            max_pool_connections=self.max_in_flight,
+            read_timeout=self.read_timeout_s,
+            connect_timeout=self.connect_timeout_s,
+            retries={"mode": "standard", "total_max_attempts": 1},
         )
         self._stack, self._loop = stack, loop
         self._sem = asyncio.Semaphore(self.max_in_flight)
