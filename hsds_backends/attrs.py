@@ -8,6 +8,8 @@ dataset shapes (§2.1). No I/O happens here: the object JSON is already read.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -48,6 +50,12 @@ def reference_target(value: Any) -> str:
 
 def _is_reference(type_json: Any) -> bool:
     return isinstance(type_json, dict) and type_json.get("class") == "H5T_REFERENCE"
+
+
+def _check_count(name: str, count: int, shape: tuple[int, ...]) -> None:
+    """Refuse a shape the stored values do not fill, before an array of that shape is allocated."""
+    if count != math.prod(shape):
+        raise DatasetJsonError(f"attribute {name!r} has {count} values for shape {list(shape)}; the object JSON is corrupt")
 
 
 def _shape(shape_json: Any, name: str) -> tuple[int, ...] | None:
@@ -134,18 +142,21 @@ def decode_attribute(name: str, attr_json: Mapping[str, Any]) -> Any:
     value = attr_json.get("value")
     try:
         if _is_reference(type_json):
+            values = np.asarray(value, dtype=object).reshape(-1)
+            _check_count(name, values.size, shape)
             refs = np.empty(shape, dtype=object)
             flat_refs = refs.reshape(-1)
-            for i, v in enumerate(np.asarray(value, dtype=object).reshape(-1)):
+            for i, v in enumerate(values):
                 flat_refs[i] = reference_target(v)
             return refs[()] if not shape else refs
         dt = dtype_from_type_json(type_json)
         if dt.kind == "O":
-            arr = np.empty(shape, dtype=dt)
-            flat = arr.reshape(-1)
             items: list[Any] = [value]
             for _ in shape:
                 items = [x for v in items for x in v]
+            _check_count(name, len(items), shape)
+            arr = np.empty(shape, dtype=dt)
+            flat = arr.reshape(-1)
             as_text = vlen_of(dt) in (str, bytes)  # h5py reads variable-length string attributes as str, either charset
             for i, v in enumerate(items):
                 flat[i] = _text(v) if as_text else _elem(v, dt)

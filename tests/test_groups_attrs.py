@@ -413,3 +413,20 @@ def test_groups_equal_h5py(root: Path, tmp_path: Path) -> None:
         assert isinstance(f.get("grp/ext", getlink=True), h5py.ExternalLink)
         assert d.root.get("grp/ext", getlink=True).path == f.get("grp/ext", getlink=True).path
         assert len(d.root["grp"]) == len(f["grp"])
+
+
+def test_a_crafted_attribute_shape_is_refused_before_allocating() -> None:
+    """A stored attribute claiming 2**40 elements for a short value must not allocate them."""
+    from hsds_backends.attrs import decode_attribute
+    from hsds_backends.errors import DatasetJsonError
+
+    huge = {"class": "H5S_SIMPLE", "dims": [2**40]}
+    vlen = {"type": {"class": "H5T_STRING", "charSet": "H5T_CSET_UTF8", "length": "H5T_VARIABLE"}, "shape": huge, "value": ["a"]}
+    with pytest.raises(DatasetJsonError, match=r"attribute 'v' has 1 values for shape \[1099511627776\]; the object JSON is corrupt"):
+        decode_attribute("v", vlen)
+    ref = {"type": {"class": "H5T_REFERENCE", "base": "H5T_STD_REF_OBJ"}, "shape": huge, "value": ["groups/g-1"]}
+    with pytest.raises(DatasetJsonError, match=r"attribute 'r' has 1 values for shape \[1099511627776\]"):
+        decode_attribute("r", ref)
+    fixed = {"type": "H5T_STD_I32LE", "shape": huge, "value": [1]}
+    with pytest.raises(DatasetJsonError, match=r"attribute 'i': value .* does not fit type"):
+        decode_attribute("i", fixed)
