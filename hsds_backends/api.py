@@ -637,8 +637,13 @@ class Domain:
     __getitem__ = get
 
     # ------------------------------------------------ groups (hsds_backends.groups)
-    def _wrap_dataset(self, adset: AsyncDataset) -> Dataset:
-        return Dataset(self, adset)
+    def _wrap(self, obj: Any) -> Any:
+        """The sync view of what an async group returned: a Group, a Dataset, or a link (or a default) as is."""
+        if isinstance(obj, AsyncGroup):
+            return Group(self, obj)
+        if isinstance(obj, AsyncDataset):
+            return Dataset(self, obj)
+        return obj
 
     @property
     def root(self) -> Group:

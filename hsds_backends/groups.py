@@ -347,11 +347,7 @@ class Group(Mapping[str, Any]):
         return self._domain._lt.run(wrapped())
 
     def _wrap(self, obj: Any) -> Any:
-        if isinstance(obj, AsyncGroup):
-            return Group(self._domain, obj)
-        if hasattr(obj, "meta") and hasattr(obj, "domain"):  # an AsyncDataset (not imported: api imports us)
-            return self._domain._wrap_dataset(obj)
-        return obj  # a link, or the caller's default
+        return self._domain._wrap(obj)  # the domain knows the sync classes (api imports this module)
 
     def __getitem__(self, path: str) -> Any:
         return self._wrap(self._run(self.async_group.get_object(path)))
