@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
@@ -31,7 +32,10 @@ import numpy as np
 
 from .config import CORE_KEYS, load_config, option
 from .dataset import DatasetMeta
-from .errors import DatasetJsonError, DatasetNotFoundError, DomainNotFoundError, FieldError, NotFoundError, SelectionError
+from .codecs.filters import DEFAULT_LEVEL, filter_list
+from .dtypes import vlen_of
+from .errors import DatasetJsonError, DatasetNotFoundError, DomainNotFoundError, NotFoundError, SelectionTypeError
+from .h5py_index import check_fields, iter_chunk_slices, parse_h5py_index
 from .ids import domain_key, object_key
 from .execute import Execution
 from .attrs import AttributeManager
@@ -40,7 +44,7 @@ from ._ledger import BackendCounters, Ledger
 from .model import Backend, Choice, ReadRequest, RequestStats, current_stats
 from .plan import Assembler, ReadLimits, ReadPlan, plan_hyperslab, plan_points, plan_query
 from .plugins import backend_names, get_plugin_manager, make_backend
-from .selection import Hyperslab, from_index, parse_select
+from .selection import Hyperslab, Slice, from_index, parse_select
 from .selector import candidates_for, estimate, only_core_implements, rank, select_backend
 from .storage import Storage, check_bucket, storage_from_config
 
@@ -412,30 +416,37 @@ def _plain_field(result: ReadResult, fields: Sequence[str] | str | None) -> Read
     """With one field named as a string, the result's data is that field as a plain array."""
     name = _single_field(fields)
     if name is not None and result.data.dtype.names is not None:
-        result.data = np.ascontiguousarray(result.data[name])
+        result.data = result.data[name].copy()  # C order; np.ascontiguousarray would make a 0-d result 1-d
     return result
 
 
-def _all_if_empty(key: Any) -> Any:
-    """``d[()]`` reads everything (a scalar dataset's value), as in h5py."""
-    return None if isinstance(key, tuple) and len(key) == 0 else key
+def _has_vlen_str(dt: np.dtype[Any]) -> bool:
+    if dt.names is None:
+        return vlen_of(dt) is str
+    return any(_has_vlen_str(dt.fields[n][0]) for n in dt.names)  # type: ignore[index]
 
 
-def _split_key(key: Any) -> tuple[Any, str | list[str] | None]:
-    """Split an h5py-style index into (selection, fields): field names may be mixed in (``d[0:10, 'temp']``)."""
-    if isinstance(key, str):
-        return None, key
-    if isinstance(key, list) and key and all(isinstance(k, str) for k in key):
-        return None, list(key)
-    if isinstance(key, tuple) and any(isinstance(k, str) for k in key):
-        names = [k for k in key if isinstance(k, str)]
-        rest = tuple(k for k in key if not isinstance(k, str))
-        return (rest or None), (names[0] if len(names) == 1 else names)
-    return key, None
+def _vlen_str_to_bytes(data: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """h5py gives variable-length strings as UTF-8 ``bytes`` (``asstr()`` decodes them); ``read()`` gives ``str``."""
+    if data.dtype.names is not None:
+        out = data.copy()
+        for n in data.dtype.names:
+            if _has_vlen_str(data.dtype.fields[n][0]):  # type: ignore[index]
+                out[n] = _vlen_str_to_bytes(data[n])
+        return out
+    out = np.empty(data.shape, dtype=data.dtype)
+    for i, v in enumerate(data.flat):
+        out.flat[i] = v.encode("utf-8") if isinstance(v, str) else v
+    return out
+
+
+#: A full-shape mask is read as its bounding box when at least 1/_MASK_DENSITY of the box is
+#: selected (one hyperslab read), else as points (one request per element's chunk).
+_MASK_DENSITY = 8
 
 
 class _DatasetInfo:
-    """What a dataset's metadata says, for the async and the sync dataset alike."""
+    """What a dataset's metadata says, for the async and the sync dataset alike (h5py's read-only properties)."""
 
     meta: DatasetMeta
 
@@ -456,6 +467,55 @@ class _DatasetInfo:
         return self.meta.fill_element[()]
 
     @property
+    def ndim(self) -> int:
+        return len(self.meta.shape)
+
+    @property
+    def size(self) -> int:
+        """Number of elements (1 for a scalar dataset)."""
+        return math.prod(self.meta.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the whole dataset takes in memory: ``size * dtype.itemsize``."""
+        return self.size * self.meta.dtype.itemsize
+
+    @property
+    def maxshape(self) -> tuple[int | None, ...]:
+        """The extents the dataset may grow to, ``None`` for unlimited (HSDS ``maxdims`` 0; docs/hsds-format.md §2.2)."""
+        shape_json = self.meta.source_json.get("shape")
+        maxdims = shape_json.get("maxdims") if isinstance(shape_json, dict) else None
+        if not isinstance(maxdims, list) or len(maxdims) != len(self.meta.shape):
+            return self.meta.shape
+        return tuple(None if m in (0, "H5S_UNLIMITED") or not isinstance(m, int) else int(m) for m in maxdims)
+
+    @property
+    def compression(self) -> str | None:
+        """``'gzip'``, ``'lzf'`` or ``'szip'`` when the filter list has one (as h5py reports), else ``None``."""
+        for name, _level in filter_list(self.meta.filters):
+            if name in ("gzip", "lzf", "szip"):
+                return name
+        return None
+
+    @property
+    def compression_opts(self) -> int | None:
+        """The gzip level (HSDS's default 5 when the filter gives none), else ``None``."""
+        for name, level in filter_list(self.meta.filters):
+            if name == "gzip":
+                return DEFAULT_LEVEL if level is None else level
+        return None
+
+    @property
+    def shuffle(self) -> bool:
+        """Whether the byte-shuffle filter is applied."""
+        return any(name == "shuffle" for name, _level in filter_list(self.meta.filters))
+
+    @property
+    def fletcher32(self) -> bool:
+        """Whether chunks carry a fletcher32 checksum."""
+        return any(name == "fletcher32" for name, _level in filter_list(self.meta.filters))
+
+    @property
     def attrs(self) -> AttributeManager:
         """The dataset's attributes (a read-only mapping; docs/hsds-format.md §2)."""
         return AttributeManager(self.meta.source_json.get("attributes"), f"dataset {self._h5path()!r}")
@@ -467,6 +527,28 @@ class _DatasetInfo:
 
     def _h5path(self) -> str:
         return self.meta.id
+
+    def __len__(self) -> int:
+        """The extent of the first dimension; ``TypeError`` for a scalar dataset, as in h5py."""
+        if not self.meta.shape:
+            raise TypeError(f"dataset {self._h5path()!r} is scalar and has no len(); read it with d[()]")
+        return self.meta.shape[0]
+
+    def iter_chunks(self, sel: Any = None) -> Iterator[tuple[slice, ...]]:
+        """Yield, in C order, the part of ``sel`` that lies in each chunk, as a tuple of slices (h5py's ``iter_chunks``).
+
+        ``sel`` is ``None`` (the whole dataset) or one int or slice per dimension
+        (``np.s_[0:10, 5]``); an int stands for one element, a slice's step is ignored.
+        """
+        return iter_chunk_slices(self.meta.shape, self.meta.chunks, sel)
+
+    def asstr(self, encoding: str | None = None, errors: str = "strict") -> AsStrView:
+        """A view whose ``[key]`` decodes string data to ``str`` (h5py's ``asstr``); only for string types."""
+        if self.meta.dtype.kind != "S" and vlen_of(self.meta.dtype) not in (str, bytes):
+            raise TypeError(
+                f"asstr() needs a string dataset; dataset {self._h5path()!r} has type {self.meta.dtype}"
+            )
+        return AsStrView(self, encoding or "utf-8", errors)
 
 
 class AsyncDataset(_DatasetInfo):
@@ -498,6 +580,57 @@ class AsyncDataset(_DatasetInfo):
     async def read(self, selection: Any = None, *, fields: Sequence[str] | str | None = None, **run: Any) -> np.ndarray[Any, Any]:
         """Read a hyperslab: ``None`` (all), an HSDS select string, or a numpy-style index."""
         return (await self.read_result(selection, fields=fields, **run)).data
+
+    async def getitem(self, key: Any, *, fields: str | Sequence[str] | None = None, **run: Any) -> Any:
+        """Read ``key`` with h5py 3.x's indexing rules; what ``Dataset[key]`` does (docs/api.md §2).
+
+        Integers drop their axis, a full-shape boolean mask gives a 1-D result, field
+        names may be mixed in, and a 0-d result comes back as a numpy scalar. Wrong
+        input raises the builtin class h5py raises (through :class:`SelectionError`,
+        :class:`SelectionTypeError`, :class:`SelectionValueError`, :class:`FieldError`).
+        """
+        idx = parse_h5py_index(key, self.shape, self.dtype)
+        names = idx.fields if fields is None else (fields if isinstance(fields, str) else list(fields))
+        if idx.mask is not None:
+            data = await self._read_mask(idx.mask, names, **run)
+        else:
+            data = await self.read(idx.selection, fields=names, **run)
+        if vlen_of(self.dtype) is str or (self.dtype.names and _has_vlen_str(data.dtype)):
+            data = _vlen_str_to_bytes(data)
+        return data if data.ndim or idx.ellipsis_only else data[()]
+
+    async def _read_mask(self, mask: np.ndarray[Any, Any], fields: str | list[str] | None, **run: Any) -> np.ndarray[Any, Any]:
+        """The elements where ``mask`` is true, in C order: the bounding box when they fill it densely, else points."""
+        where = np.nonzero(mask)
+        n = int(where[0].size)
+        if n == 0:
+            empty = Hyperslab(tuple(Slice(0, 0, 1) for _ in self.shape), (False,) * len(self.shape))
+            return (await self.read(empty, fields=fields, **run)).reshape(0)
+        box = tuple(slice(int(w.min()), int(w.max()) + 1) for w in where)
+        if n * _MASK_DENSITY >= math.prod(b.stop - b.start for b in box):
+            block = await self.read(box, fields=fields, **run)
+            return np.ascontiguousarray(block[mask[box]])
+        return await self.read_points(np.stack(where, axis=1), fields=fields, **run)
+
+    async def read_direct(self, dest: np.ndarray[Any, Any], source_sel: Any = None, dest_sel: Any = None, **run: Any) -> None:
+        """Read ``source_sel`` (h5py indexing) into ``dest[dest_sel]`` of an existing array, as h5py's ``read_direct``.
+
+        ``dest`` must be a C-contiguous, writable numpy array; the data is cast to its
+        dtype and broadcast to the destination's selected shape, as numpy assignment does.
+        """
+        if not isinstance(dest, np.ndarray):
+            raise TypeError(f"read_direct needs a numpy array to read into, got {type(dest).__name__}")
+        if not (dest.flags.c_contiguous and dest.flags.writeable):
+            raise TypeError("read_direct's destination must be C-contiguous and writable (np.ascontiguousarray(dest))")
+        data = await self.getitem(() if source_sel is None else source_sel, **run)
+        target = () if dest_sel is None else dest_sel
+        try:
+            dest[target] = data
+        except ValueError as exc:
+            raise SelectionTypeError(
+                f"cannot broadcast the source selection's shape {list(np.shape(data))} to the destination "
+                f"selection's shape {list(np.shape(dest[target]))}"
+            ) from exc
 
     async def read_points_result(self, points: Any, *, fields: Sequence[str] | str | None = None, **run: Any) -> ReadResult:
         plan = plan_points(self.meta, points, fields, limits=self.domain.reader.limits)
@@ -621,7 +754,11 @@ def open_domain(
 
 
 class Domain:
-    """A domain opened by :func:`open_domain`. Index it by link path to get a :class:`Dataset`."""
+    """A domain opened by :func:`open_domain`: an h5py-like read-only root group.
+
+    ``dom[path]`` gives a :class:`Dataset`, a :class:`~hsds_backends.groups.Group` or an
+    :class:`~hsds_backends.groups.ExternalLink`; :meth:`dataset` only datasets.
+    """
 
     def __init__(self, lt: _LoopThread, reader: Reader, adom: AsyncDomain) -> None:
         self._lt = lt
@@ -631,10 +768,17 @@ class Domain:
     def __repr__(self) -> str:
         return f"<Domain {self._adom.domain!r} bucket={self._adom.bucket!r}>"
 
-    def get(self, h5path: str) -> Dataset:
+    def dataset(self, h5path: str) -> Dataset:
+        """Return the dataset at ``h5path`` (``DatasetNotFoundError`` when it is a group or missing)."""
         return Dataset(self, self._lt.run(self._adom.get(h5path)))
 
-    __getitem__ = get
+    def __getitem__(self, h5path: str) -> Any:
+        """The group, dataset or (unfollowed) external link at ``h5path``, as ``h5py.File[path]``."""
+        return self.root[h5path]
+
+    def get(self, h5path: str, default: Any = None, *, getlink: bool = False) -> Any:
+        """``self[h5path]``, or ``default`` when nothing is there (h5py's ``Group.get``)."""
+        return self.root.get(h5path, default, getlink=getlink)
 
     # ------------------------------------------------ groups (hsds_backends.groups)
     def _wrap(self, obj: Any) -> Any:
@@ -656,7 +800,7 @@ class Domain:
 
     def get_object(self, h5path: str) -> Group | Dataset | ExternalLink:
         """Return the group, dataset or (unfollowed) external link at ``h5path``."""
-        return self.root[h5path]  # type: ignore[no-any-return]
+        return self[h5path]  # type: ignore[no-any-return]
 
     @property
     def attrs(self) -> AttributeManager:
@@ -716,14 +860,56 @@ class Domain:
 
 
 class _FieldsView:
-    """What :meth:`Dataset.fields` returns: ``view[sel]`` reads ``sel`` of the chosen fields."""
+    """What :meth:`Dataset.fields` returns: ``view[key]`` reads ``key`` (h5py indexing) of the chosen fields."""
 
     def __init__(self, dataset: Dataset, names: str | Sequence[str]) -> None:
+        self._names: str | list[str] = names if isinstance(names, str) else list(names)
+        check_fields(self._names, dataset.dtype)
         self._dataset = dataset
-        self._names = names
 
-    def __getitem__(self, key: Any) -> np.ndarray[Any, Any]:
-        return self._dataset.read(_all_if_empty(key), fields=self._names)
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """The dtype a read gives: the field's own for one name, a structured one for a list."""
+        dt = self._dataset.dtype
+        if isinstance(self._names, str):
+            return dt.fields[self._names][0]  # type: ignore[index]
+        return np.dtype([(n, dt.fields[n][0]) for n in self._names])  # type: ignore[index]
+
+    def __getitem__(self, key: Any) -> Any:
+        ds = self._dataset
+        return ds._domain._lt.run(ds.async_dataset.getitem(key, fields=self._names))
+
+
+class AsStrView:
+    """What :meth:`Dataset.asstr` returns: ``view[key]`` reads ``key`` and decodes strings to ``str``."""
+
+    def __init__(self, dataset: Any, encoding: str, errors: str) -> None:
+        self._dataset = dataset
+        self.encoding = encoding
+        self.errors = errors
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype(object)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._dataset.shape)
+
+    def __len__(self) -> int:
+        return len(self._dataset)
+
+    def _decode(self, v: Any) -> str:
+        return v.decode(self.encoding, self.errors) if isinstance(v, (bytes, np.bytes_)) else str(v)
+
+    def __getitem__(self, key: Any) -> Any:
+        data = self._dataset[key]
+        if not isinstance(data, np.ndarray):
+            return self._decode(data)
+        out = np.empty(data.shape, dtype=object)
+        for i, v in enumerate(data.flat):
+            out.flat[i] = self._decode(v)
+        return out
 
 
 class Dataset(_DatasetInfo):
@@ -740,14 +926,27 @@ class Dataset(_DatasetInfo):
     def _h5path(self) -> str:
         return self.async_dataset._h5path()
 
-    def __getitem__(self, key: Any) -> np.ndarray[Any, Any]:
-        """Read a numpy-style index; field names may be mixed in, as in h5py (``d['temp']``, ``d[0:10, 'temp']``)."""
-        selection, fields = _split_key(key)
-        if isinstance(fields, str) and fields.lstrip().startswith("["):
-            raise SelectionError(f"index {fields!r} is a string; use .read({fields!r}) for an HSDS select string")
-        if fields is not None and self.dtype.names is None:
-            raise FieldError(f"index {fields!r} names a field, but this dataset's type {self.dtype} has no fields")
-        return self.read(_all_if_empty(selection), fields=fields)
+    def __getitem__(self, key: Any) -> Any:
+        """Read ``key`` exactly as h5py 3.x indexes a dataset (see :meth:`AsyncDataset.getitem`).
+
+        ``d['temp']`` and ``d[0:10, 'temp']`` give a plain array of the field; a list of
+        names (``d[['id', 'temp']]``) a structured one.
+        """
+        return self._domain._lt.run(self.async_dataset.getitem(key))
+
+    def __iter__(self) -> Iterator[Any]:
+        """Yield ``d[i]`` along the first dimension (``TypeError`` for a scalar dataset), as h5py does."""
+        for i in range(len(self)):
+            yield self[i]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray[Any, Any]:
+        """``np.asarray(d)`` reads the whole dataset."""
+        data = np.asarray(self.read())
+        return data if dtype is None else data.astype(dtype)
+
+    def read_direct(self, dest: np.ndarray[Any, Any], source_sel: Any = None, dest_sel: Any = None, **run: Any) -> None:
+        """Read ``source_sel`` into ``dest[dest_sel]``; see :meth:`AsyncDataset.read_direct`."""
+        self._domain._lt.run(self.async_dataset.read_direct(dest, source_sel, dest_sel, **run))
 
     def fields(self, names: str | Sequence[str]) -> _FieldsView:
         """Return a view reading only ``names`` (h5py's ``dset.fields``): ``d.fields('temp')[0:10]``.

@@ -16,16 +16,9 @@ from typing import Any
 import numpy as np
 
 from .dtypes import dtype_from_type_json, vlen_of
-from .errors import DatasetJsonError, HsdsBackendsError, NotFoundError
+from .errors import AttributeNotFoundError, DatasetJsonError, HsdsBackendsError
 
 __all__ = ["AttributeManager", "AttributeNotFoundError", "decode_attribute", "reference_target"]
-
-
-class AttributeNotFoundError(NotFoundError, KeyError):
-    """An attribute name that the object does not have."""
-
-    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
-        return str(self.args[0]) if self.args else ""
 
 
 def reference_target(value: Any) -> str:

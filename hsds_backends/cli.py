@@ -413,6 +413,7 @@ def _jsonable(value: Any) -> Any:
 def _ls_entry(path: str, link: Any, obj: Any, attrs: bool) -> dict[str, Any]:
     """One ``ls`` line as a dict: path, kind, shape, dtype, chunks, filters (and link target, attributes)."""
     from .attrs import AttributeManager
+    from .codecs.filters import filter_list
     from .groups import AsyncGroup, ExternalLink, SoftLink
 
     e: dict[str, Any] = {"path": path, "kind": "", "shape": None, "dtype": None, "chunks": None, "filters": []}
@@ -426,7 +427,7 @@ def _ls_entry(path: str, link: Any, obj: Any, attrs: bool) -> dict[str, Any]:
         am = obj.attrs
     else:
         meta = obj.meta
-        names = [str(f.get("name") or f.get("class") or f.get("id")) if isinstance(f, dict) else str(f) for f in meta.filters]
+        names = [name for name, _level in filter_list(meta.filters)]
         e.update(kind="dataset", id=meta.id, shape=list(meta.shape), dtype=str(meta.dtype), chunks=list(meta.chunks), filters=names)
         am = obj.attrs
     if attrs:

@@ -2,7 +2,9 @@
 
 Every error is rooted at :class:`HsdsBackendsError`. Some mix in a builtin so
 callers can catch what they already know (``FileNotFoundError``, ``KeyError``,
-``TimeoutError``), but none is rooted at ``ValueError`` (docs/architecture.md §8).
+``TimeoutError``); selection and field errors mix in the builtin h5py raises for the
+same mistake (``IndexError``, ``TypeError``, ``ValueError``) so h5py code's ``except``
+clauses keep working (docs/architecture.md §8).
 
 Messages quote the bad value, list the valid choices where there are any, and
 say what to do next.
@@ -20,6 +22,8 @@ __all__ = [
     "BackendError",
     "BackendTimeoutError",
     "SelectionError",
+    "SelectionTypeError",
+    "SelectionValueError",
     "QueryError",
     "FieldError",
     "TypeJsonError",
@@ -27,6 +31,8 @@ __all__ = [
     "NotFoundError",
     "DomainNotFoundError",
     "DatasetNotFoundError",
+    "LinkNotFoundError",
+    "AttributeNotFoundError",
     "StorageError",
     "StoragePathError",
     "ChunkDecodeError",
@@ -89,15 +95,32 @@ class BackendTimeoutError(BackendError, TimeoutError):
 
 
 class SelectionError(HsdsBackendsError, IndexError):
-    """A selection (select string, index, points) is malformed or out of range."""
+    """A selection (select string, index, points) is malformed or out of range.
+
+    Raised as is for an index out of range (h5py raises ``IndexError`` there); the two
+    subclasses below carry the builtin h5py raises for the other mistakes.
+    """
+
+
+class SelectionTypeError(SelectionError, TypeError):
+    """An index of a kind that cannot select (a float, ``None``, two index lists, a decreasing
+    list, a boolean array of the wrong shape): h5py raises ``TypeError``."""
+
+
+class SelectionValueError(SelectionError, ValueError):
+    """An index that does not fit the dataset's rank or uses a step below 1 (or slices a
+    scalar dataset): h5py raises ``ValueError``."""
 
 
 class QueryError(HsdsBackendsError):
     """A query expression cannot be parsed or does not fit the dataset."""
 
 
-class FieldError(HsdsBackendsError, KeyError):
-    """A compound field name does not exist in the dataset type."""
+class FieldError(HsdsBackendsError, KeyError, ValueError):
+    """A compound field name does not exist in the dataset type, or the type has no fields.
+
+    ``ValueError`` is what h5py raises for both; ``KeyError`` what a mapping of fields would.
+    """
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
@@ -121,6 +144,20 @@ class DomainNotFoundError(NotFoundError):
 
 class DatasetNotFoundError(NotFoundError):
     """A link path does not lead to a dataset."""
+
+
+class LinkNotFoundError(NotFoundError, KeyError):
+    """A path with a link that does not exist (or a dangling soft link); ``KeyError`` as in h5py."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
+        return str(self.args[0]) if self.args else ""
+
+
+class AttributeNotFoundError(NotFoundError, KeyError):
+    """An attribute name that the object does not have; ``KeyError`` as in h5py."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
+        return str(self.args[0]) if self.args else ""
 
 
 class StorageError(HsdsBackendsError):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from .attrs import AttributeManager
-from .errors import DatasetJsonError, NotFoundError
+from .errors import DatasetJsonError, LinkNotFoundError, NotFoundError
 
 if TYPE_CHECKING:
     from .api import AsyncDataset, AsyncDomain, Domain
@@ -40,13 +40,6 @@ __all__ = [
 T = TypeVar("T")
 #: Soft links followed while resolving one path before giving up (a cycle).
 MAX_SOFT_HOPS = 32
-
-
-class LinkNotFoundError(NotFoundError, KeyError):
-    """A path with a link that does not exist (or a dangling soft link)."""
-
-    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
-        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)

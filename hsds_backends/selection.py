@@ -16,7 +16,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from .errors import SelectionError
+from .errors import SelectionError, SelectionTypeError, SelectionValueError
 
 __all__ = [
     "Slice",
@@ -243,23 +243,23 @@ def from_index(key: Any, shape: Sequence[int]) -> Hyperslab:
         key = (key,)
     n_ell = sum(1 for k in key if k is Ellipsis)
     if n_ell > 1:
-        raise SelectionError("an index can only have a single ellipsis ('...')")
+        raise SelectionValueError("an index can only have a single ellipsis ('...')")
     if n_ell:
         i = next(i for i, k in enumerate(key) if k is Ellipsis)
         fill = len(shape) - (len(key) - 1)
         if fill < 0:
-            raise SelectionError(f"too many indices for a dataset of rank {len(shape)}: {key!r}")
+            raise SelectionValueError(f"too many indices for a dataset of rank {len(shape)}: {key!r}")
         key = key[:i] + (slice(None),) * fill + key[i + 1 :]
     if len(key) > len(shape):
         if not shape and len(key) == 1 and isinstance(key[0], slice) and key[0] == slice(None):
             return Hyperslab((), ())
-        raise SelectionError(f"too many indices for a dataset of rank {len(shape)} (shape {list(shape)}): {key!r}")
+        raise SelectionValueError(f"too many indices for a dataset of rank {len(shape)} (shape {list(shape)}): {key!r}")
     key = key + (slice(None),) * (len(shape) - len(key))
     dims: list[Dim] = []
     drop: list[bool] = []
     for d, (k, extent) in enumerate(zip(key, shape, strict=True)):
         if isinstance(k, (bool, np.bool_)):
-            raise SelectionError(f"boolean index {k!r} on dimension {d} is not supported; use integer positions")
+            raise SelectionTypeError(f"boolean index {k!r} on dimension {d} is not supported; use integer positions")
         if isinstance(k, (int, np.integer)):
             n = int(k)
             if n < 0:
@@ -271,10 +271,12 @@ def from_index(key: Any, shape: Sequence[int]) -> Hyperslab:
         elif isinstance(k, slice):
             try:
                 start, stop, step = k.indices(extent)
-            except (TypeError, ValueError) as exc:
-                raise SelectionError(f"slice {k!r} on dimension {d} needs integer bounds and a non-zero step") from exc
+            except ValueError as exc:
+                raise SelectionValueError(f"slice {k!r} on dimension {d} needs a non-zero step") from exc
+            except TypeError as exc:
+                raise SelectionTypeError(f"slice {k!r} on dimension {d} needs integer bounds") from exc
             if step < 1:
-                raise SelectionError(
+                raise SelectionValueError(
                     f"slice {k!r} on dimension {d} has a negative step; read with a positive step and reverse with [::-1]"
                 )
             if stop < start:
@@ -285,15 +287,15 @@ def from_index(key: Any, shape: Sequence[int]) -> Hyperslab:
             try:
                 arr = np.asarray(k)
             except (ValueError, TypeError, OverflowError) as exc:
-                raise SelectionError(f"index {k!r} on dimension {d} must be an int, a slice or a 1-d list of ints") from exc
+                raise SelectionTypeError(f"index {k!r} on dimension {d} must be an int, a slice or a 1-d list of ints") from exc
             if arr.ndim == 1 and arr.size == 0:
                 arr = arr.astype(np.int64)  # np.asarray([]) is float64; an empty list selects nothing
             if arr.dtype == bool:
-                raise SelectionError(
+                raise SelectionTypeError(
                     f"boolean mask on dimension {d} is not supported; pass np.nonzero(mask)[0] as a coordinate list"
                 )
             if arr.ndim != 1 or arr.dtype.kind not in "iu":
-                raise SelectionError(f"index {k!r} on dimension {d} must be an int, a slice or a 1-d list of ints")
+                raise SelectionTypeError(f"index {k!r} on dimension {d} must be an int, a slice or a 1-d list of ints")
             if arr.dtype.kind == "u" and arr.size and int(arr.max()) >= extent:
                 raise SelectionError(f"coordinate {int(arr.max())} is out of range for dimension {d} (extent {extent})")
             vals = arr.astype(np.int64)

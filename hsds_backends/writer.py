@@ -223,6 +223,7 @@ class Writer:
         write_fill_chunks: bool = True,
         layout_style: str = "master",
         partition_count: int | None = None,
+        maxshape: Sequence[int | None] | None = None,
     ) -> DatasetMeta:
         """Create a chunked dataset and write ``data`` into chunk objects.
 
@@ -238,6 +239,9 @@ class Writer:
             Names (``"gzip"``, ``("gzip", 4)``, ``"shuffle"``, ``"lz4"``, ...) or HSDS filter objects.
         fillvalue
             Fill value (stored in ``creationProperties.fillValue``).
+        maxshape
+            Extents the dataset may grow to, ``None`` for unlimited (stored as ``maxdims``,
+            0 for unlimited; default: the shape).
         skip_chunk
             Return True for chunk indices to leave unwritten (they read as fill).
         write_fill_chunks
@@ -271,6 +275,11 @@ class Writer:
         chunks = tuple(int(c) for c in (chunks or dshape))
         if len(chunks) != len(dshape) or any(c < 1 for c in chunks):
             raise DatasetJsonError(f"chunks {list(chunks)} do not fit shape {list(shape)}")
+        maxdims = list(shape)
+        if maxshape is not None:
+            if len(maxshape) != len(shape) or any(m is not None and int(m) < s for m, s in zip(maxshape, shape, strict=True)):
+                raise DatasetJsonError(f"maxshape {list(maxshape)} does not fit shape {list(shape)}: one extent or None per dimension, each at least the shape's")
+            maxdims = [0 if m is None else int(m) for m in maxshape]
         root = await self.create_domain(domain)
         did = new_object_id("d", root)
         flist = normalize_filters(filters)
@@ -284,7 +293,7 @@ class Writer:
             "created": t,
             "lastModified": t,
             "type": type_json_from_dtype(dt),
-            "shape": {"class": "H5S_SCALAR"} if not shape else {"class": "H5S_SIMPLE", "dims": list(shape), "maxdims": list(shape)},
+            "shape": {"class": "H5S_SCALAR"} if not shape else {"class": "H5S_SIMPLE", "dims": list(shape), "maxdims": maxdims},
             "attributes": {},
             "creationProperties": cp,
         }

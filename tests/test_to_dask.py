@@ -161,7 +161,7 @@ def test_scalar_and_empty_datasets(tmp_path: Path) -> None:
     with hb.open_domain(DOMAIN, root_dir=str(tmp_path)) as d:
         s = d["/scalar"].to_dask()
         assert s.shape == ()
-        _same(s.compute(scheduler="threads"), d["/scalar"][()])
+        _same(s.compute(scheduler="threads"), d["/scalar"][...])
         e = d["/empty"].to_dask().compute(scheduler="threads")
         assert e.shape == (0, 4) and e.dtype == np.dtype("<i4")
 

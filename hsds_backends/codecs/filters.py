@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-__all__ = ["DEFAULT_LEVEL", "KNOWN_FILTERS", "SUPPORTED_FILTERS", "FilterOps", "filter_ops"]
+__all__ = ["DEFAULT_LEVEL", "KNOWN_FILTERS", "SUPPORTED_FILTERS", "FilterOps", "filter_ops", "filter_list"]
 
 #: HDF5 filter id -> HSDS filter name (docs/hsds-format.md §2.4, ``FILTER_DEFS``).
 KNOWN_FILTERS: Final[dict[int, str]] = {
@@ -155,6 +155,20 @@ def _filter_level(item: object) -> int:
         return int(level) if level is not None else DEFAULT_LEVEL
     except (TypeError, ValueError):
         return DEFAULT_LEVEL
+
+
+def filter_list(filters: Iterable[Any] | None) -> list[tuple[str, int | None]]:
+    """Return ``(name, level)`` for each item of a dataset's filter list, in order.
+
+    Names are HSDS's (``gzip`` for deflate, ``shuffle``, ``fletcher32``, ``lz4`` ...;
+    docs/hsds-format.md §2.4); ``level`` is the item's own level, or ``None`` when it
+    gives none. What ``ls`` prints and what ``Dataset.compression`` reports come from here.
+    """
+    out: list[tuple[str, int | None]] = []
+    for item in filters or ():
+        level = item.get("level") if isinstance(item, dict) else None
+        out.append((_filter_name(item), level if isinstance(level, int) and not isinstance(level, bool) else None))
+    return out
 
 
 def filter_ops(
