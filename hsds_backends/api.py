@@ -431,7 +431,7 @@ def _vlen_str_to_bytes(data: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     if data.dtype.names is not None:
         out = data.copy()
         for n in data.dtype.names:
-            if _has_vlen_str(data.dtype.fields[n][0]):  # type: ignore[index]
+            if _has_vlen_str(data.dtype.fields[n][0]):
                 out[n] = _vlen_str_to_bytes(data[n])
         return out
     out = np.empty(data.shape, dtype=data.dtype)
