@@ -459,12 +459,15 @@ class _DatasetInfo:
         return self.meta.dtype
 
     @property
-    def chunks(self) -> tuple[int, ...]:
-        return self.meta.chunks
+    def chunks(self) -> tuple[int, ...] | None:
+        """The chunk shape; ``None`` for a scalar dataset, as h5py reports (HSDS stores it as one chunk)."""
+        return self.meta.chunks if self.meta.shape else None
 
     @property
     def fillvalue(self) -> Any:
-        return self.meta.fill_element[()]
+        """The fill value; variable-length strings as ``bytes``, as h5py gives them."""
+        value = self.meta.fill_element[()]
+        return value.encode("utf-8") if isinstance(value, str) and vlen_of(self.meta.dtype) is str else value
 
     @property
     def ndim(self) -> int:
@@ -618,6 +621,7 @@ class AsyncDataset(_DatasetInfo):
         ``dest`` must be a C-contiguous, writable numpy array; the data is cast to its
         dtype and broadcast to the destination's selected shape, as numpy assignment does.
         """
+        parse_h5py_index(() if source_sel is None else source_sel, self.shape, self.dtype)  # h5py checks it first
         if not isinstance(dest, np.ndarray):
             raise TypeError(f"read_direct needs a numpy array to read into, got {type(dest).__name__}")
         if not (dest.flags.c_contiguous and dest.flags.writeable):

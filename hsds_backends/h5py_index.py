@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .errors import FieldError, SelectionError, SelectionTypeError, SelectionValueError
-from .selection import Coords, Dim, Hyperslab, Slice
+from .selection import Coords, Dim, Hyperslab, Slice, slice_dim
 
 __all__ = ["H5Index", "parse_h5py_index", "check_fields", "iter_chunk_slices"]
 
@@ -51,6 +51,23 @@ def _short(value: Any, keep: int = 60) -> str:
     return text if len(text) <= keep else text[: keep - 3] + "..."
 
 
+def _fast_path_errors(args: tuple[Any, ...], shape: tuple[int, ...], dtype: np.dtype[Any], key: Any) -> None:
+    """Raise what h5py raises before it looks at field names, for a key naming fields of a plain type.
+
+    For integer and float datasets with a shape, h5py first walks the index with its fast
+    reader, which stops with a ``TypeError`` at the first field name (then the name is
+    refused with a ``ValueError``) but raises an out-of-range index or a rank mismatch met
+    before it as such.
+    """
+    if not shape or dtype.kind not in "iuf":
+        return
+    first = next(i for i, a in enumerate(args) if isinstance(a, str) or _is_name_list(a))
+    try:
+        _walk(args[:first], shape, key, partial=True)
+    except SelectionTypeError:
+        pass
+
+
 def check_fields(names: str | list[str], dtype: np.dtype[Any]) -> None:
     """Refuse field names on a type without fields, or names the type does not have (h5py: ``ValueError``)."""
     wanted = [names] if isinstance(names, str) else list(names)
@@ -65,6 +82,9 @@ def check_fields(names: str | list[str], dtype: np.dtype[Any]) -> None:
     for name in wanted:
         if name not in dtype.names:
             raise FieldError(f"field {name!r} is not in the dataset's type; its fields are {list(dtype.names)}")
+    for name in wanted:
+        if wanted.count(name) > 1:
+            raise FieldError(f"field {name!r} is named more than once in {wanted!r}; name each field once")
 
 
 def _is_name_list(a: Any) -> bool:
@@ -106,11 +126,13 @@ def _index_array(a: Any, extent: int, dim: int, earlier: int | None) -> np.ndarr
             f"index lists on dimensions {earlier} and {dim}: h5py-style reads take one index list or "
             "boolean array per selection; use .read() for the outer product of several"
         )
-    if arr.dtype.kind == "u" and arr.size and int(arr.max()) >= extent:
+    if arr.dtype.kind == "u" and arr.size and int(arr.max()) > extent:
         raise SelectionError(f"index {int(arr.max())} in the list on dimension {dim} is out of range (extent {extent})")
     vals = arr.astype(np.int64)
     vals = np.where(vals < 0, vals + extent, vals)
-    bad = vals[(vals < 0) | (vals >= extent)]
+    # h5py lets an element equal to the extent through here (the HDF5 library refuses it when
+    # reading, with an OSError); it is refused after the whole key is checked (_check_extents).
+    bad = vals[(vals < 0) | (vals > extent)]
     if bad.size:
         raise SelectionError(
             f"index {int(bad[0]) if bad[0] >= 0 else int(bad[0]) - extent} in the list on dimension {dim} "
@@ -152,6 +174,8 @@ def parse_h5py_index(key: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> 
     fields: str | list[str] | None = None
     if names:
         fields = names[0] if len(names) == 1 and not as_list else names
+        if dtype.names is None:
+            _fast_path_errors(args, shape, dtype, key)
         check_fields(fields, dtype)
         args = tuple(rest)
     rank = len(shape)
@@ -172,7 +196,16 @@ def parse_h5py_index(key: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> 
                 f"boolean mask of shape {list(m.shape)} matches neither the dataset's shape {list(shape)} "
                 f"nor its first dimension ({shape[0]})"
             )
-    # One pass in argument order, as h5py's selector makes it: the first bad argument names the error.
+    return H5Index(selection=_walk(args, shape, key), fields=fields)
+
+
+def _walk(args: tuple[Any, ...], shape: tuple[int, ...], key: Any, *, partial: bool = False) -> Hyperslab:
+    """One pass over ``args`` in order, as h5py's selector makes it: the first bad argument names the error.
+
+    ``partial``: ``args`` is a leading part of a key (see :func:`_fast_path_errors`); no
+    dimensions are filled in and nothing is returned that matters.
+    """
+    rank = len(shape)
     slots: dict[int, tuple[Dim, bool]] = {}
     nargs = ellipsis_at = len(args)
     seen_ellipsis = False
@@ -195,28 +228,24 @@ def parse_h5py_index(key: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> 
         slots[d] = _one_dim(a, d, shape[d], rank, array_dim)
         if isinstance(slots[d][0], Coords):
             array_dim = d
+    if partial:
+        return Hyperslab(())
     for d in range(ellipsis_at, ellipsis_at + rank - nargs):
         slots[d] = (Slice(0, shape[d], 1), False)
     dims = tuple(slots[d][0] for d in range(rank))
-    drop = tuple(slots[d][1] for d in range(rank))
-    return H5Index(selection=Hyperslab(dims, drop), fields=fields)
+    empty = any(dim.count == 0 for dim in dims)  # h5py reads nothing then, so nothing is refused
+    for d, dim in enumerate(dims):
+        if not empty and isinstance(dim, Coords) and int(dim.values.max()) >= shape[d]:
+            raise SelectionError(
+                f"index {int(dim.values.max())} in the list on dimension {d} is out of range (extent {shape[d]})"
+            )
+    return Hyperslab(dims, tuple(slots[d][1] for d in range(rank)))
 
 
 def _one_dim(a: Any, d: int, extent: int, rank: int, array_dim: int | None) -> tuple[Dim, bool]:
     """What argument ``a`` selects on dimension ``d``, and whether the result drops the dimension."""
     if isinstance(a, slice):
-        try:
-            start, stop, step = a.indices(extent)
-        except ValueError as exc:
-            raise SelectionValueError(f"slice {a!r} on dimension {d} has step 0; use a step of 1 or more") from exc
-        except TypeError as exc:
-            raise SelectionTypeError(f"slice {a!r} on dimension {d} needs integer bounds") from exc
-        if step < 1:
-            raise SelectionValueError(
-                f"slice {a!r} on dimension {d} has step {step}; h5py-style reads need a step of 1 or more "
-                "(read forwards and reverse the result with [::-1])"
-            )
-        return Slice(start, max(start, stop), step), False
+        return slice_dim(a, extent, d), False
     if not isinstance(a, (list, tuple)):
         try:  # Python's True/False are the integers 1/0 (as in h5py); numpy bools and 1-d arrays refuse
             n = operator.index(a)
@@ -242,40 +271,34 @@ def _one_dim(a: Any, d: int, extent: int, rank: int, array_dim: int | None) -> t
 
 
 def iter_chunk_slices(shape: tuple[int, ...], chunks: tuple[int, ...], sel: Any = None) -> Iterator[tuple[slice, ...]]:
-    """Yield the part of ``sel`` in each chunk, in C order, as h5py's ``iter_chunks`` does.
+    """Return an iterator over the part of ``sel`` in each chunk, in C order, as h5py's ``iter_chunks``.
 
     ``sel``: ``None`` (everything), or one int or slice per dimension. An int ``n``
     stands for ``n:n+1``; a slice's missing (or zero) start is 0 and its missing (or
-    zero) stop the extent, its step is ignored; the region must lie inside the dataset.
+    zero) stop the extent, its step is ignored; the region must lie inside the dataset
+    and not be empty (so an empty dataset has nothing to iterate: ``ValueError``, as in
+    h5py). The selection is checked here, before the first chunk is asked for.
     """
     rank = len(shape)
     if rank == 0:
         raise SelectionTypeError("a scalar dataset has no chunks to iterate over")
     if sel is None:
-        region = [(0, e) for e in shape]
-    else:
-        parts = [sel] if isinstance(sel, (slice, int)) else list(sel) if isinstance(sel, tuple) else None
-        if parts is None or len(parts) != rank:
-            raise SelectionValueError(
-                f"iter_chunks selection {_short(sel)} must give one int or slice per dimension ({rank})"
-            )
-        region = []
-        for d, p in enumerate(parts):
-            if isinstance(p, slice):
-                start, stop = p.start or 0, p.stop or shape[d]
-            elif isinstance(p, int) and not isinstance(p, bool):
-                start, stop = p, p + 1
-            else:
-                raise SelectionTypeError(f"iter_chunks selection {_short(p)} on dimension {d} must be an int or a slice")
-            if not isinstance(start, int) or not isinstance(stop, int) or start < 0 or stop > shape[d] or stop <= start:
-                raise SelectionValueError(
-                    f"iter_chunks selection {_short(p)} on dimension {d} must lie within the dataset "
-                    f"(0 <= start < stop <= {shape[d]})"
-                )
-            region.append((start, stop))
+        sel = tuple(slice(0, e) for e in shape)
+    parts = [sel] if isinstance(sel, (slice, int)) else list(sel) if isinstance(sel, tuple) else None
+    if parts is None or len(parts) != rank:
+        raise SelectionValueError(f"iter_chunks selection {_short(sel)} must give one int or slice per dimension ({rank})")
     ranges = []
-    for (start, stop), c in zip(region, chunks, strict=True):
-        first = start // c
-        ranges.append([(max(start, k * c), min(stop, (k + 1) * c)) for k in range(first, -(-stop // c))])
-    for combo in itertools.product(*ranges):
-        yield tuple(slice(a, b, 1) for a, b in combo)
+    for d, (p, c) in enumerate(zip(parts, chunks, strict=True)):
+        if isinstance(p, slice):
+            start, stop = p.start or 0, p.stop or shape[d]
+        elif isinstance(p, int) and not isinstance(p, bool):
+            start, stop = p, p + 1
+        else:
+            raise SelectionTypeError(f"iter_chunks selection {_short(p)} on dimension {d} must be an int or a slice")
+        if not isinstance(start, int) or not isinstance(stop, int) or start < 0 or stop > shape[d] or stop <= start:
+            raise SelectionValueError(
+                f"iter_chunks selection {_short(p)} on dimension {d} must lie within the dataset and not be empty "
+                f"(0 <= start < stop <= {shape[d]})"
+            )
+        ranges.append([(max(start, k * c), min(stop, (k + 1) * c)) for k in range(start // c, -(-stop // c))])
+    return (tuple(slice(a, b, 1) for a, b in combo) for combo in itertools.product(*ranges))

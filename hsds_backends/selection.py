@@ -25,6 +25,7 @@ __all__ = [
     "DimCut",
     "parse_select",
     "from_index",
+    "slice_dim",
     "format_select",
     "dim_cuts",
     "check_points",
@@ -231,6 +232,22 @@ def _parse_dim(part: str, extent: int, d: int, sel: str, shape: tuple[int, ...])
     return Slice(start, stop, step)
 
 
+def slice_dim(k: slice, extent: int, d: int) -> Slice:
+    """A Python slice on dimension ``d`` as a :class:`Slice`: Python's rules, a step of at least 1,
+    ``stop < start`` an empty selection (numpy's and h5py's rules alike)."""
+    try:
+        start, stop, step = k.indices(extent)
+    except ValueError as exc:
+        raise SelectionValueError(f"slice {k!r} on dimension {d} has step 0; use a step of 1 or more") from exc
+    except TypeError as exc:
+        raise SelectionTypeError(f"slice {k!r} on dimension {d} needs integer bounds") from exc
+    if step < 1:
+        raise SelectionValueError(
+            f"slice {k!r} on dimension {d} has step {step}; read with a step of 1 or more and reverse the result with [::-1]"
+        )
+    return Slice(start, max(start, stop), step)
+
+
 def from_index(key: Any, shape: Sequence[int]) -> Hyperslab:
     """Turn a numpy-style index (ints, slices, ``...``, integer lists/arrays) into a :class:`Hyperslab`.
 
@@ -269,19 +286,7 @@ def from_index(key: Any, shape: Sequence[int]) -> Hyperslab:
             dims.append(Slice(n, n + 1, 1))
             drop.append(True)
         elif isinstance(k, slice):
-            try:
-                start, stop, step = k.indices(extent)
-            except ValueError as exc:
-                raise SelectionValueError(f"slice {k!r} on dimension {d} needs a non-zero step") from exc
-            except TypeError as exc:
-                raise SelectionTypeError(f"slice {k!r} on dimension {d} needs integer bounds") from exc
-            if step < 1:
-                raise SelectionValueError(
-                    f"slice {k!r} on dimension {d} has a negative step; read with a positive step and reverse with [::-1]"
-                )
-            if stop < start:
-                stop = start
-            dims.append(Slice(start, stop, step))
+            dims.append(slice_dim(k, extent, d))
             drop.append(False)
         else:
             try:

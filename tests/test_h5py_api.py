@@ -151,12 +151,14 @@ def test_properties_len_iter_and_chunks(dom: Any) -> None:
 def test_iter_chunks_refusals() -> None:
     with pytest.raises(hb.SelectionValueError, match=r"must give one int or slice per dimension \(2\)"):
         list(iter_chunk_slices((4, 4), (2, 2), np.s_[0:2]))
-    with pytest.raises(hb.SelectionValueError, match=r"on dimension 0 must lie within the dataset \(0 <= start < stop <= 4\)"):
+    with pytest.raises(hb.SelectionValueError, match=r"on dimension 0 must lie within the dataset and not be empty \(0 <= start < stop <= 4\)"):
         list(iter_chunk_slices((4, 4), (2, 2), np.s_[0:9, 0:1]))
     with pytest.raises(hb.SelectionTypeError, match=r"\[1, 2\] on dimension 0 must be an int or a slice"):
         list(iter_chunk_slices((4, 4), (2, 2), ([1, 2], slice(None))))
     with pytest.raises(hb.SelectionTypeError, match="a scalar dataset has no chunks"):
-        list(iter_chunk_slices((), (1,)))
+        iter_chunk_slices((), (1,))  # refused when called, as h5py's iter_chunks
+    with pytest.raises(hb.SelectionValueError, match=r"on dimension 0 must lie within the dataset and not be empty \(0 <= start < stop <= 0\)"):
+        iter_chunk_slices((0, 3), (4, 3))
 
 
 def test_domain_is_h5pys_file(dom: Any) -> None:
