@@ -501,28 +501,33 @@ SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=
 # -------------------------------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("name", READABLE)
-@SETTINGS
-@given(data=st.data())
-def test_getitem_equals_h5py(env: Env, name: str, data: st.DataObject) -> None:
-    """``d[key]`` for generated keys: value, dtype, shape and type, or the same exception class."""
-    spec = BY_NAME[name]
-    _expect(name, EXAMPLES // 2, spec)
-    key = data.draw(h5keys(spec.shape, spec.dtype.names), label="key")
-    d, h = env.dom[f"/{name}"], env.h5[name]
-    _read_case(name, spec, lambda: d[copy.deepcopy(key)], lambda: h[copy.deepcopy(key)], key)
+GETITEM_CASES = (
+    [(n, "any") for n in READABLE] + [(n, "valid") for n in READABLE] + [(n, "asstr") for n in STRINGS]
+)
 
 
-@pytest.mark.parametrize("name", READABLE)
+@pytest.mark.parametrize(("name", "mode"), GETITEM_CASES, ids=[f"{n}-{m}" for n, m in GETITEM_CASES])
 @SETTINGS
 @given(data=st.data())
-def test_getitem_valid_keys_equal_h5py(env: Env, name: str, data: st.DataObject) -> None:
-    """``d[key]`` for keys h5py accepts (so a wrong value is not hidden behind an error-precedence difference)."""
+def test_getitem_equals_h5py(env: Env, name: str, mode: str, data: st.DataObject) -> None:
+    """``d[key]`` for generated keys: value, dtype, shape and type, or the same exception class.
+
+    ``mode``: ``any`` keys; ``valid``, only keys h5py accepts (so a wrong value is not hidden behind
+    an error-precedence difference); ``asstr``, ``d.asstr()[key]`` on string datasets.
+    """
     spec = BY_NAME[name]
-    _expect(f"valid:{name}", EXAMPLES // 2, spec)
-    key = data.draw(valid_h5keys(spec.shape, spec.dtype.names), label="key")
+    what = name if mode == "any" else f"{mode}:{name}"
+    _expect(what, EXAMPLES // 2, spec)
+    if mode == "valid":
+        keys = valid_h5keys(spec.shape, spec.dtype.names)
+    else:
+        keys = h5keys(spec.shape, None if mode == "asstr" else spec.dtype.names, allow_names=mode != "asstr")
+    key = data.draw(keys, label="key")
     d, h = env.dom[f"/{name}"], env.h5[name]
-    _read_case(f"valid:{name}", spec, lambda: d[copy.deepcopy(key)], lambda: h[copy.deepcopy(key)], key)
+    if mode == "asstr":
+        _read_case(what, spec, lambda: d.asstr()[copy.deepcopy(key)], lambda: h.asstr()[copy.deepcopy(key)], key)
+    else:
+        _read_case(what, spec, lambda: d[copy.deepcopy(key)], lambda: h[copy.deepcopy(key)], key)
 
 
 @pytest.mark.parametrize("name", COMPOUND)
@@ -792,18 +797,6 @@ def test_properties_equal_h5py(env: Env, name: str) -> None:
             wrong.append(str(exc))
         COUNTS[f"props:{name}"] += 1
     assert not wrong, "\n".join(wrong)
-
-
-@pytest.mark.parametrize("name", STRINGS)
-@SETTINGS
-@given(data=st.data())
-def test_asstr_equals_h5py(env: Env, name: str, data: st.DataObject) -> None:
-    """``d.asstr()[key]`` on fixed- and variable-length strings (vlen ones are compared only this way)."""
-    spec = BY_NAME[name]
-    _expect(f"asstr:{name}", EXAMPLES // 2, spec)
-    key = data.draw(h5keys(spec.shape, None, allow_names=False), label="key")
-    d, h = env.dom[f"/{name}"], env.h5[name]
-    _read_case(f"asstr:{name}", spec, lambda: d.asstr()[copy.deepcopy(key)], lambda: h.asstr()[copy.deepcopy(key)], key)
 
 
 def test_asstr_refused_on_numbers(env: Env) -> None:

@@ -30,7 +30,6 @@ from hsds_backends.errors import (
     DomainNotFoundError,
     FieldError,
     HsdsBackendsError,
-    LinkNotFoundError,
     QueryError,
     SelectionError,
     StoragePathError,
@@ -575,7 +574,7 @@ def test_a_read_never_writes(tmp_path: Path) -> None:
             d.read("[0:101,0:1]")
         with pytest.raises(FieldError, match=r"for an HSDS select string use \.read\('\[0:1,0:1\]'\)"):
             d["[0:1,0:1]"]
-        with pytest.raises(LinkNotFoundError, match="no link 'nope'"):
+        with pytest.raises(hb.LinkNotFoundError, match="no link 'nope'"):
             dom["/nope"]
         with pytest.raises(DatasetNotFoundError, match="is not a dataset"):
             dom.dataset(meta.id.replace("d-", "g-", 1))
