@@ -265,7 +265,9 @@ def default_policy(request: ReadRequest, candidates: Sequence[Backend], config: 
 
     def reason() -> str:
         others = ", ".join(
-            f"{b.name} {_fmt_s(e.seconds)}" for e, b in sorted(scored, key=lambda eb: eb[0].seconds) if b is not chosen
+            f"{b.name} {_fmt_s(e.seconds)}" if math.isfinite(e.seconds) else f"{b.name} not used ({e.detail})"
+            for e, b in sorted(scored, key=lambda eb: eb[0].seconds)
+            if b is not chosen
         )
         money = f", ${est.dollars:.6f}" if est.dollars else ""
         n = f"{request.num_chunks} {_unit(request)}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -660,3 +661,21 @@ def test_stats_report_bytes_and_gets(root: Path) -> None:
     assert counters.requests == 2 and counters.tasks == 8 and counters.in_flight == 0
     j = a.to_json()
     assert set(j) >= {"backend", "reason", "chunks", "bytes_fetched", "bytes_decoded", "bytes_returned", "retries", "failovers", "hedges", "seconds", "gb_seconds", "dollars", "s3_gets"}
+
+
+class Thresholded(_KernelBackend):
+    """Refuses small requests through its estimate (as lambda's ``aws_lambda_threshold`` does)."""
+
+    name: ClassVar[str] = "thresholded"
+
+    def estimate_cost(self, request: ReadRequest) -> CostEstimate:
+        return CostEstimate(math.inf, 0.0, f"{request.num_chunks} chunk(s) < threshold=4")
+
+
+def test_a_backend_with_an_infinite_estimate_is_named_with_its_reason_not_inf(root: Path) -> None:
+    async def body(reader: hb.Reader, d: Any) -> str:
+        return str(reader.choose(d.plan(ONE))[1])
+
+    reason = _run(root, _pm(Local, Thresholded), body, auto_explore=0)
+    assert reason.startswith("auto: local fastest at ")
+    assert reason.endswith("others: thresholded not used (1 chunk(s) < threshold=4)") and "inf" not in reason
