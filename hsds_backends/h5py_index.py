@@ -61,9 +61,8 @@ def _fast_path_errors(args: tuple[Any, ...], shape: tuple[int, ...], dtype: np.d
     """
     if not shape or dtype.kind not in "iuf":
         return
-    first = next(i for i, a in enumerate(args) if isinstance(a, str) or _is_name_list(a))
-    try:
-        _walk(args[:first], shape, key, partial=True)
+    try:  # the whole key, names counted as arguments: the walk stops at the first name
+        _walk(args, shape, key, partial=True)
     except SelectionTypeError:
         pass
 
@@ -202,8 +201,8 @@ def parse_h5py_index(key: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> 
 def _walk(args: tuple[Any, ...], shape: tuple[int, ...], key: Any, *, partial: bool = False) -> Hyperslab:
     """One pass over ``args`` in order, as h5py's selector makes it: the first bad argument names the error.
 
-    ``partial``: ``args`` is a leading part of a key (see :func:`_fast_path_errors`); no
-    dimensions are filled in and nothing is returned that matters.
+    ``partial``: walk a key that still holds its field names, as h5py's fast path does (see
+    :func:`_fast_path_errors`): a name stops the walk with a ``SelectionTypeError``.
     """
     rank = len(shape)
     slots: dict[int, tuple[Dim, bool]] = {}
@@ -225,6 +224,8 @@ def _walk(args: tuple[Any, ...], shape: tuple[int, ...], key: Any, *, partial: b
             continue
         if d >= rank:
             raise SelectionValueError(f"{nargs} indices for a dataset of rank {rank} (shape {list(shape)}): {_short(key)}")
+        if partial and (isinstance(a, str) or _is_name_list(a)):
+            raise SelectionTypeError(f"field name {a!r}")  # where h5py's fast path stops
         slots[d] = _one_dim(a, d, shape[d], rank, array_dim)
         if isinstance(slots[d][0], Coords):
             array_dim = d
