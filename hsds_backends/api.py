@@ -35,7 +35,7 @@ from .dataset import DatasetMeta
 from .codecs.filters import DEFAULT_LEVEL, filter_list
 from .dtypes import vlen_of
 from .errors import DatasetJsonError, DatasetNotFoundError, DomainNotFoundError, NotFoundError, SelectionTypeError
-from .h5py_index import check_fields, iter_chunk_slices, parse_h5py_index
+from .h5py_index import H5Index, check_fields, iter_chunk_slices, parse_h5py_index
 from .ids import domain_key, object_key
 from .execute import Execution
 from .attrs import AttributeManager
@@ -593,12 +593,15 @@ class AsyncDataset(_DatasetInfo):
         :class:`SelectionTypeError`, :class:`SelectionValueError`, :class:`FieldError`).
         """
         idx = parse_h5py_index(key, self.shape, self.dtype)
-        names = idx.fields if fields is None else (fields if isinstance(fields, str) else list(fields))
+        return await self._read_index(idx, idx.fields if fields is None else (fields if isinstance(fields, str) else list(fields)), **run)
+
+    async def _read_index(self, idx: H5Index, names: str | list[str] | None, **run: Any) -> Any:
+        """Read a parsed h5py index: variable-length strings as ``bytes``, a 0-d result as a numpy scalar."""
         if idx.mask is not None:
             data = await self._read_mask(idx.mask, names, **run)
         else:
             data = await self.read(idx.selection, fields=names, **run)
-        if vlen_of(self.dtype) is str or (self.dtype.names and _has_vlen_str(data.dtype)):
+        if _has_vlen_str(data.dtype):
             data = _vlen_str_to_bytes(data)
         return data if data.ndim or idx.ellipsis_only else data[()]
 
@@ -621,12 +624,12 @@ class AsyncDataset(_DatasetInfo):
         ``dest`` must be a C-contiguous, writable numpy array; the data is cast to its
         dtype and broadcast to the destination's selected shape, as numpy assignment does.
         """
-        parse_h5py_index(() if source_sel is None else source_sel, self.shape, self.dtype)  # h5py checks it first
+        idx = parse_h5py_index(() if source_sel is None else source_sel, self.shape, self.dtype)  # h5py checks it first
         if not isinstance(dest, np.ndarray):
             raise TypeError(f"read_direct needs a numpy array to read into, got {type(dest).__name__}")
         if not (dest.flags.c_contiguous and dest.flags.writeable):
             raise TypeError("read_direct's destination must be C-contiguous and writable (np.ascontiguousarray(dest))")
-        data = await self.getitem(() if source_sel is None else source_sel, **run)
+        data = await self._read_index(idx, idx.fields, **run)
         target = () if dest_sel is None else dest_sel
         try:
             dest[target] = data
@@ -868,16 +871,8 @@ class _FieldsView:
 
     def __init__(self, dataset: Dataset, names: str | Sequence[str]) -> None:
         self._names: str | list[str] = names if isinstance(names, str) else list(names)
-        check_fields(self._names, dataset.dtype)
+        self.dtype: np.dtype[Any] = check_fields(self._names, dataset.dtype)  # what a read gives
         self._dataset = dataset
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        """The dtype a read gives: the field's own for one name, a structured one for a list."""
-        dt = self._dataset.dtype
-        if isinstance(self._names, str):
-            return dt.fields[self._names][0]  # type: ignore[index]
-        return np.dtype([(n, dt.fields[n][0]) for n in self._names])  # type: ignore[index]
 
     def __getitem__(self, key: Any) -> Any:
         ds = self._dataset

@@ -25,6 +25,7 @@ import numpy as np
 
 from .errors import FieldError, SelectionError, SelectionTypeError, SelectionValueError
 from .selection import Coords, Dim, Hyperslab, Slice, slice_dim
+from .tasks import field_dtype
 
 __all__ = ["H5Index", "parse_h5py_index", "check_fields", "iter_chunk_slices"]
 
@@ -67,8 +68,13 @@ def _fast_path_errors(args: tuple[Any, ...], shape: tuple[int, ...], dtype: np.d
         pass
 
 
-def check_fields(names: str | list[str], dtype: np.dtype[Any]) -> None:
-    """Refuse field names on a type without fields, or names the type does not have (h5py: ``ValueError``)."""
+def check_fields(names: str | list[str], dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """The dtype a read of ``names`` gives (a field's own for one name), checked first as h5py does.
+
+    Field names on a type without fields, unknown names and names given twice are a
+    :class:`FieldError` (h5py: ``ValueError``); :func:`~hsds_backends.tasks.field_dtype`
+    makes the checks, this adds the hint for a select string passed as an index.
+    """
     wanted = [names] if isinstance(names, str) else list(names)
     if dtype.names is None:
         hint = ""
@@ -78,12 +84,8 @@ def check_fields(names: str | list[str], dtype: np.dtype[Any]) -> None:
             f"field name(s) {wanted!r} given, but the dataset's type {dtype} is not compound; "
             f"field names are only allowed for compound types{hint}"
         )
-    for name in wanted:
-        if name not in dtype.names:
-            raise FieldError(f"field {name!r} is not in the dataset's type; its fields are {list(dtype.names)}")
-    for name in wanted:
-        if wanted.count(name) > 1:
-            raise FieldError(f"field {name!r} is named more than once in {wanted!r}; name each field once")
+    picked = field_dtype(dtype, tuple(wanted))
+    return picked.fields[names][0] if isinstance(names, str) else picked  # type: ignore[index]
 
 
 def _is_name_list(a: Any) -> bool:
