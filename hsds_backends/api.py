@@ -32,7 +32,7 @@ import numpy as np
 
 from .config import CORE_KEYS, load_config, option
 from .dataset import DatasetMeta
-from .codecs.filters import DEFAULT_LEVEL, filter_list
+from .codecs.filters import filter_list
 from .dtypes import vlen_of
 from .errors import DatasetJsonError, DatasetNotFoundError, DomainNotFoundError, NotFoundError, SelectionTypeError
 from .h5py_index import H5Index, check_fields, iter_chunk_slices, parse_h5py_index
@@ -505,7 +505,7 @@ class _DatasetInfo:
         """The gzip level (HSDS's default 5 when the filter gives none), else ``None``."""
         for name, level in filter_list(self.meta.filters):
             if name == "gzip":
-                return DEFAULT_LEVEL if level is None else level
+                return level
         return None
 
     @property

@@ -132,7 +132,7 @@ def _index_array(a: Any, extent: int, dim: int, earlier: int | None) -> np.ndarr
     vals = arr.astype(np.int64)
     vals = np.where(vals < 0, vals + extent, vals)
     # h5py lets an element equal to the extent through here (the HDF5 library refuses it when
-    # reading, with an OSError); it is refused after the whole key is checked (_check_extents).
+    # reading, with an OSError); it is refused after the whole key is walked (end of _walk).
     bad = vals[(vals < 0) | (vals > extent)]
     if bad.size:
         raise SelectionError(

@@ -176,3 +176,19 @@ def test_parse_keeps_python_bools_as_integers_and_refuses_numpy_bools() -> None:
     assert idx.selection is not None and idx.selection.result_shape == (4,)
     with pytest.raises(hb.SelectionTypeError):
         parse_h5py_index(np.True_, (3, 4), np.dtype("<f4"))
+
+
+def test_compression_opts_reads_the_level_as_the_decoder_does(tmp_path: Path) -> None:
+    """A level stored as text ("4") is the level the codecs apply, and what compression_opts reports."""
+    from hsds_backends.codecs.filters import filter_ops
+
+    deflate = {"class": "H5Z_FILTER_DEFLATE", "id": 1, "name": "deflate", "level": "4"}
+
+    async def write() -> None:
+        await Writer(PosixStorage(tmp_path), "hsdstest").create_dataset(DOMAIN, "/z", np.arange(10), chunks=(5,), filters=[deflate])
+
+    asyncio.run(write())
+    with hb.open_domain(DOMAIN, root_dir=str(tmp_path)) as d:
+        z = d["/z"]
+        assert (z.compression, z.compression_opts) == ("gzip", filter_ops(z.meta.filters).level) == ("gzip", 4)
+        assert z[:].tolist() == list(range(10))

@@ -157,18 +157,15 @@ def _filter_level(item: object) -> int:
         return DEFAULT_LEVEL
 
 
-def filter_list(filters: Iterable[Any] | None) -> list[tuple[str, int | None]]:
+def filter_list(filters: Iterable[Any] | None) -> list[tuple[str, int]]:
     """Return ``(name, level)`` for each item of a dataset's filter list, in order.
 
     Names are HSDS's (``gzip`` for deflate, ``shuffle``, ``fletcher32``, ``lz4`` ...;
-    docs/hsds-format.md §2.4); ``level`` is the item's own level, or ``None`` when it
-    gives none. What ``ls`` prints and what ``Dataset.compression`` reports come from here.
+    docs/hsds-format.md §2.4); ``level`` is read as :func:`filter_ops` reads it (HSDS's
+    default 5 when the item gives none). What ``ls`` prints and what ``Dataset.compression``
+    and ``compression_opts`` report come from here.
     """
-    out: list[tuple[str, int | None]] = []
-    for item in filters or ():
-        level = item.get("level") if isinstance(item, dict) else None
-        out.append((_filter_name(item), level if isinstance(level, int) and not isinstance(level, bool) else None))
-    return out
+    return [(_filter_name(item), _filter_level(item)) for item in filters or ()]
 
 
 def filter_ops(
