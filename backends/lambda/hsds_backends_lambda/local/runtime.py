@@ -210,6 +210,11 @@ class LocalLambdaRuntime:
             raise RuntimeError("LocalLambdaRuntime is not running; use 'async with' or await start()")
         return self._log_dir
 
+    async def background_done(self) -> None:
+        """Wait until every ``Event`` invocation running in the background has finished."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
     def in_background(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` as a task that :meth:`stop` cancels (``Event`` invocations)."""
         task = asyncio.create_task(coro)
