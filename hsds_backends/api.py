@@ -37,7 +37,7 @@ from .dtypes import vlen_of
 from .errors import DatasetJsonError, DatasetNotFoundError, DomainNotFoundError, NotFoundError, SelectionTypeError
 from .h5py_index import H5Index, check_fields, iter_chunk_slices, parse_h5py_index
 from .ids import domain_key, object_key
-from .execute import Execution
+from .execute import Execution, ResultSink
 from .attrs import AttributeManager
 from .groups import AsyncGroup, ExternalLink, Group, Link
 from ._ledger import BackendCounters, Ledger
@@ -166,6 +166,16 @@ class Reader:
         cands, _ = candidates_for(request, self.backend_names(), self.backend)
         return rank(request, [b for b in cands if b is not chosen])
 
+    def decide(
+        self, plan: ReadPlan, *, backend: str | Backend | None = None, nonstrict: bool = False, budget_dollars: float | None = None
+    ) -> Choice:
+        """Return the selector's :class:`Choice` for ``plan`` (backend, lazy reason, estimate; no I/O).
+
+        A service that makes one decision for several plans (the HSDS front: one per client
+        request) passes it back to :meth:`execute` as ``choice``.
+        """
+        return self._choose(self.request(plan, nonstrict=nonstrict, budget_dollars=budget_dollars), backend)
+
     async def run(
         self,
         plan: ReadPlan,
@@ -188,20 +198,53 @@ class Reader:
         that cold-started the backend is not (cold start is modelled by
         ``cold_start_s``), nor one that failed over or whose hedge won.
         """
+        asm = Assembler(plan)
+        stats = await self.execute(plan, asm, backend=backend, nonstrict=nonstrict, budget_dollars=budget_dollars, progress=progress)
+        t0 = time.perf_counter()
+        data = asm.result()
+        stats.seconds += time.perf_counter() - t0
+        return ReadResult(data, stats)
+
+    async def execute(
+        self,
+        plan: ReadPlan,
+        sink: ResultSink,
+        *,
+        backend: str | Backend | None = None,
+        nonstrict: bool = False,
+        budget_dollars: float | None = None,
+        progress: Callable[[int], None] | None = None,
+        choice: Choice | None = None,
+    ) -> RequestStats:
+        """Run ``plan``'s tasks on the chosen backend (or ``choice``'s), handing each result to ``sink``.
+
+        What :meth:`run` does without assembling: selection, failover, hedging and the
+        ledger's measurements are the same. ``sink.add(i, result)`` is called once per task
+        (:class:`~hsds_backends.execute.ResultSink`); a sink with ``filled`` and
+        ``bytes_returned`` counters (an :class:`~hsds_backends.plan.Assembler`) has them
+        copied into the returned stats.
+
+        Raises
+        ------
+        HsdsBackendsError
+            The last backend's error when no backend could finish the tasks; the tasks
+            ``sink`` received before are complete.
+        """
         t0 = time.perf_counter()
         request = self.request(plan, nonstrict=nonstrict, budget_dollars=budget_dollars)
-        choice = self._choose(request, backend)
+        if choice is None:
+            choice = self._choose(request, backend)
         b = choice.backend
         est = choice.estimate if choice.estimate is not None else request.estimate(b)
         started = b.started
         # the reason is built only if someone reads it (selection runs on every read)
-        stats = RequestStats(b.name, lambda: choice.reason, plan.kind, plan.num_chunks, estimate_seconds=est.seconds, estimate_dollars=est.dollars)
+        chosen = choice
+        stats = RequestStats(b.name, lambda: chosen.reason, plan.kind, plan.num_chunks, estimate_seconds=est.seconds, estimate_dollars=est.dollars)
         mode = str(self.config.get("failover") or "auto").lower()
         allow_failover = mode == "always" or (mode == "auto" and not choice.named)
-        asm = Assembler(plan)
         ex = Execution(
             plan,
-            asm,
+            sink,
             stats,
             fallbacks=(lambda chosen: self._others(request, chosen)) if allow_failover else (lambda chosen: []),
             hedge_backend=lambda chosen: next(iter(self._others(request, chosen)), None),
@@ -217,15 +260,14 @@ class Reader:
                 await ex.run(b)
         finally:
             current_stats.reset(token)
-        data = asm.result()
-        stats.missing = asm.filled
-        stats.bytes_returned = asm.bytes_returned
+        stats.missing = getattr(sink, "filled", 0)
+        stats.bytes_returned = getattr(sink, "bytes_returned", 0)
         stats.seconds = time.perf_counter() - t0
         if plan.tasks and started and not stats.failovers and not stats.hedges_won:
             self.ledger.observe(b, request, stats.seconds)
         if log.isEnabledFor(logging.INFO):  # to_json copies every field: not for nothing on each request
             log.info("read %s: %s", plan.meta.id, stats.to_json())
-        return ReadResult(data, stats)
+        return stats
 
     # --------------------------------------------------------------- domains
     async def open(self, domain: str, bucket: str | None = None) -> AsyncDomain:

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import (
     BackendError,
@@ -42,14 +42,24 @@ from ._ledger import Ledger
 from .model import Backend, RequestStats
 
 if TYPE_CHECKING:
-    from .plan import Assembler, ReadPlan
+    from .plan import ReadPlan
     from .tasks import ChunkResult
 
-__all__ = ["Execution", "can_fail_over"]
+__all__ = ["Execution", "ResultSink", "can_fail_over"]
 
 log = logging.getLogger(__name__)
 
 _DATA_ERRORS = (ChunkDecodeError, SelectionError, QueryError, FieldError, DatasetJsonError, TypeJsonError, NotFoundError, StoragePathError)
+
+
+class ResultSink(Protocol):
+    """Where an execution's results go: :class:`~hsds_backends.plan.Assembler`, or a service answering each task.
+
+    ``add(i, res)`` is called once per task, with its first successful result, from any
+    thread. Nothing may refer to ``res.data`` after it returns: a backend may reuse the buffer.
+    """
+
+    def add(self, i: int, res: ChunkResult) -> None: ...
 
 
 def can_fail_over(exc: BaseException) -> bool:
@@ -68,7 +78,8 @@ class Execution:
     Parameters
     ----------
     plan, assembler
-        What to run and where results go.
+        What to run and where results go (an :class:`~hsds_backends.plan.Assembler`, or
+        any :class:`ResultSink`).
     stats
         Filled as results arrive.
     fallbacks
@@ -82,7 +93,7 @@ class Execution:
     """
 
     plan: ReadPlan
-    assembler: Assembler
+    assembler: ResultSink
     stats: RequestStats
     fallbacks: Callable[[Backend], Sequence[Backend]]
     hedge_backend: Callable[[Backend], Backend | None]

@@ -129,6 +129,111 @@ def serve(
         pass
 
 
+@dn.command()
+@click.option("--listen", "listens", multiple=True, required=True,
+              help="Where HSDS's SN reaches this front: a unix socket path (or http+unix://, unix:) or http://127.0.0.1:PORT. Repeat with --upstream for several DNs.")
+@click.option("--upstream", "upstreams", multiple=True, required=True,
+              help="The HSDS DN behind it (http://host:port, http+unix://%2Fpath.sock); one per --listen, in the same order.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="config.yml: storage keys, backend, backend_policy, front_* keys.")
+@click.option("--backend", help="Backend for chunk reads (config backend): a backend name or auto.")
+@click.option("--root-dir", type=click.Path(file_okay=False), help="Posix storage root HSDS writes to (HSDS root_dir).")
+@click.option("--s3-gateway", help="S3 endpoint URL HSDS writes to (HSDS aws_s3_gateway); credentials from the environment.")
+@click.option("--bucket", help="HSDS's bucket (bucket_name); reads of other buckets go to the DN unless --allowed-buckets.")
+@click.option("--allowed-buckets", help="Comma-separated buckets the backends may read (config allowed_buckets; '*': any).")
+@click.option("--dn-count", type=click.IntRange(1), help="DNs of the deployment (the hsds2021 rule's DN count); default: the --listen count.")
+@click.option("--readonly", is_flag=True, default=None, help="Nothing writes through HSDS: skip dirty tracking (config front_readonly).")
+def front(
+    listens: tuple[str, ...], upstreams: tuple[str, ...], config_file: str | None, backend: str | None, root_dir: str | None,
+    s3_gateway: str | None, bucket: str | None, allowed_buckets: str | None, dn_count: int | None, readonly: bool | None,
+) -> None:
+    """Serve HSDS's DN protocol in front of real HSDS DNs, running clean chunk reads on the backends.
+
+    Chunk reads (hyperslabs, points, queries) go through the selector to the configured
+    backend and are answered as the DN would answer them; writes, metadata, dirty chunks
+    and anything the front cannot answer exactly go to the DN unchanged (docs/architecture.md
+    §13). Prints 'READY <url> ...' once every listener accepts requests; stops cleanly on
+    SIGTERM. Statistics: GET /hsds-backends/front/stats on any listener.
+
+    Fails closed: a TCP listener must be loopback (HSDS's SN sends no credentials), storage
+    must be given, and the backends read only the allowed buckets.
+    """
+    import asyncio
+
+    from hsds_backends.api import Reader
+    from hsds_backends.config import load_config
+    from hsds_backends.errors import HsdsBackendsError
+
+    from .front import Front, serve_front
+
+    if len(listens) != len(upstreams):
+        raise click.UsageError(f"give one --upstream per --listen ({len(listens)} --listen, {len(upstreams)} --upstream)")
+    overrides: dict[str, Any] = {
+        "root_dir": root_dir, "aws_s3_gateway": s3_gateway, "bucket_name": bucket, "allowed_buckets": allowed_buckets,
+        "backend": backend, "front_readonly": readonly,
+    }
+    try:
+        cfg = load_config(config_file, overrides={k: v for k, v in overrides.items() if v is not None})
+        if s3_gateway and not root_dir:
+            cfg = cfg.with_overrides(root_dir=None)
+        if not cfg.get("root_dir") and not (cfg.get("aws_s3_gateway") or cfg.get("storage") == "s3"):
+            raise click.ClickException(
+                "no storage given; pass --root-dir DIR or --s3-gateway URL (the storage the HSDS DNs write to), "
+                "or root_dir / aws_s3_gateway in --config"
+            )
+        reader = Reader(cfg)
+    except HsdsBackendsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    socks = []
+    try:
+        for where in listens:
+            socks.append(_listen_socket(where))
+    except (OSError, ValueError) as exc:
+        for s in socks:
+            s.close()
+        raise click.ClickException(str(exc)) from exc
+
+    async def main() -> None:
+        fr = Front(reader, dn_count=dn_count)
+        pairs = [(fr.listener(up), sock) for up, sock in zip(upstreams, socks, strict=True)]
+
+        def ready(urls: list[str]) -> None:
+            print("READY " + " ".join(urls), flush=True)
+
+        await serve_front(fr, pairs, ready=ready)
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:  # pragma: no cover - interactive stop
+        pass
+
+
+def _listen_socket(where: str) -> Any:
+    """A listening socket for ``--listen``: a unix socket path/URL, or loopback TCP; anything else is refused."""
+    import urllib.parse
+
+    from hsds_backends.security import is_loopback
+
+    from .service import bind_socket
+
+    w = where.strip()
+    if w.startswith("http+unix://"):
+        return bind_socket(path=urllib.parse.unquote(w[len("http+unix://"):].split("/", 1)[0]))
+    if w.startswith("unix:"):
+        return bind_socket(path=w[len("unix:"):].removeprefix("//"))
+    if w.startswith(("http://", "https://")) or (":" in w and not w.startswith("/")):
+        u = urllib.parse.urlsplit(w if "://" in w else f"http://{w}")
+        host = u.hostname or ""
+        if not is_loopback(host):
+            raise ValueError(
+                f"--listen {where!r}: a front listens on 127.0.0.1, ::1 or a unix socket only; HSDS's SN sends no "
+                "credentials, so a front reachable from other hosts would serve anyone"
+            )
+        if u.port is None:
+            raise ValueError(f"--listen {where!r} names no port; use http://127.0.0.1:PORT")
+        return bind_socket(host=host, port=u.port)
+    return bind_socket(path=w)
+
+
 def _token(token_file: str | None, env_var: str) -> str | None:
     """Return the bearer token from ``token_file``, else ``env_var``, else ``None``.
 

@@ -1,0 +1,756 @@
+"""The HSDS front: HSDS's DN protocol in front of a real HSDS DN, serving clean chunk reads through the backends.
+
+docs/architecture.md §13. A front listens at the URL an HSDS service node (SN) was given for
+DN *i* and forwards to DN *i* everything it does not serve itself::
+
+    h5pyd ─► HSDS SN ─► front i ─► Reader: select ─► backend ─► bytes as DN i answers them
+                           └── writes, metadata, dirty chunks, fallback ──► HSDS DN i
+
+**Served** (docs/hsds-format.md §4.2–§4.4): ``GET /chunks/{id}`` hyperslab reads (a
+``select``, ``fields``, linked chunks through ``s3path``/``s3offset``/``s3size``), ``POST
+/chunks/{id}`` point reads (binary body) and long selects (JSON body), and ``GET
+/chunks/{id}?query=`` on 1-d compound datasets, answered with the matching values or, with
+``query_indices``, their (n, 1) int64 coordinates. The answer is what the DN would send: the
+selected bytes as ``application/octet-stream``, or a bare 404 for a chunk never written.
+
+**Forwarded unchanged** (:mod:`._proxy`): every other route and method; a read the front cannot
+answer exactly as the DN would (hyper-chunks, chunk initializers, several coordinate lists,
+queries on other datasets or over variable-length types, parameters it does not know, a
+bucket outside ``allowed_buckets``); a read of a *dirty* chunk; and tasks whose backend
+failed after its retries and failover (a *fallback*).
+
+**Never stale.** HSDS DNs write to storage lazily (``s3_sync_interval``, ``s3_age_time``;
+a write task may take up to ``s3_sync_task_timeout``). A chunk written or deleted through
+the front is dirty while the write is in flight and for ``front_dirty_window`` seconds
+after it (default: the sum of those three HSDS keys); a dataset whose JSON changed through
+the front (a resize, a delete) is dirty the same way. Dirty reads go to the DN, which holds
+the current bytes. ``front_readonly`` (a read-only deployment) skips the bookkeeping.
+
+**One decision per client request.** The SN sends every chunk request of one client request
+with the same ``traceparent`` trace id. Requests of one trace, dataset and kind that arrive
+within ``front_batch_window_ms`` form one group, run as one plan through
+:meth:`hsds_backends.Reader.execute` (one selector decision, batched Lambda invokes,
+failover, hedging); later groups of the same trace reuse the decision. With
+``backend_policy: hsds2021`` a group smaller than ``aws_lambda_threshold`` × the DN count
+goes to the DNs, as HSDS did in 2021.
+
+Fails closed (docs/architecture.md §11): a TCP listener must be loopback and answers only
+``Host`` headers naming loopback; bodies are bounded by ``front_body_limit`` before they are
+read; tasks read storage only in the allowed buckets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+from aiohttp import web
+
+from hsds_backends.config import ConfigKey, as_bool, as_float, as_size, at_least, option, optional
+from hsds_backends.dataset import DatasetMeta
+from hsds_backends.errors import ChunkDecodeError, HsdsBackendsError
+from hsds_backends.ids import chunk_index, dataset_id_of
+from hsds_backends.plan import ReadPlan
+from hsds_backends.security import Containment, host_allowed, is_loopback
+from hsds_backends.selection import Slice, parse_select
+from hsds_backends.storage import check_bucket
+from hsds_backends.tasks import ChunkResult, ChunkTask, error_to_wire, field_dtype, query_dtype
+
+from ._hsds import JSON, OCTETS, task_from_request
+from ._proxy import Upstream, UpstreamError, read_body
+
+if TYPE_CHECKING:
+    from hsds_backends.api import Reader
+    from hsds_backends.model import Choice
+
+__all__ = ["FRONT_KEYS", "STATS_PATH", "Front", "Listener", "serve_front"]
+
+log = logging.getLogger(__name__)
+
+#: The front's own route (not part of HSDS's DN API; everything else is forwarded).
+STATS_PATH: Final = "/hsds-backends/front/stats"
+
+#: The front's config keys (read with :func:`hsds_backends.config.option`; also
+#: ``HSDS_BACKENDS_FRONT_…`` in the environment).
+FRONT_KEYS: Final[dict[str, ConfigKey]] = {
+    "front_dirty_window": ConfigKey(
+        None, optional(at_least(as_float, 0)),
+        "seconds a chunk written through the front is read from the DN (default: s3_sync_interval + s3_age_time + s3_sync_task_timeout)",
+    ),
+    "front_batch_window_ms": ConfigKey(1.0, at_least(as_float, 0), "chunk requests of one trace arriving within this many ms form one group"),
+    "front_batch_max": ConfigKey(1024, at_least(as_float, 1), "most chunk requests in one group"),
+    "front_readonly": ConfigKey(False, as_bool, "no writes reach storage behind the front's back: skip dirty tracking"),
+    "front_body_limit": ConfigKey(100 * 1024 * 1024, as_size, "largest request body the front reads (HSDS max_request_size)"),
+    "front_trace_ttl": ConfigKey(60.0, at_least(as_float, 0), "seconds a trace's backend decision is reused"),
+    "s3_sync_interval": ConfigKey(1.0, as_float, "HSDS: seconds between a DN's storage flushes"),
+    "s3_age_time": ConfigKey(1.0, as_float, "HSDS: seconds an object stays unchanged before a DN flushes it"),
+    "s3_sync_task_timeout": ConfigKey(10.0, as_float, "HSDS: seconds a DN's flush of one object may take"),
+}
+
+#: Query parameters of the DN reads the front serves (docs/hsds-format.md §4.2, §4.3); a
+#: read with any other parameter is forwarded.
+_READ_PARAMS: Final = frozenset({"bucket", "select", "fields", "query", "Limit", "query_indices", "s3path", "s3offset", "s3size", "count", "action"})
+#: Most recent decisions kept per listener for ``stats``.
+_LAST_REASONS: Final = 20
+#: Most traces whose decision is remembered.
+_TRACES: Final = 4096
+#: Most dataset JSONs cached.
+_METAS: Final = 1024
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+# ------------------------------------------------------------------ dirty tracking
+
+
+class DirtyTracker:
+    """Chunks and datasets whose stored bytes may lag the DN (docs/architecture.md §13 "never stale").
+
+    A key is dirty while a write to it is in flight and until ``window`` seconds after the
+    last one finished.
+    """
+
+    def __init__(self, window: float) -> None:
+        self.window = float(window)
+        self._until: dict[tuple[str, str], float] = {}
+        self._inflight: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    def begin(self, key: tuple[str, str]) -> None:
+        self._inflight[key] += 1
+
+    def end(self, key: tuple[str, str]) -> None:
+        self._inflight[key] -= 1
+        if self._inflight[key] <= 0:
+            del self._inflight[key]
+        now = time.monotonic()
+        self._until[key] = now + self.window
+        if len(self._until) > 4096:  # forget what is clean again
+            self._until = {k: t for k, t in self._until.items() if t > now}
+
+    def dirty(self, key: tuple[str, str]) -> bool:
+        if key in self._inflight:
+            return True
+        t = self._until.get(key)
+        return t is not None and t > time.monotonic()
+
+    def __len__(self) -> int:
+        now = time.monotonic()
+        return len(self._inflight) + sum(1 for k, t in self._until.items() if t > now and k not in self._inflight)
+
+
+# ------------------------------------------------------------------ statistics
+
+
+@dataclass
+class ListenerStats:
+    """What ``hsds-backends hsds stats`` reports for one front."""
+
+    chunk_reads_by_backend: collections.Counter[str] = field(default_factory=collections.Counter)
+    passed_through: int = 0
+    """Requests forwarded to the DN that were not chunk reads (writes, metadata, other routes)."""
+    forwarded_reads: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Chunk reads forwarded to the DN, by why."""
+    fallbacks: int = 0
+    """Chunk reads forwarded to the DN after the backend failed."""
+    dirty_hits: int = 0
+    """Chunk reads of a dirty chunk or dataset (forwarded to the DN)."""
+    failovers: int = 0
+    """Chunk tasks a backend failed that another backend served."""
+    data_errors: int = 0
+    """Chunk reads answered 500 because the stored chunk is corrupt."""
+    upstream_errors: int = 0
+    """Requests the DN could not be reached for (answered 503)."""
+    groups: int = 0
+    last_reasons: collections.deque[dict[str, Any]] = field(default_factory=lambda: collections.deque(maxlen=_LAST_REASONS))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "chunk_reads_by_backend": dict(self.chunk_reads_by_backend),
+            "passed_through": self.passed_through,
+            "forwarded_reads": dict(self.forwarded_reads),
+            "fallbacks": self.fallbacks,
+            "dirty_hits": self.dirty_hits,
+            "failovers": self.failovers,
+            "data_errors": self.data_errors,
+            "upstream_errors": self.upstream_errors,
+            "groups": self.groups,
+            "last_reasons": list(self.last_reasons),
+        }
+
+
+# ------------------------------------------------------------------ one chunk read
+
+
+class _Forward(Exception):
+    """This read goes to the DN (the message says why, for ``stats``)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+@dataclass(eq=False)
+class _Read:
+    """One chunk read being served: its task, how to answer, and where the answer goes."""
+
+    task: ChunkTask
+    listener: Listener
+    query_indices: bool
+    answer_fields: tuple[str, ...] | None
+    """For a query: the fields of the values the DN answers (``None``: the whole type)."""
+    future: asyncio.Future[tuple[str, Any]]
+    """``("ok", bytes)``, ``("missing", None)``, ``("error", exc)`` or ``("forward", why)``."""
+    backend: str = ""
+
+
+@dataclass(eq=False)
+class _Group:
+    key: tuple[Any, ...]
+    trace: str | None
+    reads: list[_Read] = field(default_factory=list)
+    closed: bool = False
+
+
+class _Sink:
+    """Hands each task's result to the request waiting for it (a :class:`~hsds_backends.execute.ResultSink`)."""
+
+    def __init__(self, group: _Group, loop: asyncio.AbstractEventLoop) -> None:
+        self.group = group
+        self.loop = loop
+        self.thread = threading.get_ident()
+        self.delivered = [False] * len(group.reads)
+        self.filled = 0
+        self.bytes_returned = 0
+
+    def add(self, i: int, res: ChunkResult) -> None:
+        # copied here: the backend may reuse the buffer once this returns
+        value: tuple[str, Any] = ("missing", None) if res.status == "missing" else ("ok", bytes(res.data))
+        self.delivered[i] = True
+        self.bytes_returned += len(res.data)
+        if res.status == "missing":
+            self.filled += 1
+        fut = self.group.reads[i].future
+        if threading.get_ident() == self.thread:
+            _settle(fut, value)
+        else:
+            self.loop.call_soon_threadsafe(_settle, fut, value)
+
+
+def _settle(fut: asyncio.Future[tuple[str, Any]], value: tuple[str, Any]) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+# ------------------------------------------------------------------ the front
+
+
+class Front:
+    """The state every listener of one front process shares: the reader, groups, caches, dirty tracking.
+
+    Parameters
+    ----------
+    reader
+        Runs the chunk reads (its config holds ``backend``, ``backend_policy`` and the
+        front's keys, :data:`FRONT_KEYS`).
+    dn_count
+        DNs of the HSDS deployment (the 2021 rule's DN count; default: the listeners).
+    """
+
+    def __init__(self, reader: Reader, *, dn_count: int | None = None) -> None:
+        cfg = reader.config
+        self.reader = reader
+        self.config = cfg
+        window = option(cfg, "front_dirty_window", FRONT_KEYS["front_dirty_window"])
+        if window is None:
+            window = sum(option(cfg, k, FRONT_KEYS[k]) for k in ("s3_sync_interval", "s3_age_time", "s3_sync_task_timeout"))
+        self.readonly: bool = option(cfg, "front_readonly", FRONT_KEYS["front_readonly"])
+        self.dirty = DirtyTracker(window)
+        self.batch_window = option(cfg, "front_batch_window_ms", FRONT_KEYS["front_batch_window_ms"]) / 1000.0
+        self.batch_max = int(option(cfg, "front_batch_max", FRONT_KEYS["front_batch_max"]))
+        self.body_limit: int = option(cfg, "front_body_limit", FRONT_KEYS["front_body_limit"])
+        self.trace_ttl: float = option(cfg, "front_trace_ttl", FRONT_KEYS["front_trace_ttl"])
+        self.containment = Containment.from_config(cfg)
+        self.listeners: list[Listener] = []
+        self._dn_count = dn_count
+        self._open: dict[tuple[Any, ...], _Group] = {}
+        self._running: set[asyncio.Task[None]] = set()
+        self._traces: collections.OrderedDict[str, tuple[float, Choice | None, str]] = collections.OrderedDict()
+        self._metas: collections.OrderedDict[tuple[str, str], DatasetMeta | None] = collections.OrderedDict()
+        self._meta_flights: dict[tuple[str, str], asyncio.Future[DatasetMeta | None]] = {}
+        self.started = time.time()
+
+    @property
+    def dn_count(self) -> int:
+        return self._dn_count or max(1, len(self.listeners))
+
+    def listener(self, upstream: str, *, check_host: bool = False, name: str | None = None) -> Listener:
+        """Add a listener forwarding to ``upstream`` (an HSDS DN's URL)."""
+        lst = Listener(self, Upstream(upstream), check_host=check_host, name=name or f"front-{len(self.listeners)}")
+        self.listeners.append(lst)
+        return lst
+
+    async def aclose(self) -> None:
+        for t in list(self._running):
+            t.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+        for lst in self.listeners:
+            await lst.upstream.aclose()
+        await self.reader.aclose()
+
+    def stats(self) -> dict[str, Any]:
+        """Every listener's figures, the decisions in memory and the dirty keys."""
+        return {
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 3),
+            "backend": str(self.config.get("backend") or "auto"),
+            "backend_policy": str(self.config.get("backend_policy") or "auto"),
+            "dirty_window_s": self.dirty.window,
+            "readonly": self.readonly,
+            "dirty_keys": 0 if self.readonly else len(self.dirty),
+            "fronts": [lst.stats_json() for lst in self.listeners],
+        }
+
+    # -------------------------------------------------------------- dataset JSON
+    async def meta(self, lst: Listener, bucket: str, dset_id: str) -> DatasetMeta | None:
+        """The dataset as the DN behind ``lst`` sees it (``GET /datasets/{id}``), cached; ``None``: not servable."""
+        key = (bucket, dset_id)
+        if key in self._metas:
+            self._metas.move_to_end(key)
+            return self._metas[key]
+        flight = self._meta_flights.get(key)
+        if flight is not None:
+            return await asyncio.shield(flight)
+        fut: asyncio.Future[DatasetMeta | None] = asyncio.get_running_loop().create_future()
+        self._meta_flights[key] = fut
+        try:
+            meta = await self._fetch_meta(lst, bucket, dset_id)
+            fut.set_result(meta)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: the waiters get it
+            raise
+        finally:
+            del self._meta_flights[key]
+        return meta
+
+    async def _fetch_meta(self, lst: Listener, bucket: str, dset_id: str) -> DatasetMeta | None:
+        import urllib.parse
+
+        status, body = await lst.upstream.get(f"/datasets/{dset_id}?{urllib.parse.urlencode({'bucket': bucket})}")
+        if status != 200:
+            return None  # not cached: the DN answers the read itself (a 404, a 410, ...)
+        meta: DatasetMeta | None
+        try:
+            doc = json.loads(body)
+            cp = doc.get("creationProperties") or {}
+            if cp.get("initializer"):
+                meta = None  # the DN runs the initializer and writes the chunk: its job
+            else:
+                meta = DatasetMeta.from_json(doc, bucket, chunk_bytes_limit=self.reader.chunk_bytes_limit)
+        except (ValueError, AttributeError, HsdsBackendsError) as exc:
+            log.info("dataset %s in %s is served by the DN (%s)", dset_id, bucket, exc)
+            meta = None
+        self._metas[(bucket, dset_id)] = meta
+        if len(self._metas) > _METAS:
+            self._metas.popitem(last=False)
+        return meta
+
+    def forget(self, bucket: str, dset_id: str) -> None:
+        self._metas.pop((bucket, dset_id), None)
+
+    # -------------------------------------------------------------- groups
+    def submit(self, key: tuple[Any, ...], trace: str | None, read: _Read) -> None:
+        group = self._open.get(key)
+        if group is None:
+            group = self._open[key] = _Group(key, trace)
+            asyncio.get_running_loop().call_later(self.batch_window, self._close, group)
+        group.reads.append(read)
+        if len(group.reads) >= self.batch_max:
+            self._close(group)
+
+    def _close(self, group: _Group) -> None:
+        if group.closed:
+            return
+        group.closed = True
+        if self._open.get(group.key) is group:
+            del self._open[group.key]
+        t = asyncio.ensure_future(self._run(group))
+        self._running.add(t)
+        t.add_done_callback(self._running.discard)
+
+    def _decision(self, trace: str | None, plan: ReadPlan) -> tuple[Choice | None, str]:
+        """The backend for ``plan`` (``None``: the DNs) and why; a trace's first decision is reused."""
+        now = time.monotonic()
+        if trace is not None:
+            hit = self._traces.get(trace)
+            if hit is not None and hit[0] > now:
+                return hit[1], hit[2]
+        choice: Choice | None
+        policy = str(self.config.get("backend_policy") or "auto").lower()
+        threshold = int(self.config.get("aws_lambda_threshold") or 4)
+        count = plan.num_points if plan.kind == "points" else plan.num_chunks
+        what = "points" if plan.kind == "points" else "chunks"
+        if policy == "hsds2021" and count < threshold * self.dn_count:
+            choice, reason = None, f"hsds2021: HSDS DNs ({count} {what} < {threshold}×{self.dn_count} DNs)"
+        else:
+            # the front reads only clean chunks: what HSDS's nonstrict allowed, always true here
+            choice = self.reader.decide(plan, nonstrict=True)
+            reason = choice.reason
+        if trace is not None:
+            self._traces[trace] = (now + self.trace_ttl, choice, reason)
+            self._traces.move_to_end(trace)
+            while len(self._traces) > _TRACES:
+                self._traces.popitem(last=False)
+        return choice, reason
+
+    async def _run(self, group: _Group) -> None:
+        reads = group.reads
+        try:
+            plan = _plan(reads)
+            choice, reason = self._decision(group.trace, plan)
+        except Exception as exc:  # noqa: BLE001 - no backend can serve it: the DN can
+            for r in reads:
+                _settle(r.future, ("forward", f"no backend: {exc}"))
+            return
+        name = choice.backend.name if choice is not None else "dn"
+        for lst in {id(r.listener): r.listener for r in reads}.values():
+            n = sum(1 for r in reads if r.listener is lst)
+            lst.stats.groups += 1
+            lst.stats.last_reasons.append({"trace": group.trace, "kind": plan.kind, "chunks": n, "group_chunks": len(reads), "backend": name, "reason": reason})
+        if choice is None:
+            for r in reads:
+                r.backend = "dn"
+                _settle(r.future, ("forward", "hsds2021"))
+            return
+        sink = _Sink(group, asyncio.get_running_loop())
+        for r in reads:
+            r.backend = name
+        try:
+            stats = await self.reader.execute(plan, sink, choice=choice, nonstrict=True)
+            if stats.failovers:
+                reads[0].listener.stats.failovers += stats.failovers
+        except asyncio.CancelledError:
+            for r in reads:
+                _settle(r.future, ("forward", "front stopping"))
+            raise
+        except Exception as exc:  # noqa: BLE001 - each undelivered read is answered below
+            for i, r in enumerate(reads):
+                if sink.delivered[i]:
+                    continue
+                if isinstance(exc, ChunkDecodeError) and r.task.chunk_id in str(exc):
+                    _settle(r.future, ("error", exc))
+                else:
+                    _settle(r.future, ("fallback", f"{type(exc).__name__}: {exc}"))
+            return
+        for i, r in enumerate(reads):
+            if not sink.delivered[i]:  # a backend that ended without answering every task
+                _settle(r.future, ("fallback", "no result"))
+
+
+def _plan(reads: Sequence[_Read]) -> ReadPlan:
+    """One plan of a group's tasks, for the selector and :meth:`Reader.execute` (nothing is assembled)."""
+    first = reads[0].task
+    meta, kind = first.dset, first.kind
+    tasks = [r.task for r in reads]
+    n = len(tasks)
+    if kind == "query":
+        qdt = query_dtype(meta.dtype, first.fields)
+        return ReadPlan(meta, "query", tasks, [None] * n, (0,), (0,), qdt, first.fields, first.limit)
+    out_dt = field_dtype(meta.dtype, first.fields) if first.fields else meta.dtype
+    if kind == "points":
+        points = sum(t.num_points for t in tasks)
+        return ReadPlan(meta, "points", tasks, [None] * n, (points,), (points,), out_dt, first.fields, num_points=points)
+    elements = 0
+    for t in tasks:
+        sel = parse_select(t.select, meta.chunks) if t.select is not None else None
+        elements += math.prod(sel.shape) if sel is not None else math.prod(meta.chunks)
+    return ReadPlan(meta, "hyperslab", tasks, [None] * n, (elements,), (elements,), out_dt, first.fields)
+
+
+# ------------------------------------------------------------------ one listener
+
+
+def _trace_id(request: web.BaseRequest) -> str | None:
+    tp = request.headers.get("traceparent")
+    if not tp:
+        return None
+    parts = tp.strip().split("-")
+    return parts[1] if len(parts) >= 4 and len(parts[1]) == 32 else None
+
+
+class Listener:
+    """One front: HSDS's DN protocol on one address, forwarding to one DN."""
+
+    def __init__(self, front: Front, upstream: Upstream, *, check_host: bool, name: str) -> None:
+        self.front = front
+        self.upstream = upstream
+        self.check_host = check_host
+        self.name = name
+        self.url = ""
+        self.stats = ListenerStats()
+
+    def stats_json(self) -> dict[str, Any]:
+        return {"url": self.url, "name": self.name, "upstream": str(self.upstream.url), **self.stats.to_json()}
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.front.body_limit + 1, middlewares=[self._middleware])
+        app.router.add_get(STATS_PATH, self._stats)
+        app.router.add_route("*", "/{tail:.*}", self._any)
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        if self.check_host and not host_allowed(request.headers.get("Host")):
+            return web.json_response(
+                {"statusCode": 403, "error_type": "AuthError", "chunk_id": None,
+                 "message": f"Host {request.headers.get('Host')!r} is not a loopback name; this front answers only requests addressed to 127.0.0.1, ::1 or localhost"},
+                status=403,
+            )
+        return await handler(request)
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.front.stats())
+
+    async def _any(self, request: web.Request) -> web.StreamResponse:
+        front = self.front
+        path = request.path
+        method = request.method
+        params = request.query
+        body = await read_body(request, front.body_limit)
+        is_chunk = path.startswith("/chunks/") and path.count("/") == 2
+        if is_chunk and (method == "GET" or (method == "POST" and params.get("action", "get") == "get")):
+            try:
+                return await self._read(request, path[len("/chunks/"):], body)
+            except _Forward as fw:
+                self.stats.forwarded_reads[fw.why] += 1
+                if fw.why == "dirty":
+                    self.stats.dirty_hits += 1
+                return await self._forward(request, body)
+        self.stats.passed_through += 1
+        if front.readonly or method in ("GET", "HEAD", "OPTIONS"):
+            return await self._forward(request, body)
+        return await self._write(request, body, is_chunk)
+
+    async def _forward(self, request: web.Request, body: bytes | None) -> web.StreamResponse:
+        try:
+            return await self.upstream.forward(request, body)
+        except UpstreamError as exc:
+            self.stats.upstream_errors += 1
+            return web.json_response({"statusCode": 503, "error_type": "UpstreamError", "message": str(exc), "chunk_id": None}, status=503)
+
+    async def _write(self, request: web.Request, body: bytes | None, is_chunk: bool) -> web.StreamResponse:
+        """Forward a write, keeping what it touches dirty while it runs and for the dirty window after."""
+        front = self.front
+        bucket = request.query.get("bucket", "")
+        keys: list[tuple[str, str]] = []
+        parts = request.path.split("/")
+        if is_chunk:
+            cid = parts[2]
+            keys.append((bucket, cid))
+        elif len(parts) >= 3 and parts[1] == "datasets" and parts[2]:
+            keys.append((bucket, parts[2]))
+            front.forget(bucket, parts[2])
+        for k in keys:
+            front.dirty.begin(k)
+        try:
+            return await self._forward(request, body)
+        finally:
+            for k in keys:
+                front.dirty.end(k)
+            if keys and not is_chunk:
+                front.forget(bucket, keys[0][1])
+
+    async def _read(self, request: web.Request, cid: str, body: bytes | None) -> web.StreamResponse:
+        front = self.front
+        params = request.query
+        unknown = set(params) - _READ_PARAMS
+        if unknown:
+            raise _Forward(f"parameter {sorted(unknown)[0]}")
+        try:
+            index = chunk_index(cid)
+            dset_id = dataset_id_of(cid)
+            bucket = check_bucket(params.get("bucket") or "")
+        except HsdsBackendsError:
+            raise _Forward("bad request") from None  # the DN answers it as it does
+        if not front.readonly and (front.dirty.dirty((bucket, cid)) or front.dirty.dirty((bucket, dset_id))):
+            raise _Forward("dirty")
+        for p in ("s3offset", "s3size", "hyper_dims"):
+            if ":" in params.get(p, ""):
+                raise _Forward("hyper-chunks")
+        try:
+            front.containment.check_bucket(bucket)
+        except HsdsBackendsError:
+            raise _Forward("bucket not allowed") from None
+        try:
+            meta = await front.meta(self, bucket, dset_id)
+        except UpstreamError:
+            raise _Forward("dataset JSON unavailable") from None
+        if meta is None:
+            raise _Forward("dataset not servable")
+        read = self._task(cid, index, meta, bucket, request, body)
+        try:
+            front.containment.check_task(read.task)
+        except HsdsBackendsError:
+            raise _Forward("bucket not allowed") from None
+        t = read.task
+        key = (_trace_id(request), bucket, dset_id, t.kind, t.fields, t.query, t.limit, read.query_indices)
+        front.submit(key, key[0], read)
+        outcome, value = await read.future
+        if outcome == "ok":
+            self.stats.chunk_reads_by_backend[read.backend] += 1
+            data = _query_answer(value, read) if t.kind == "query" else value
+            return web.Response(body=data, content_type=OCTETS)
+        if outcome == "missing":
+            self.stats.chunk_reads_by_backend[read.backend] += 1
+            raise web.HTTPNotFound()  # what the DN answers for a chunk never written
+        if outcome == "error":
+            self.stats.data_errors += 1
+            doc = error_to_wire(value, cid)
+            return web.json_response({**doc, "statusCode": 500}, status=500)
+        if outcome == "fallback":
+            self.stats.fallbacks += 1
+            log.warning("chunk %s: backend %s failed (%s); the DN serves it", cid, read.backend, value)
+            return await self._forward(request, body)
+        if read.backend == "dn":
+            self.stats.chunk_reads_by_backend["dn"] += 1
+            return await self._forward(request, body)
+        raise _Forward(str(value))
+
+    def _task(self, cid: str, index: Sequence[int], meta: DatasetMeta, bucket: str, request: web.Request, body: bytes | None) -> _Read:
+        """The chunk task of a DN read, or :class:`_Forward` when the front cannot answer it exactly as the DN would."""
+        params = dict(request.query)
+        names = meta.dtype.names or ()
+        # HSDS projects fields only when fewer than the type's are named (docs/hsds-format.md §5.4)
+        fields = [f for f in params.get("fields", "").split(":") if f] if params.get("fields") else []
+        if fields:
+            if not names or len(set(fields)) != len(fields) or not set(fields) <= set(names):
+                raise _Forward("fields")
+            if len(fields) == len(names):
+                params.pop("fields")
+        ctype = request.headers.get("Content-Type")
+        if body is not None:
+            ct = (ctype or "").split(";")[0].strip().lower()
+            if ct == JSON:
+                try:
+                    doc = json.loads(body)
+                except ValueError:
+                    raise _Forward("bad request") from None
+                if not isinstance(doc, dict) or set(doc) - {"select"}:
+                    raise _Forward("JSON body")
+            elif ct != OCTETS:
+                raise _Forward("content type")
+        elif request.method == "POST":
+            raise _Forward("bad request")
+        try:
+            task = task_from_request(cid, index, meta, bucket, params, content_type=ctype, body=body)
+        except HsdsBackendsError:
+            raise _Forward("bad request") from None
+        if task.select is not None:
+            try:
+                sel = parse_select(task.select, meta.chunks)
+            except HsdsBackendsError:
+                raise _Forward("select") from None
+            if sum(1 for d in sel.dims if not isinstance(d, Slice)) > 1:
+                raise _Forward("coordinate lists")  # HSDS zips several lists; the kernel takes their outer product
+        query_indices = bool(params.get("query_indices"))
+        answer_fields: tuple[str, ...] | None = None
+        if task.kind == "query":
+            if meta.rank != 1 or not names or meta.is_vlen:
+                raise _Forward("query on this dataset")
+            try:
+                from hsds_backends.query import parse_query
+
+                parse_query(task.query or "", meta.dtype)
+            except HsdsBackendsError:
+                raise _Forward("query text") from None
+            answer_fields = task.fields
+        loop = asyncio.get_running_loop()
+        return _Read(task, self, query_indices, answer_fields, loop.create_future())
+
+
+def _query_answer(data: bytes, read: _Read) -> bytes:
+    """The DN's answer to a query from the kernel's rows (``index`` + fields, docs/hsds-format.md §5.3)."""
+    meta = read.task.dset
+    qdt = query_dtype(meta.dtype, read.task.fields)
+    rows = np.frombuffer(data, dtype=qdt)
+    index = rows[qdt.names[0]]  # type: ignore[index]
+    if read.query_indices:
+        return np.ascontiguousarray(index.astype("<i8").reshape(-1, 1)).tobytes()
+    out_dt = field_dtype(meta.dtype, read.answer_fields) if read.answer_fields else meta.dtype
+    out = np.empty(len(rows), dtype=out_dt)
+    for name in out_dt.names or ():
+        out[name] = rows[name]
+    return out.tobytes()
+
+
+# ------------------------------------------------------------------ running
+
+
+async def serve_front(
+    front: Front,
+    sockets: Sequence[tuple[Listener, socket.socket]],
+    *,
+    ready: Callable[[list[str]], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve each listener on its socket until SIGTERM/SIGINT (or ``stop``), then shut down cleanly.
+
+    A TCP socket must be on loopback (the SN sends no credentials, so nothing else could be
+    told apart from a stranger); such a listener refuses foreign ``Host`` headers.
+    """
+    from .service import socket_url
+
+    runners: list[web.AppRunner] = []
+    paths: list[str] = []
+    stop = stop or asyncio.Event()
+    try:
+        for lst, sock in sockets:
+            if sock.family != socket.AF_UNIX:
+                host = str(sock.getsockname()[0])
+                if not is_loopback(host):
+                    raise OSError(f"a front listens on loopback or a unix socket only, not {host}: HSDS's SN sends no credentials")
+                lst.check_host = True
+            else:
+                paths.append(str(sock.getsockname()))
+            runner = web.AppRunner(lst.app(), access_log=None, shutdown_timeout=1.0, handle_signals=False)
+            await runner.setup()
+            await web.SockSite(runner, sock, backlog=512).start()
+            runners.append(runner)
+            lst.url = socket_url(sock)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - not on the main thread
+                pass
+        if ready is not None:
+            ready([lst.url for lst, _ in sockets])
+        await stop.wait()
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        await front.aclose()
+        for p in paths:
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
+
+
+def front_keys() -> Mapping[str, ConfigKey]:
+    """The front's config keys (for docs and ``--help``)."""
+    return FRONT_KEYS
