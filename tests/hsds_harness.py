@@ -687,33 +687,69 @@ class HsdsServer:
         """
         if not self.running:
             raise HsdsError("server is not running")
-        work = self.socket_dir / "scripts" / f"{next(self._script_counter):04d}"
-        work.mkdir(parents=True, exist_ok=True)
-        args_path, result_path, script_path = work / "args.json", work / "result.json", work / "script.py"
-        args_path.write_text(json.dumps(json_args, default=_json_default))
-        script_path.write_text(_H5PYD_PRELUDE.replace("%(jd)s", inspect.getsource(_jd)) + textwrap.dedent(script))
-        try:
-            proc = subprocess.run(
-                [str(self.python), str(script_path), str(args_path), str(result_path)],
-                cwd=str(work), env=self.client_env(), stdin=subprocess.DEVNULL,
-                capture_output=True, text=True, timeout=timeout,
-            )
-        except subprocess.TimeoutExpired as e:
-            raise HsdsError(f"h5pyd script timed out after {timeout}s ({script_path})\n{self.log_tail(30)}") from e
-        if proc.returncode != 0:
-            raise HsdsError(
-                f"h5pyd script failed (rc={proc.returncode}, {script_path}):\n"
-                f"{proc.stderr[-6000:]}\nstdout: {proc.stdout[-1000:]}\n{self.log_tail(30)}"
-            )
-        if result_path.exists():
-            return json.loads(result_path.read_text())
-        lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-        if not lines:
-            return {}
-        try:
-            return json.loads(lines[-1])
-        except json.JSONDecodeError as e:
-            raise HsdsError(f"h5pyd script output is not JSON: {lines[-1][:500]!r}") from e
+        return _run_script(self.python, self.socket_dir, self.client_env(), self._script_counter, script, timeout, self.log_tail, json_args)
+
+
+def _run_script(python, work_root, env, counter, script: str, timeout: float, log_tail, json_args: dict) -> dict:
+    work = Path(work_root) / "scripts" / f"{next(counter):04d}"
+    work.mkdir(parents=True, exist_ok=True)
+    args_path, result_path, script_path = work / "args.json", work / "result.json", work / "script.py"
+    args_path.write_text(json.dumps(json_args, default=_json_default))
+    script_path.write_text(_H5PYD_PRELUDE.replace("%(jd)s", inspect.getsource(_jd)) + textwrap.dedent(script))
+    try:
+        proc = subprocess.run(
+            [str(python), str(script_path), str(args_path), str(result_path)],
+            cwd=str(work), env=env, stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise HsdsError(f"h5pyd script timed out after {timeout}s ({script_path})\n{log_tail(30)}") from e
+    if proc.returncode != 0:
+        raise HsdsError(
+            f"h5pyd script failed (rc={proc.returncode}, {script_path}):\n"
+            f"{proc.stderr[-6000:]}\nstdout: {proc.stdout[-1000:]}\n{log_tail(30)}"
+        )
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    if not lines:
+        return {}
+    try:
+        return json.loads(lines[-1])
+    except json.JSONDecodeError as e:
+        raise HsdsError(f"h5pyd script output is not JSON: {lines[-1][:500]!r}") from e
+
+
+class H5pydClient:
+    """h5pyd (in the HSDS venv) against any HSDS endpoint: what ``HsdsServer.run_h5pyd`` offers, for
+    deployments the harness did not start (``hsds-backends hsds serve``). Usable with
+    :func:`h5pyd_read_many` (it has ``run_h5pyd`` and ``socket_dir``)."""
+
+    def __init__(self, endpoint: str, username: str, password: str, bucket: str, work_dir: str | os.PathLike,
+                 venv: str | os.PathLike | None = None, log_tail=None):
+        self.endpoint, self.username, self.password, self.bucket = endpoint, username, password, bucket
+        self.socket_dir = Path(work_dir)
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        self.venv = Path(venv) if venv else ensure_hsds_venv()
+        self._counter = itertools.count()
+        self._log_tail = log_tail or (lambda n=30: "")
+
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+    def client_env(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if k not in _SCRUB_ENV}
+        home = self.socket_dir / "home"
+        home.mkdir(exist_ok=True)
+        env.update(
+            HOME=str(home), PYTHONNOUSERSITE="1", PYTHONUNBUFFERED="1",
+            HS_ENDPOINT=self.endpoint, HS_USERNAME=self.username, HS_PASSWORD=self.password, HS_BUCKET=self.bucket,
+        )
+        return env
+
+    def run_h5pyd(self, script: str, *, timeout: float = 120.0, **json_args) -> dict:
+        return _run_script(self.python, self.socket_dir, self.client_env(), self._counter, script, timeout, self._log_tail, json_args)
 
 
 # --------------------------------------------------------------------------

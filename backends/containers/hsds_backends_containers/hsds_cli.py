@@ -85,14 +85,10 @@ def serve(
                 _write_private(status_file, json.dumps(dep.status(), indent=1))
             click.echo(f"HSDS ready at {dep.endpoint or dep.sn_url} (user {dep.username}, password in {dep.password_file})")
             click.echo(f"backend: {cfg.get('backend') or 'auto'}; fronts: {'none' if no_fronts else len(dep.front_urls)}; run folder {dep.run_dir}", err=True)
-            while not stop.is_set():
-                dead = dep.dead()
-                if dead:
-                    raise click.ClickException(f"{', '.join(dead)} exited; stopping HSDS (logs in {dep.run_dir})")
-                try:
-                    await asyncio.wait_for(stop.wait(), 0.5)
-                except asyncio.TimeoutError:
-                    pass
+            try:
+                await dep.supervise(stop)
+            except LauncherError as exc:
+                raise click.ClickException(str(exc)) from exc
         finally:
             await dep.stop()
             if status_file:

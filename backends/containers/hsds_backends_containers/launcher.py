@@ -41,7 +41,9 @@ from hsds_backends._proc import ChildProcess, ChildStartError
 __all__ = ["HsdsDeployment", "LauncherError", "find_hsds_node"]
 
 #: HSDS config keys the launcher writes to the deployment's ``override.yml`` from ours.
-_HSDS_STORAGE_KEYS: Final = ("root_dir", "bucket_name", "aws_s3_gateway", "aws_region")
+_HSDS_STORAGE_KEYS: Final = (
+    "root_dir", "bucket_name", "aws_s3_gateway", "aws_region", "s3_sync_interval", "s3_age_time", "s3_sync_task_timeout",
+)
 #: Environment variables that would point the HSDS nodes somewhere else than we set up.
 _SCRUB_ENV: Final = frozenset({
     "CONFIG_DIR", "CONFIG_OVERRIDE_PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP",
@@ -51,6 +53,8 @@ _SCRUB_ENV: Final = frozenset({
 _CREDENTIALS: Final = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"})
 #: AF_UNIX paths hold at most 107 bytes; HSDS's launcher refuses socket folders over 63.
 _MAX_RUN_DIR: Final = 63
+#: Most front restarts within a minute before the deployment gives up.
+FRONT_RESTARTS: Final = 5
 #: Chunk requests the SN keeps in flight per DN for one client request (HSDS default 16).
 DEFAULT_MAX_TASKS_PER_NODE: Final = 256
 
@@ -148,6 +152,10 @@ class HsdsDeployment:
     front_urls: list[str] = field(default_factory=list)
     dn_urls: list[str] = field(default_factory=list)
     username: str = "admin"
+    restart_fronts: bool = True
+    """Start the fronts again when they exit (:meth:`supervise`)."""
+    front_restarts: int = 0
+    _restarts: list[float] = field(default_factory=list)
     _own_run_dir: bool = False
     _tcp: Any = None
 
@@ -175,6 +183,7 @@ class HsdsDeployment:
             "dn_urls": self.dn_urls,
             "run_dir": str(self.run_dir),
             "pids": {name: c.pid for name, c in self.children.items()} | {"launcher": os.getpid()},
+            "front_restarts": self.front_restarts,
         }
 
     # ------------------------------------------------------------------ start
@@ -335,11 +344,45 @@ class HsdsDeployment:
         finally:
             await up.aclose()
 
-    # ------------------------------------------------------------------ stop
+    # ------------------------------------------------------------------ running
     def dead(self) -> list[str]:
         """Names of children that exited."""
         return [name for name, c in self.children.items() if not c.alive]
 
+    async def supervise(self, stop: asyncio.Event, *, interval: float = 0.25) -> None:
+        """Watch the children until ``stop`` is set.
+
+        A front that exits is started again on the same sockets (it holds no state; the SN
+        retries its requests meanwhile), at most :data:`FRONT_RESTARTS` times a minute with
+        ``restart_fronts``. An HSDS node that exits ends the deployment: HSDS's state lives
+        there.
+
+        Raises
+        ------
+        LauncherError
+            A node exited, or the fronts keep dying.
+        """
+        while not stop.is_set():
+            for name in self.dead():
+                child = self.children[name]
+                if name == "fronts" and self.restart_fronts:
+                    now = time.monotonic()
+                    self._restarts = [t for t in self._restarts if now - t < 60] + [now]
+                    if len(self._restarts) > FRONT_RESTARTS:
+                        raise LauncherError(f"the fronts exited {len(self._restarts)} times within a minute; stopping HSDS:\n{child.log_tail(30)}")
+                    self.front_restarts += 1
+                    try:
+                        await child.astart(timeout=self.start_timeout)
+                    except ChildStartError as exc:
+                        raise LauncherError(f"the fronts exited (code {child.returncode}) and did not start again: {exc}") from exc
+                    continue
+                raise LauncherError(f"{name} exited (code {child.returncode}); stopping HSDS (logs in {self.run_dir}):\n{child.log_tail(20)}")
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except asyncio.TimeoutError:
+                pass
+
+    # ------------------------------------------------------------------ stop
     async def stop(self) -> None:
         """Stop the SN first (no new work), then the fronts, then the DNs (they flush on SIGTERM)."""
         if self._tcp is not None:
