@@ -116,12 +116,13 @@ class Deployment:
 
     def totals(self) -> dict[str, Any]:
         """The fronts' counters summed."""
-        out: dict[str, Any] = {"by_backend": {}, "fallbacks": 0, "dirty_hits": 0, "passed_through": 0, "failovers": 0, "data_errors": 0}
+        out: dict[str, Any] = {"by_backend": {}, "forwarded": 0, "fallbacks": 0, "dirty_hits": 0, "passed_through": 0, "failovers": 0, "data_errors": 0}
         for f in self.stats()["fronts"]:
             for k, v in f["chunk_reads_by_backend"].items():
                 out["by_backend"][k] = out["by_backend"].get(k, 0) + v
             for k in ("fallbacks", "dirty_hits", "passed_through", "failovers", "data_errors"):
                 out[k] += f[k]
+            out["forwarded"] += sum(f["forwarded_reads"].values())
         return out
 
     def front_socket(self, i: int) -> str:

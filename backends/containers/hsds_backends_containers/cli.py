@@ -141,10 +141,12 @@ def serve(
 @click.option("--bucket", help="HSDS's bucket (bucket_name); reads of other buckets go to the DN unless --allowed-buckets.")
 @click.option("--allowed-buckets", help="Comma-separated buckets the backends may read (config allowed_buckets; '*': any).")
 @click.option("--dn-count", type=click.IntRange(1), help="DNs of the deployment (the hsds2021 rule's DN count); default: the --listen count.")
+@click.option("--dn-urls", help="Every DN of the deployment, comma-separated in node order, when this front does not listen for all of them (dataset JSON is asked of its owner).")
 @click.option("--readonly", is_flag=True, default=None, help="Nothing writes through HSDS: skip dirty tracking (config front_readonly).")
 def front(
     listens: tuple[str, ...], upstreams: tuple[str, ...], config_file: str | None, backend: str | None, root_dir: str | None,
-    s3_gateway: str | None, bucket: str | None, allowed_buckets: str | None, dn_count: int | None, readonly: bool | None,
+    s3_gateway: str | None, bucket: str | None, allowed_buckets: str | None, dn_count: int | None, dn_urls: str | None,
+    readonly: bool | None,
 ) -> None:
     """Serve HSDS's DN protocol in front of real HSDS DNs, running clean chunk reads on the backends.
 
@@ -193,7 +195,7 @@ def front(
         raise click.ClickException(str(exc)) from exc
 
     async def main() -> None:
-        fr = Front(reader, dn_count=dn_count)
+        fr = Front(reader, dn_count=dn_count, dn_urls=[u.strip() for u in (dn_urls or "").split(",") if u.strip()])
         pairs = [(fr.listener(up), sock) for up, sock in zip(upstreams, socks, strict=True)]
 
         def ready(urls: list[str]) -> None:

@@ -61,7 +61,7 @@ from aiohttp import web
 from hsds_backends.config import ConfigKey, as_bool, as_float, as_size, at_least, option, optional
 from hsds_backends.dataset import DatasetMeta
 from hsds_backends.errors import ChunkDecodeError, HsdsBackendsError
-from hsds_backends.ids import chunk_index, dataset_id_of
+from hsds_backends.ids import chunk_index, dataset_id_of, dn_index, object_key
 from hsds_backends.plan import ReadPlan
 from hsds_backends.security import Containment, host_allowed, is_loopback
 from hsds_backends.selection import Slice, parse_select
@@ -268,9 +268,12 @@ class Front:
         front's keys, :data:`FRONT_KEYS`).
     dn_count
         DNs of the HSDS deployment (the 2021 rule's DN count; default: the listeners).
+    dn_urls
+        Every DN of the deployment in node order, when the listeners are not all of them:
+        dataset JSON is asked of the DN that owns it.
     """
 
-    def __init__(self, reader: Reader, *, dn_count: int | None = None) -> None:
+    def __init__(self, reader: Reader, *, dn_count: int | None = None, dn_urls: Sequence[str] = ()) -> None:
         cfg = reader.config
         self.reader = reader
         self.config = cfg
@@ -285,7 +288,8 @@ class Front:
         self.trace_ttl: float = option(cfg, "front_trace_ttl", FRONT_KEYS["front_trace_ttl"])
         self.containment = Containment.from_config(cfg)
         self.listeners: list[Listener] = []
-        self._dn_count = dn_count
+        self.dn_upstreams = [Upstream(u) for u in dn_urls]
+        self._dn_count = dn_count or (len(self.dn_upstreams) or None)
         self._open: dict[tuple[Any, ...], _Group] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._traces: collections.OrderedDict[str, tuple[float, Choice | None, str]] = collections.OrderedDict()
@@ -307,8 +311,8 @@ class Front:
         for t in list(self._running):
             t.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
-        for lst in self.listeners:
-            await lst.upstream.aclose()
+        for up in [*(lst.upstream for lst in self.listeners), *self.dn_upstreams]:
+            await up.aclose()
         await self.reader.aclose()
 
     def stats(self) -> dict[str, Any]:
@@ -347,15 +351,30 @@ class Front:
             del self._meta_flights[key]
         return meta
 
+    def _owner(self, lst: Listener, dset_id: str) -> Upstream:
+        """The DN that holds ``dset_id``'s JSON (HSDS partitions objects as chunks, docs/hsds-format.md §4.5)."""
+        dns = self.dn_upstreams or ([x.upstream for x in self.listeners] if len(self.listeners) == self.dn_count else [])
+        return dns[dn_index(dset_id, len(dns))] if dns else lst.upstream
+
     async def _fetch_meta(self, lst: Listener, bucket: str, dset_id: str) -> DatasetMeta | None:
         import urllib.parse
 
-        status, body = await lst.upstream.get(f"/datasets/{dset_id}?{urllib.parse.urlencode({'bucket': bucket})}")
-        if status != 200:
+        owner = self._owner(lst, dset_id)
+        status, body = await owner.get(f"/datasets/{dset_id}?{urllib.parse.urlencode({'bucket': bucket})}")
+        if status == 200:
+            text: bytes | None = body
+        elif owner is lst.upstream and not self.dn_upstreams and len(self.listeners) != self.dn_count:
+            # a lone front does not know which DN owns the dataset (its own answers 500 for
+            # another's): the JSON in storage says the same about type, chunks and filters
+            text = await self.reader.storage.get(bucket, object_key(dset_id))
+            if text is None:
+                return None  # not flushed yet: the DN answers, and we ask again next time
+        else:
             return None  # not cached: the DN answers the read itself (a 404, a 410, ...)
         meta: DatasetMeta | None
         try:
-            doc = json.loads(body)
+            doc = json.loads(text)
+            doc.setdefault("id", dset_id)
             cp = doc.get("creationProperties") or {}
             if cp.get("initializer"):
                 meta = None  # the DN runs the initializer and writes the chunk: its job
