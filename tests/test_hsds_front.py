@@ -150,6 +150,7 @@ def test_h5pyd_reads_match_numpy_and_plain_hsds(deployment: F.Deployment, data: 
     assert after["by_backend"].get("dn", 0) == 0 and after["forwarded"] == before["forwarded"], deployment.stats()
     assert after["fallbacks"] == before["fallbacks"] and after["data_errors"] == 0, after
     stats = deployment.stats()
+    assert stats["dirty_window_s"] == 12.0  # s3_sync_interval + s3_age_time + s3_sync_task_timeout, HSDS's defaults
     reasons = [r for f in stats["fronts"] for r in f["last_reasons"]]
     assert reasons and all(r["backend"] == deployment.backend for r in reasons), reasons
 

@@ -126,13 +126,13 @@ class DirtyTracker:
 
     def __init__(self, window: float) -> None:
         self.window = float(window)
-        self._until: dict[tuple[str, str], float] = {}
-        self._inflight: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._until: dict[str, float] = {}
+        self._inflight: collections.Counter[str] = collections.Counter()
 
-    def begin(self, key: tuple[str, str]) -> None:
+    def begin(self, key: str) -> None:
         self._inflight[key] += 1
 
-    def end(self, key: tuple[str, str]) -> None:
+    def end(self, key: str) -> None:
         self._inflight[key] -= 1
         if self._inflight[key] <= 0:
             del self._inflight[key]
@@ -141,7 +141,7 @@ class DirtyTracker:
         if len(self._until) > 4096:  # forget what is clean again
             self._until = {k: t for k, t in self._until.items() if t > now}
 
-    def dirty(self, key: tuple[str, str]) -> bool:
+    def dirty(self, key: str) -> bool:
         if key in self._inflight:
             return True
         t = self._until.get(key)
@@ -388,8 +388,10 @@ class Front:
             self._metas.popitem(last=False)
         return meta
 
-    def forget(self, bucket: str, dset_id: str) -> None:
-        self._metas.pop((bucket, dset_id), None)
+    def forget(self, dset_id: str) -> None:
+        """Drop the cached JSON of ``dset_id`` (in every bucket): it changed."""
+        for key in [k for k in self._metas if k[1] == dset_id]:
+            del self._metas[key]
 
     # -------------------------------------------------------------- groups
     def submit(self, key: tuple[Any, ...], trace: str | None, read: _Read) -> None:
@@ -574,15 +576,14 @@ class Listener:
     async def _write(self, request: web.Request, body: bytes | None, is_chunk: bool) -> web.StreamResponse:
         """Forward a write, keeping what it touches dirty while it runs and for the dirty window after."""
         front = self.front
-        bucket = request.query.get("bucket", "")
-        keys: list[tuple[str, str]] = []
+        # keyed by id alone: ids are unique, and the SN leaves ``bucket`` out of some writes
+        keys: list[str] = []
         parts = request.path.split("/")
         if is_chunk:
-            cid = parts[2]
-            keys.append((bucket, cid))
+            keys.append(parts[2])
         elif len(parts) >= 3 and parts[1] == "datasets" and parts[2]:
-            keys.append((bucket, parts[2]))
-            front.forget(bucket, parts[2])
+            keys.append(parts[2])
+            front.forget(parts[2])
         for k in keys:
             front.dirty.begin(k)
         try:
@@ -591,7 +592,7 @@ class Listener:
             for k in keys:
                 front.dirty.end(k)
             if keys and not is_chunk:
-                front.forget(bucket, keys[0][1])
+                front.forget(keys[0])
 
     async def _read(self, request: web.Request, cid: str, body: bytes | None) -> web.StreamResponse:
         front = self.front
@@ -605,7 +606,7 @@ class Listener:
             bucket = check_bucket(params.get("bucket") or "")
         except HsdsBackendsError:
             raise _Forward("bad request") from None  # the DN answers it as it does
-        if not front.readonly and (front.dirty.dirty((bucket, cid)) or front.dirty.dirty((bucket, dset_id))):
+        if not front.readonly and (front.dirty.dirty(cid) or front.dirty.dirty(dset_id)):
             raise _Forward("dirty")
         for p in ("s3offset", "s3size", "hyper_dims"):
             if ":" in params.get(p, ""):
