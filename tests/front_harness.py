@@ -39,7 +39,7 @@ class Deployment:
 
     def __init__(self, root_dir: str | os.PathLike[str], *, backend: str = "inline", bucket: str = "hsdstest", dn_count: int = 2,
                  config: dict[str, Any] | None = None, fronts: bool = True, restart_fronts: bool = True,
-                 password_file: str | None = None) -> None:
+                 password_file: str | None = None, stop_on_error: bool = True) -> None:
         cfg = {"root_dir": str(root_dir), "bucket_name": bucket, "backend": backend, **BACKEND_CONFIG.get(backend, {}), **(config or {})}
         venv = H.ensure_hsds_venv()
         self.dep = HsdsDeployment(cfg, dn_count=dn_count, port=0, hsds_node=venv / "bin" / "hsds-node", fronts=fronts,
@@ -52,6 +52,8 @@ class Deployment:
         self._stop: asyncio.Event | None = None
         self._supervisor: Any = None
         self.supervise_error: BaseException | None = None
+        self.stop_on_error = stop_on_error
+        """Stop everything when the supervisor gives up, as ``hsds serve`` does."""
         self.work = Path(tempfile.mkdtemp(prefix="hsdsc-", dir="/tmp"))
 
     def call(self, coro: Any, timeout: float = 120.0) -> Any:
@@ -74,6 +76,8 @@ class Deployment:
             await self.dep.supervise(self._stop, interval=0.1)
         except BaseException as exc:  # noqa: BLE001 - a test asks for it
             self.supervise_error = exc
+            if self.stop_on_error:
+                await self.dep.stop()
 
     def stop(self) -> None:
         async def go() -> None:
