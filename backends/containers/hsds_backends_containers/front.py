@@ -360,10 +360,16 @@ class Front:
         import urllib.parse
 
         owner = self._owner(lst, dset_id)
-        status, body = await owner.get(f"/datasets/{dset_id}?{urllib.parse.urlencode({'bucket': bucket})}")
+        lone = owner is lst.upstream and not self.dn_upstreams and len(self.listeners) != self.dn_count
+        try:
+            status, body = await owner.get(f"/datasets/{dset_id}?{urllib.parse.urlencode({'bucket': bucket})}")
+        except UpstreamError:
+            if not lone:
+                raise
+            status, body = 0, b""
         if status == 200:
             text: bytes | None = body
-        elif owner is lst.upstream and not self.dn_upstreams and len(self.listeners) != self.dn_count:
+        elif lone:
             # a lone front does not know which DN owns the dataset (its own answers 500 for
             # another's): the JSON in storage says the same about type, chunks and filters
             text = await self.reader.storage.get(bucket, object_key(dset_id))
