@@ -368,13 +368,14 @@ class Front:
                 raise
             status, body = 0, b""
         if status == 200:
-            text: bytes | None = body
+            text = body
         elif lone:
             # a lone front does not know which DN owns the dataset (its own answers 500 for
             # another's): the JSON in storage says the same about type, chunks and filters
-            text = await self.reader.storage.get(bucket, object_key(dset_id))
-            if text is None:
+            stored = await self.reader.storage.get(bucket, object_key(dset_id))
+            if stored is None:
                 return None  # not flushed yet: the DN answers, and we ask again next time
+            text = bytes(stored)
         else:
             return None  # not cached: the DN answers the read itself (a 404, a 410, ...)
         meta: DatasetMeta | None
