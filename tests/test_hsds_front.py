@@ -1,4 +1,4 @@
-"""h5pyd reads a real HSDS 1.0.2 whose DNs sit behind HSDS fronts, for every backend (docs/architecture.md §13).
+"""h5pyd reads a real HSDS 1.0.2 whose DNs sit behind HSDS fronts, for every backend (docs/architecture.md §12).
 
 Each backend gets its own deployment (``HsdsDeployment``: SN, two DNs, two fronts) on the
 storage the session's plain HSDS (tests/hsds_harness.py) wrote the interop domain into; a

@@ -1,4 +1,4 @@
-"""Faults around the HSDS front (docs/architecture.md §13): a backend killed mid-read, a front killed, a DN down.
+"""Faults around the HSDS front (docs/architecture.md §12): a backend killed mid-read, a front killed, a DN down.
 
 - The backend's processes (the local Lambda runtime under the front) are killed while
   h5pyd reads: the front forwards the chunks the backend did not answer to the DN

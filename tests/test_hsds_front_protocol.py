@@ -1,4 +1,4 @@
-"""The front answers HSDS's DN protocol exactly as the DN behind it (docs/architecture.md §13, docs/hsds-format.md §4).
+"""The front answers HSDS's DN protocol exactly as the DN behind it (docs/architecture.md §12, docs/hsds-format.md §4).
 
 Hypothesis builds chunk requests of every form the SN sends — hyperslab ``GET`` (strided,
 one coordinate list, fields), the ``POST`` JSON select, binary point ``POST``, queries with

@@ -1,4 +1,4 @@
-"""Never stale: writes through HSDS and reads through the fronts, at once (docs/architecture.md §13 "never stale").
+"""Never stale: writes through HSDS and reads through the fronts, at once (docs/architecture.md §12 "never stale").
 
 HSDS's DNs flush to storage ``s3_age_time`` (1 s) after a write, checked every
 ``s3_sync_interval`` (1 s); the backends read storage. The fronts send reads of a chunk

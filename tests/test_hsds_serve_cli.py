@@ -1,4 +1,4 @@
-"""``hsds-backends hsds serve`` and ``hsds stats`` as a user runs them (docs/architecture.md §13, README "Use with HSDS").
+"""``hsds-backends hsds serve`` and ``hsds stats`` as a user runs them (docs/architecture.md §12, README "Use with HSDS").
 
 The command starts a real HSDS (SN on 127.0.0.1, DNs and fronts on private unix sockets)
 with ``--backend lambda``; h5pyd writes and reads through it; ``hsds stats`` shows the chunk

@@ -1,4 +1,4 @@
-"""The HSDS front fails closed (docs/architecture.md §11, §13).
+"""The HSDS front fails closed (docs/architecture.md §11, §12).
 
 HSDS's SN sends no credentials, so a front has none to check: it listens on loopback or a
 unix socket only (anything else is refused at start), a loopback TCP front answers only

@@ -1,6 +1,6 @@
 """Pass-through of HTTP requests to an upstream service (a real HSDS node), unchanged.
 
-The HSDS front (docs/architecture.md §13) forwards everything it does not serve itself —
+The HSDS front (docs/architecture.md §12) forwards everything it does not serve itself —
 writes, metadata, dirty chunks, fallbacks — to the DN behind it, and ``hsds serve`` puts
 the service node behind a loopback TCP listener the same way. :class:`Upstream` owns one
 connection pool to one upstream (``http://host:port`` or a unix socket) and

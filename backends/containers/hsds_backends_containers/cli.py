@@ -153,7 +153,7 @@ def front(
     Chunk reads (hyperslabs, points, queries) go through the selector to the configured
     backend and are answered as the DN would answer them; writes, metadata, dirty chunks
     and anything the front cannot answer exactly go to the DN unchanged (docs/architecture.md
-    §13). Prints 'READY <url> ...' once every listener accepts requests; stops cleanly on
+    §12). Prints 'READY <url> ...' once every listener accepts requests; stops cleanly on
     SIGTERM. Statistics: GET /hsds-backends/front/stats on any listener.
 
     Fails closed: a TCP listener must be loopback (HSDS's SN sends no credentials), storage

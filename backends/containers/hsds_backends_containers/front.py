@@ -1,6 +1,6 @@
 """The HSDS front: HSDS's DN protocol in front of a real HSDS DN, serving clean chunk reads through the backends.
 
-docs/architecture.md §13. A front listens at the URL an HSDS service node (SN) was given for
+docs/architecture.md §12. A front listens at the URL an HSDS service node (SN) was given for
 DN *i* and forwards to DN *i* everything it does not serve itself::
 
     h5pyd ─► HSDS SN ─► front i ─► Reader: select ─► backend ─► bytes as DN i answers them
@@ -118,7 +118,7 @@ def _ms(seconds: float) -> float:
 
 
 class DirtyTracker:
-    """Chunks and datasets whose stored bytes may lag the DN (docs/architecture.md §13 "never stale").
+    """Chunks and datasets whose stored bytes may lag the DN (docs/architecture.md §12 "never stale").
 
     A key is dirty while a write to it is in flight and until ``window`` seconds after the
     last one finished.

@@ -1,7 +1,7 @@
 """``hsds-backends hsds``: run a real HSDS whose DNs sit behind HSDS fronts, and read its fronts' figures.
 
 Registered as the ``hsds`` subcommand through the entry-point group ``hsds_backends.cli``
-(docs/architecture.md §13).
+(docs/architecture.md §12).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``hsds-backends hsds serve``: a real HSDS whose DNs sit behind HSDS fronts (docs/architecture.md §13).
+"""``hsds-backends hsds serve``: a real HSDS whose DNs sit behind HSDS fronts (docs/architecture.md §12).
 
 A thin supervisor of stock processes; nothing inside HSDS is patched. In one private run
 folder (mode 0700, on unix sockets) it starts:
