@@ -85,6 +85,9 @@ class Capabilities:
     """Whether tasks leave this process."""
     costs_money: bool = False
     """Whether running tasks is billed (Lambda)."""
+    serverless: bool = False
+    """Whether tasks run on a function service (Lambda, billed or its local runtime): the
+    backend HSDS's 2021 rule sends big requests to."""
     configured: bool = True
     """Whether the backend has what it needs to run (endpoints, functions)."""
     direct_placement: bool = False

@@ -309,11 +309,11 @@ def _dn_count(dn: Backend | None, config: Mapping[str, Any]) -> int:
 def hsds2021_policy(request: ReadRequest, candidates: Sequence[Backend], config: Mapping[str, Any]) -> Choice:
     """HSDS's 2021 rule (docs/hsds-format.md §6.2): serverless iff nonstrict, configured and enough chunks, else the DNs.
 
-    The serverless backend is the candidate billed per request
-    (``Capabilities.costs_money``); the DN backend is the one with
+    The serverless backend is the candidate that runs on a function service
+    (``Capabilities.serverless``, or billed per request: ``costs_money``); the DN backend is the one with
     ``Capabilities.data_nodes`` > 0, whose node count is the rule's DN count.
     """
-    serverless = next((b for b in candidates if b.capabilities.costs_money), None)
+    serverless = next((b for b in candidates if b.capabilities.serverless or b.capabilities.costs_money), None)
     dn = next((b for b in candidates if b.capabilities.data_nodes > 0), None)
     fn = config.get("aws_lambda_chunkread_function")
     threshold = int(config.get("aws_lambda_threshold") or _HSDS_LAMBDA_THRESHOLD)

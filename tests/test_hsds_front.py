@@ -185,3 +185,22 @@ def test_raw_query_route_answers_as_plain_hsds(deployment: F.Deployment, hsds_se
         assert doc["indices"] == plain["indices"]  # (hrefs name each SN's own endpoint)
         hits = np.nonzero(e["temp"] > 20)[0] if "Limit" not in params else np.nonzero((e["temp"] > 20) & (e["id"] < 1000001500))[0]
         assert sorted(i[0] for i in doc["indices"]) == hits.tolist()[: len(doc["indices"])]
+
+
+def test_hsds2021_rule_on_the_group_size(hsds_server: H.HsdsServer, data: dict[str, Any]) -> None:
+    """``backend_policy: hsds2021``: a client request of fewer than ``aws_lambda_threshold`` × DNs chunks goes to
+    the DNs, a bigger one to Lambda; one decision per client request (its trace), whichever front it reaches."""
+    cfg = {"backend_policy": "hsds2021", "aws_lambda_chunkread_function": "chunk_read", "aws_lambda_threshold": 4}
+    with F.Deployment(hsds_server.root_dir, backend="auto", bucket=hsds_server.bucket, password_file=data["password_file"],
+                      config={**F.BACKEND_CONFIG["lambda"], **cfg}) as dep:
+        got = H.h5pyd_read_many(dep.client(), H.INTEROP_DOMAIN, [("/be_ints", "d[0:5, 0:5]"), ("/be_ints", "d[...]")])
+        e = data["expected"][("interop", "be_ints")]
+        assert _same(got[0], e[0:5, 0:5]) and _same(got[1], e)
+        t = dep.totals()
+        assert t["by_backend"] == {"dn": 1, "lambda": 20}, t  # be_ints has 5 × 4 chunks
+        reasons = [r for f in dep.stats()["fronts"] for r in f["last_reasons"]]
+        small = [r for r in reasons if r["backend"] == "dn"]
+        big = [r for r in reasons if r["backend"] == "lambda"]
+        assert small and small[0]["reason"] == "hsds2021: HSDS DNs (1 chunks < 4×2 DNs)", small
+        assert big and all(r["reason"] == "hsds2021: lambda (20 chunks ≥ 4×2 DNs)" for r in big), big
+        assert len({r["trace"] for r in big}) == 1  # the full read: one trace, one decision

@@ -153,3 +153,31 @@ def test_reads_the_front_cannot_answer_exactly_go_to_the_dn(front: tuple[F.Deplo
         assert _send(dep.front_socket(i), req) == _send(dep.dn_socket(i), req), target
     after = dep.stats()["fronts"][i]["forwarded_reads"]
     assert sum(after.values()) - sum(before.values()) == len(cases), after
+
+
+def test_a_corrupt_chunk_answers_500_with_its_message(front: tuple[F.Deployment, dict[str, Any]], hsds_server: H.HsdsServer) -> None:
+    """A stored chunk that does not decode: the DN answers 500, so does the front, naming the chunk."""
+    import asyncio
+
+    from hsds_backends.ids import chunk_key
+    from hsds_backends.storage import PosixStorage
+    from hsds_backends.writer import Writer
+
+    dep, manifest = front
+
+    async def write() -> Any:
+        w = Writer(PosixStorage(hsds_server.root_dir), hsds_server.bucket, owner=hsds_server.username)
+        return await w.create_dataset("/home/test_user1/corrupt.h5", "/d", np.arange(400, dtype="<f8").reshape(20, 20),
+                                      chunks=(10, 10), filters=["shuffle", ("gzip", 4)])
+
+    meta = asyncio.run(write())
+    cid = chunk_id(meta.id, [1, 0])
+    path = hsds_server.bucket_dir / chunk_key(cid)
+    path.write_bytes(path.read_bytes()[:30])  # truncated
+    i = dn_index(cid, 2)
+    req = {"method": "GET", "target": f"/chunks/{cid}?bucket={manifest['bucket']}&select=[0:10,0:10]", "body": None, "ctype": None}
+    status, ctype, body = _send(dep.front_socket(i), req)
+    assert (status, _send(dep.dn_socket(i), req)[0]) == (500, 500)
+    doc = json.loads(body)
+    assert doc["chunk_id"] == cid and cid in doc["message"] and doc["error_type"] == "ChunkDecodeError", doc
+    assert dep.stats()["fronts"][i]["data_errors"] == 1

@@ -21,10 +21,8 @@ pytest.importorskip("hsds_backends_containers")
 
 try:
     import front_harness as F
-    import hsds_harness as H
 except ImportError:  # tests/ turned into a package
     from tests import front_harness as F
-    from tests import hsds_harness as H
 
 pytestmark = pytest.mark.hsds
 

@@ -89,7 +89,11 @@ FRONT_KEYS: Final[dict[str, ConfigKey]] = {
         None, optional(at_least(as_float, 0)),
         "seconds a chunk written through the front is read from the DN (default: s3_sync_interval + s3_age_time + s3_sync_task_timeout)",
     ),
-    "front_batch_window_ms": ConfigKey(1.0, at_least(as_float, 0), "chunk requests of one trace arriving within this many ms form one group"),
+    "front_batch_window_ms": ConfigKey(2.0, at_least(as_float, 0), "a group of one trace's chunk requests closes after this many ms without a new one"),
+    "front_batch_max_wait_ms": ConfigKey(25.0, at_least(as_float, 0), "... or this many ms after its first request"),
+    "front_decision_window_ms": ConfigKey(
+        10.0, at_least(as_float, 0), "hsds2021: the idle gap that closes a trace's first group, whose size the rule decides on",
+    ),
     "front_batch_max": ConfigKey(1024, at_least(as_float, 1), "most chunk requests in one group"),
     "front_readonly": ConfigKey(False, as_bool, "no writes reach storage behind the front's back: skip dirty tracking"),
     "front_body_limit": ConfigKey(100 * 1024 * 1024, as_size, "largest request body the front reads (HSDS max_request_size)"),
@@ -221,8 +225,10 @@ class _Read:
 class _Group:
     key: tuple[Any, ...]
     trace: str | None
+    deadline: float
     reads: list[_Read] = field(default_factory=list)
     closed: bool = False
+    timer: asyncio.TimerHandle | None = None
 
 
 class _Sink:
@@ -283,6 +289,9 @@ class Front:
         self.readonly: bool = option(cfg, "front_readonly", FRONT_KEYS["front_readonly"])
         self.dirty = DirtyTracker(window)
         self.batch_window = option(cfg, "front_batch_window_ms", FRONT_KEYS["front_batch_window_ms"]) / 1000.0
+        self.batch_max_wait = option(cfg, "front_batch_max_wait_ms", FRONT_KEYS["front_batch_max_wait_ms"]) / 1000.0
+        self.decision_window = option(cfg, "front_decision_window_ms", FRONT_KEYS["front_decision_window_ms"]) / 1000.0
+        self.size_rule = str(cfg.get("backend_policy") or "auto").lower() == "hsds2021"
         self.batch_max = int(option(cfg, "front_batch_max", FRONT_KEYS["front_batch_max"]))
         self.body_limit: int = option(cfg, "front_body_limit", FRONT_KEYS["front_body_limit"])
         self.trace_ttl: float = option(cfg, "front_trace_ttl", FRONT_KEYS["front_trace_ttl"])
@@ -402,18 +411,32 @@ class Front:
 
     # -------------------------------------------------------------- groups
     def submit(self, key: tuple[Any, ...], trace: str | None, read: _Read) -> None:
+        """Add ``read`` to its group: one closes ``front_batch_window_ms`` after its last request came,
+        ``front_batch_max_wait_ms`` after its first, or when it holds ``front_batch_max``."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         group = self._open.get(key)
         if group is None:
-            group = self._open[key] = _Group(key, trace)
-            asyncio.get_running_loop().call_later(self.batch_window, self._close, group)
+            group = self._open[key] = _Group(key, trace, now + self.batch_max_wait)
         group.reads.append(read)
-        if len(group.reads) >= self.batch_max:
+        if group.timer is not None:
+            group.timer.cancel()
+        window = self.batch_window
+        if self.size_rule and (trace is None or trace not in self._traces):
+            # the rule decides on this group's size, for the whole trace: let the SN's burst arrive
+            window = self.decision_window
+        delay = min(window, group.deadline - now)
+        if len(group.reads) >= self.batch_max or delay <= 0:
             self._close(group)
+        else:
+            group.timer = loop.call_later(delay, self._close, group)
 
     def _close(self, group: _Group) -> None:
         if group.closed:
             return
         group.closed = True
+        if group.timer is not None:
+            group.timer.cancel()
         if self._open.get(group.key) is group:
             del self._open[group.key]
         t = asyncio.ensure_future(self._run(group))
@@ -428,12 +451,8 @@ class Front:
             if hit is not None and hit[0] > now:
                 return hit[1], hit[2]
         choice: Choice | None
-        policy = str(self.config.get("backend_policy") or "auto").lower()
-        threshold = int(self.config.get("aws_lambda_threshold") or 4)
-        count = plan.num_points if plan.kind == "points" else plan.num_chunks
-        what = "points" if plan.kind == "points" else "chunks"
-        if policy == "hsds2021" and count < threshold * self.dn_count:
-            choice, reason = None, f"hsds2021: HSDS DNs ({count} {what} < {threshold}×{self.dn_count} DNs)"
+        if self.size_rule:
+            choice, reason = self._hsds2021(plan)
         else:
             # the front reads only clean chunks: what HSDS's nonstrict allowed, always true here
             choice = self.reader.decide(plan, nonstrict=True)
@@ -444,6 +463,27 @@ class Front:
             while len(self._traces) > _TRACES:
                 self._traces.popitem(last=False)
         return choice, reason
+
+    def _hsds2021(self, plan: ReadPlan) -> tuple[Choice | None, str]:
+        """HSDS's 2021 rule on a group (docs/hsds-format.md §6.2): the serverless backend from
+        ``aws_lambda_threshold`` × DNs chunks (points) on, with a function configured; else HSDS's DNs."""
+        threshold = int(self.config.get("aws_lambda_threshold") or 4)
+        count = plan.num_points if plan.kind == "points" else plan.num_chunks
+        what = "points" if plan.kind == "points" else "chunks"
+        n = self.dn_count
+        if count < threshold * n:
+            return None, f"hsds2021: HSDS DNs ({count} {what} < {threshold}×{n} DNs)"
+        if not self.config.get("aws_lambda_chunkread_function"):
+            return None, f"hsds2021: HSDS DNs ({count} {what} ≥ {threshold}×{n} DNs, but no aws_lambda_chunkread_function)"
+        for name in self.reader.backend_names():
+            try:
+                backend = self.reader.backend(name)
+            except HsdsBackendsError:
+                continue
+            if backend.capabilities.serverless:
+                choice = self.reader.decide(plan, backend=backend, nonstrict=True)
+                return choice, f"hsds2021: {name} ({count} {what} ≥ {threshold}×{n} DNs)"
+        return None, f"hsds2021: HSDS DNs ({count} {what} ≥ {threshold}×{n} DNs, but no serverless backend is installed)"
 
     async def _run(self, group: _Group) -> None:
         reads = group.reads

@@ -262,6 +262,7 @@ class LambdaBackend(Backend):
         max_concurrency=1000,
         remote=True,
         costs_money=True,
+        serverless=True,
     )
     overhead_s: ClassVar[float] = 0.03
     per_chunk_s: ClassVar[float] = 0.05
@@ -320,6 +321,7 @@ class LambdaBackend(Backend):
             max_concurrency=self.in_flight_cap,
             remote=True,
             costs_money=not self.embedded,
+            serverless=True,
             direct_placement=True,
         )
 
