@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from hsds_backends._proc import ChildProcess, ChildStartError
+from hsds_backends.config import credentials_env
 
 __all__ = ["HsdsDeployment", "LauncherError", "find_hsds_node"]
 
@@ -250,6 +251,8 @@ class HsdsDeployment:
             if k.lower() in _HSDS_KEYS_SEEN and k not in _CREDENTIALS:
                 env.pop(k, None)
         env.update(PYTHONUNBUFFERED="1", PYTHONNOUSERSITE="1")
+        # credentials from the config travel in the environment, never in a file or on a command line
+        env.update(credentials_env(self.config))
         env.update(self.env)
         return env
 
