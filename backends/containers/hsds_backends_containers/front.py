@@ -89,7 +89,10 @@ FRONT_KEYS: Final[dict[str, ConfigKey]] = {
         None, optional(at_least(as_float, 0)),
         "seconds a chunk written through the front is read from the DN (default: s3_sync_interval + s3_age_time + s3_sync_task_timeout)",
     ),
-    "front_batch_window_ms": ConfigKey(2.0, at_least(as_float, 0), "a group of one trace's chunk requests closes after this many ms without a new one"),
+    "front_batch_window_ms": ConfigKey(
+        0.0, at_least(as_float, 0),
+        "a group of one trace's chunk requests closes after this many ms without a new one (0: with the requests that arrived together)",
+    ),
     "front_batch_max_wait_ms": ConfigKey(25.0, at_least(as_float, 0), "... or this many ms after its first request"),
     "front_decision_window_ms": ConfigKey(
         10.0, at_least(as_float, 0), "hsds2021: the idle gap that closes a trace's first group, whose size the rule decides on",
@@ -228,7 +231,7 @@ class _Group:
     deadline: float
     reads: list[_Read] = field(default_factory=list)
     closed: bool = False
-    timer: asyncio.TimerHandle | None = None
+    timer: asyncio.Handle | None = None
 
 
 class _Sink:
@@ -419,17 +422,21 @@ class Front:
         if group is None:
             group = self._open[key] = _Group(key, trace, now + self.batch_max_wait)
         group.reads.append(read)
-        if group.timer is not None:
-            group.timer.cancel()
+        if len(group.reads) >= self.batch_max or group.deadline <= now:
+            self._close(group)
+            return
         window = self.batch_window
         if self.size_rule and (trace is None or trace not in self._traces):
             # the rule decides on this group's size, for the whole trace: let the SN's burst arrive
             window = self.decision_window
-        delay = min(window, group.deadline - now)
-        if len(group.reads) >= self.batch_max or delay <= 0:
-            self._close(group)
-        else:
-            group.timer = loop.call_later(delay, self._close, group)
+        if window <= 0:
+            # the requests that arrived with this one (handled in this turn of the event loop) join it
+            if group.timer is None:
+                group.timer = loop.call_soon(self._close, group)
+            return
+        if group.timer is not None:
+            group.timer.cancel()
+        group.timer = loop.call_later(min(window, group.deadline - now), self._close, group)
 
     def _close(self, group: _Group) -> None:
         if group.closed:
