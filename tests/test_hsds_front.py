@@ -145,8 +145,10 @@ def test_h5pyd_reads_match_numpy_and_plain_hsds(deployment: F.Deployment, data: 
     assert not wrong, "\n".join(wrong)
     after = deployment.totals()
     served = after["by_backend"].get(deployment.backend, 0) - before["by_backend"].get(deployment.backend, 0)
-    # routing, as `hsds stats` shows it: every chunk read on the backend, none on the DNs
-    assert served >= 60, after
+    kept = after["by_backend"].get("cache", 0) - before["by_backend"].get("cache", 0)
+    # routing, as `hsds stats` shows it: every chunk read on the backend (or cut from a chunk the front
+    # kept, as a DN keeps it), none on the DNs
+    assert served >= 30 and served + kept >= 60, after
     assert after["by_backend"].get("dn", 0) == 0 and after["forwarded"] == before["forwarded"], deployment.stats()
     assert after["fallbacks"] == before["fallbacks"] and after["data_errors"] == 0, after
     stats = deployment.stats()

@@ -116,3 +116,36 @@ def test_without_the_dirty_window_reads_are_stale(root: Path, fronts: F.Deployme
     with _deployment(root, 0.0) as dep:
         res = dep.client().run_h5pyd(_WRITE_READ, domain="/home/admin/stale.h5", n=10, seed=2, out=str(tmp_path / "m.npy"), timeout=300)
     assert len(res["stale"]) >= 5, res
+
+
+_CACHE = r"""
+f = h5pyd.File(args["domain"], "a" if args["step"] else "w", **kw)
+if args["step"] == 0:
+    d = f.create_dataset("y", shape=(32, 32), dtype="<i4", chunks=(16, 16))
+else:
+    d = f["y"]
+d[...] = np.full((32, 32), args["value"], "<i4")
+f.close()
+"""
+
+_CACHE_READ = r"""
+out = []
+for _ in range(3):
+    r = h5pyd.File(args["domain"], "r", **kw)
+    out.append(np.unique(r["y"][...]).tolist())
+    r.close()
+emit(out)
+"""
+
+
+def test_kept_chunks_are_never_served_after_a_write(fronts: F.Deployment) -> None:
+    """The front keeps decoded chunks (as a DN does); a write through HSDS makes them stale at once."""
+    client = fronts.client()
+    domain = "/home/admin/kept.h5"
+    for step, value in enumerate((1, 2, 3)):
+        client.run_h5pyd(_CACHE, domain=domain, step=step, value=value)
+        assert client.run_h5pyd(_CACHE_READ, domain=domain) == [[value]] * 3  # dirty: the DNs answer
+        before = fronts.totals()["by_backend"].get("cache", 0)
+        time.sleep(WINDOW + 0.5)
+        assert client.run_h5pyd(_CACHE_READ, domain=domain) == [[value]] * 3  # clean: read once, then kept
+        assert fronts.totals()["by_backend"].get("cache", 0) - before >= 8  # 4 chunks × the 2nd and 3rd reads

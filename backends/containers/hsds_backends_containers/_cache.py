@@ -19,7 +19,7 @@ Used from the DN's event loop only (no locking).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +106,13 @@ class ChunkCache:
     def _drop(self, key: Hashable) -> None:
         e = self._entries.pop(key)
         self.nbytes -= e.nbytes
+
+    def drop_if(self, pred: Callable[[Hashable], bool]) -> int:
+        """Drop every entry whose key satisfies ``pred``; return how many went."""
+        keys = [k for k in self._entries if pred(k)]
+        for k in keys:
+            self._drop(k)
+        return len(keys)
 
     def clear(self) -> None:
         self._entries.clear()

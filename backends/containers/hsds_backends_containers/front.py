@@ -62,12 +62,14 @@ from hsds_backends.config import ConfigKey, as_bool, as_float, as_size, at_least
 from hsds_backends.dataset import DatasetMeta
 from hsds_backends.errors import ChunkDecodeError, HsdsBackendsError
 from hsds_backends.ids import chunk_index, dataset_id_of, dn_index, object_key
+from hsds_backends.kernel import process_chunk
 from hsds_backends.plan import ReadPlan
 from hsds_backends.security import Containment, host_allowed, is_loopback
 from hsds_backends.selection import Slice, parse_select
-from hsds_backends.storage import check_bucket
+from hsds_backends.storage import PosixStorage, check_bucket
 from hsds_backends.tasks import ChunkResult, ChunkTask, error_to_wire, field_dtype, query_dtype
 
+from ._cache import ChunkCache
 from ._hsds import JSON, OCTETS, task_from_request
 from ._proxy import Upstream, UpstreamError, read_body
 
@@ -101,6 +103,10 @@ FRONT_KEYS: Final[dict[str, ConfigKey]] = {
     "front_readonly": ConfigKey(False, as_bool, "no writes reach storage behind the front's back: skip dirty tracking"),
     "front_body_limit": ConfigKey(100 * 1024 * 1024, as_size, "largest request body the front reads (HSDS max_request_size)"),
     "front_trace_ttl": ConfigKey(60.0, at_least(as_float, 0), "seconds a trace's backend decision is reused"),
+    "front_cache_size": ConfigKey(
+        None, optional(as_size),
+        "decoded chunks each listener keeps, as its DN does (default: HSDS's chunk_mem_cache_size, 128m; 0: none)",
+    ),
     "s3_sync_interval": ConfigKey(1.0, as_float, "HSDS: seconds between a DN's storage flushes"),
     "s3_age_time": ConfigKey(1.0, as_float, "HSDS: seconds an object stays unchanged before a DN flushes it"),
     "s3_sync_task_timeout": ConfigKey(10.0, as_float, "HSDS: seconds a DN's flush of one object may take"),
@@ -222,10 +228,20 @@ class _Read:
     future: asyncio.Future[tuple[str, Any]]
     """``("ok", bytes)``, ``("missing", None)``, ``("error", exc)`` or ``("forward", why)``."""
     backend: str = ""
+    cache_key: tuple[Any, ...] | None = None
+    """Where the decoded chunk is kept (``None``: not cacheable)."""
+    validator: Any = None
+    """The stored object's version when the read began (a cache entry made from it carries it)."""
+    generation: int = 0
+    """Writes seen to the chunk when the read began (a result from before a write is not cached)."""
+    dset_generation: int = 0
+    tag: str = ""
+    """The client request (trace) it belongs to: one big read does not push out its own chunks."""
 
 
 @dataclass(eq=False)
 class _Group:
+    front: Front
     key: tuple[Any, ...]
     trace: str | None
     deadline: float
@@ -252,11 +268,68 @@ class _Sink:
         self.bytes_returned += len(res.data)
         if res.status == "missing":
             self.filled += 1
-        fut = self.group.reads[i].future
+        read = self.group.reads[i]
+        chunk = None
+        if value[0] == "ok" and read.cache_key is not None and _whole_task(read.task):
+            chunk = _as_chunk(value[1], read.task.dset)  # a whole chunk: worth keeping, as a DN would
+        self._deliver(read.future, value, read, chunk)
+
+    def _deliver(self, fut: asyncio.Future[tuple[str, Any]], value: tuple[str, Any], read: _Read, chunk: np.ndarray[Any, Any] | None) -> None:
+        front = self.group.front
         if threading.get_ident() == self.thread:
             _settle(fut, value)
+            if chunk is not None:
+                front.keep(read, chunk)
         else:
             self.loop.call_soon_threadsafe(_settle, fut, value)
+            if chunk is not None:
+                self.loop.call_soon_threadsafe(front.keep, read, chunk)
+
+
+class _WholeSink(_Sink):
+    """For a backend in this process: each task read a whole chunk; the chunk is kept and every
+    read of it is cut from it here (in the backend's worker thread when it places results there)."""
+
+    def __init__(self, group: _Group, loop: asyncio.AbstractEventLoop, by_chunk: list[list[int]]) -> None:
+        super().__init__(group, loop)
+        self.by_chunk = by_chunk
+        self.delivered = [False] * len(group.reads)
+
+    def add(self, j: int, res: ChunkResult) -> None:
+        reads = [self.group.reads[i] for i in self.by_chunk[j]]
+        if res.status == "missing":
+            self.filled += 1
+            for i, r in zip(self.by_chunk[j], reads, strict=True):
+                self.delivered[i] = True
+                self._deliver(r.future, ("missing", None), r, None)
+            return
+        self.bytes_returned += len(res.data)
+        chunk = _as_chunk(bytes(res.data), reads[0].task.dset)
+        for n, (i, r) in enumerate(zip(self.by_chunk[j], reads, strict=True)):
+            self.delivered[i] = True
+            try:
+                value: tuple[str, Any] = ("ok", bytes(process_chunk(r.task, chunk, 0, True).data))
+            except HsdsBackendsError as exc:
+                value = ("forward", f"{type(exc).__name__}: {exc}")
+            self._deliver(r.future, value, r, chunk if n == 0 else None)
+
+
+def _whole_task(task: ChunkTask) -> bool:
+    """Whether ``task`` reads its whole chunk as it is stored (its result is the decoded chunk)."""
+    if task.kind != "hyperslab" or task.fields:
+        return False
+    if task.select is None:
+        return True
+    try:
+        sel = parse_select(task.select, task.dset.chunks)
+    except HsdsBackendsError:
+        return False
+    return all(isinstance(d, Slice) and (d.start, d.stop, d.step) == (0, c, 1) for d, c in zip(sel.dims, task.dset.chunks, strict=True))
+
+
+def _as_chunk(data: bytes, meta: DatasetMeta) -> np.ndarray[Any, Any]:
+    """A whole chunk's bytes as the kernel's decoded array (``V<itemsize>``, chunk shape)."""
+    return np.frombuffer(data, dtype=f"V{meta.dtype.itemsize}").reshape(meta.chunks)
 
 
 def _settle(fut: asyncio.Future[tuple[str, Any]], value: tuple[str, Any]) -> None:
@@ -299,6 +372,14 @@ class Front:
         self.body_limit: int = option(cfg, "front_body_limit", FRONT_KEYS["front_body_limit"])
         self.trace_ttl: float = option(cfg, "front_trace_ttl", FRONT_KEYS["front_trace_ttl"])
         self.containment = Containment.from_config(cfg)
+        per = option(cfg, "front_cache_size", FRONT_KEYS["front_cache_size"])
+        if per is None:
+            per = as_size("chunk_mem_cache_size", cfg.get("chunk_mem_cache_size") or "128m", "config")
+        self.cache_per_listener = int(per)
+        self.cache = ChunkCache(0)
+        """Decoded chunks, as the DNs keep them (one DN's worth per listener): hits are cut here, whatever the backend."""
+        self._generation: dict[str, int] = {}
+        self._posix = isinstance(reader.storage, PosixStorage)
         self.listeners: list[Listener] = []
         self.dn_upstreams = [Upstream(u) for u in dn_urls]
         self._dn_count = dn_count or (len(self.dn_upstreams) or None)
@@ -317,6 +398,7 @@ class Front:
         """Add a listener forwarding to ``upstream`` (an HSDS DN's URL)."""
         lst = Listener(self, Upstream(upstream), check_host=check_host, name=name or f"front-{len(self.listeners)}")
         self.listeners.append(lst)
+        self.cache.max_bytes = self.cache_per_listener * len(self.listeners)
         return lst
 
     async def aclose(self) -> None:
@@ -337,8 +419,47 @@ class Front:
             "dirty_window_s": self.dirty.window,
             "readonly": self.readonly,
             "dirty_keys": 0 if self.readonly else len(self.dirty),
+            "cache": self.cache.stats(),
             "fronts": [lst.stats_json() for lst in self.listeners],
         }
+
+    # -------------------------------------------------------------- decoded chunks
+    def generation(self, cid: str) -> int:
+        return self._generation.get(cid, 0)
+
+    def wrote(self, key: str) -> None:
+        """A write to chunk or dataset ``key`` passed through: what is kept of it is stale."""
+        self._generation[key] = self._generation.get(key, 0) + 1
+        if len(self._generation) > 65536:  # forget old writes, and with them everything kept
+            self._generation.clear()
+            self.cache.clear()
+        self.cache.drop_if(lambda k: isinstance(k, tuple) and key in (k[0], k[1]))
+
+    def keep(self, read: _Read, chunk: np.ndarray[Any, Any]) -> None:
+        """Keep a decoded chunk a read got (on the event loop), unless its chunk was written since the read began."""
+        cid = read.task.chunk_id
+        if read.cache_key is None or self.generation(cid) != read.generation or self.generation(read.task.dset.id) != read.dset_generation:
+            return
+        self.cache.put(read.cache_key, chunk, read.tag, read.validator)
+
+    def cache_key(self, task: ChunkTask) -> tuple[Any, ...] | None:
+        loc = task.location
+        if self.cache.max_bytes <= 0 or loc is None or task.dset.is_vlen:
+            return None
+        return (task.chunk_id, task.dset.id, loc.bucket, loc.key, loc.offset, loc.size)
+
+    def version(self, task: ChunkTask) -> Any:
+        """The stored object's version (posix: mtime and size; ``None`` where there is no cheap one)."""
+        loc = task.location
+        return None if loc is None else self.reader.storage.version_sync(loc.bucket, loc.key)
+
+    async def exists(self, task: ChunkTask, version: Any) -> bool:
+        loc = task.location
+        if loc is None:
+            return False
+        if self._posix:
+            return version is not None
+        return await self.reader.storage.exists(loc.bucket, loc.key)
 
     # -------------------------------------------------------------- dataset JSON
     async def meta(self, lst: Listener, bucket: str, dset_id: str) -> DatasetMeta | None:
@@ -420,7 +541,7 @@ class Front:
         now = loop.time()
         group = self._open.get(key)
         if group is None:
-            group = self._open[key] = _Group(key, trace, now + self.batch_max_wait)
+            group = self._open[key] = _Group(self, key, trace, now + self.batch_max_wait)
         group.reads.append(read)
         if len(group.reads) >= self.batch_max or group.deadline <= now:
             self._close(group)
@@ -511,7 +632,14 @@ class Front:
                 r.backend = "dn"
                 _settle(r.future, ("forward", "hsds2021"))
             return
-        sink = _Sink(group, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        sink: _Sink
+        if not choice.backend.capabilities.remote and all(r.cache_key is not None for r in reads):
+            # a backend in this process: read each chunk whole once, keep it, cut every read from it
+            plan, by_chunk = _whole_plan(reads)
+            sink = _WholeSink(group, loop, by_chunk)
+        else:
+            sink = _Sink(group, loop)
         for r in reads:
             r.backend = name
         try:
@@ -534,6 +662,24 @@ class Front:
         for i, r in enumerate(reads):
             if not sink.delivered[i]:  # a backend that ended without answering every task
                 _settle(r.future, ("fallback", "no result"))
+
+
+def _whole_plan(reads: Sequence[_Read]) -> tuple[ReadPlan, list[list[int]]]:
+    """A plan reading each chunk of ``reads`` whole, once, and which reads each task serves."""
+    order: dict[str, int] = {}
+    by_chunk: list[list[int]] = []
+    tasks: list[ChunkTask] = []
+    for i, r in enumerate(reads):
+        t = r.task
+        j = order.get(t.chunk_id)
+        if j is None:
+            j = order[t.chunk_id] = len(tasks)
+            tasks.append(ChunkTask(t.chunk_id, t.dset, t.location, "hyperslab"))
+            by_chunk.append([])
+        by_chunk[j].append(i)
+    meta = tasks[0].dset
+    n = len(tasks) * math.prod(meta.chunks)
+    return ReadPlan(meta, "hyperslab", tasks, [None] * len(tasks), (n,), (n,), meta.dtype), by_chunk
 
 
 def _plan(reads: Sequence[_Read]) -> ReadPlan:
@@ -640,11 +786,13 @@ class Listener:
             front.forget(parts[2])
         for k in keys:
             front.dirty.begin(k)
+            front.wrote(k)
         try:
             return await self._forward(request, body)
         finally:
             for k in keys:
                 front.dirty.end(k)
+                front.wrote(k)
             if keys and not is_chunk:
                 front.forget(keys[0])
 
@@ -681,6 +829,24 @@ class Listener:
         except HsdsBackendsError:
             raise _Forward("bucket not allowed") from None
         t = read.task
+        read.cache_key = front.cache_key(t)
+        version = front.version(t)
+        if t.kind == "query" and not await front.exists(t, version):
+            raise _Forward("query of an unwritten chunk")  # the DN answers 404 (no rows); the kernel would search fill values
+        if read.cache_key is not None:
+            read.tag = _trace_id(request) or ""
+            chunk = front.cache.get(read.cache_key, read.tag, version)
+            if chunk is not None:
+                try:
+                    res = await asyncio.get_running_loop().run_in_executor(None, process_chunk, t, chunk, 0, True)
+                except HsdsBackendsError:
+                    raise _Forward("bad request") from None
+                self.stats.chunk_reads_by_backend["cache"] += 1
+                data = _query_answer(bytes(res.data), read) if t.kind == "query" else res.data
+                return web.Response(body=data, content_type=OCTETS)
+            read.validator = version
+            read.generation = front.generation(cid)
+            read.dset_generation = front.generation(dset_id)
         key = (_trace_id(request), bucket, dset_id, t.kind, t.fields, t.query, t.limit, read.query_indices)
         front.submit(key, key[0], read)
         outcome, value = await read.future
