@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hsds_backends_containers.front import STATS_PATH
+from hsds_backends_containers.front import collect_stats
 from hsds_backends_containers.launcher import HsdsDeployment
 
 try:
@@ -113,10 +113,13 @@ class Deployment:
         return H.H5pydClient(self.dep.endpoint, username or self.dep.username, self.password, self.bucket, self.work / "client")
 
     def stats(self) -> dict[str, Any]:
-        status, _, body = H.unix_http_request(H.socket_path_from_url(self.dep.front_urls[0]), "GET", STATS_PATH)
-        assert status == 200, body
-        doc: dict[str, Any] = json.loads(body)
+        """What ``hsds stats`` prints: ``{"fronts": [per listener], "processes": [per front process]}``."""
+        doc: dict[str, Any] = asyncio.run(collect_stats(self.dep.front_urls))
         return doc
+
+    @property
+    def front_names(self) -> list[str]:
+        return sorted(n for n in self.dep.children if n.startswith("front"))
 
     def totals(self) -> dict[str, Any]:
         """The fronts' counters summed."""
@@ -142,7 +145,7 @@ class Deployment:
         return child.pid
 
     def child_pids(self, name: str) -> list[int]:
-        """Processes started by child ``name`` (the backends' own processes under the fronts)."""
+        """Processes started by child ``name`` (the backends' own processes under a front)."""
         pid = self.dep.children[name].pid
         out: list[int] = []
         todo = [pid]

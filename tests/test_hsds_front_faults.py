@@ -103,7 +103,8 @@ def _read(dep: F.Deployment, written: dict[str, Any], n: int = 1, timeout: float
 @pytest.fixture
 def lambda_fronts(root: Path, written: dict[str, Any]) -> Iterator[F.Deployment]:
     with F.Deployment(root, backend="lambda", password_file=written["password_file"],
-                      config={"aws_lambda_max_attempts": 2, "aws_lambda_retry_base": 0.01}) as dep:
+                      # no kept chunks: every read goes to the backend
+                      config={"aws_lambda_max_attempts": 2, "aws_lambda_retry_base": 0.01, "front_cache_size": 0}) as dep:
         yield dep
 
 
@@ -111,8 +112,8 @@ def test_backend_killed_mid_read_falls_back_to_the_dn(lambda_fronts: F.Deploymen
     dep = lambda_fronts
     assert _read(dep, written)["ok"] == [True]  # warm: the runtime is up and serving
     assert dep.totals()["by_backend"].get("lambda", 0) >= 120
-    runtime = dep.child_pids("fronts")
-    assert runtime, "the local Lambda runtime runs under the fronts"
+    runtime = [p for name in dep.front_names for p in dep.child_pids(name)]
+    assert runtime, "the local Lambda runtimes run under the fronts"
     result: dict[str, Any] = {}
     reader = threading.Thread(target=lambda: result.update(_read(dep, written, n=4)))
     reader.start()
@@ -139,9 +140,10 @@ def test_fronts_that_stay_dead_stop_hsds_with_a_clear_error(root: Path, written:
 
     with F.Deployment(root, backend="inline", password_file=written["password_file"], restart_fronts=False) as dep:
         assert _read(dep, written)["ok"] == [True]
-        dep.kill("fronts")
+        for name in dep.front_names:
+            dep.kill(name)
         F.wait_until(lambda: dep.supervise_error is not None, 30)
-        assert "fronts exited (code -9); stopping HSDS" in str(dep.supervise_error)
+        assert "front1 exited (code -9); stopping HSDS" in str(dep.supervise_error)
         F.wait_until(lambda: not dep.dep.children, 60)
         assert not list(Path(dep.dep.run_dir or "/nonexistent").glob("*.sock"))
         u = urllib.parse.urlsplit(dep.dep.endpoint or "")
@@ -154,8 +156,8 @@ def test_fronts_that_stay_dead_stop_hsds_with_a_clear_error(root: Path, written:
 def test_killed_fronts_are_restarted(root: Path, written: dict[str, Any]) -> None:
     with F.Deployment(root, backend="inline", password_file=written["password_file"]) as dep:
         assert _read(dep, written)["ok"] == [True]
-        old = dep.kill("fronts")
-        F.wait_until(lambda: dep.dep.front_restarts == 1 and dep.dep.children["fronts"].alive and dep.dep.children["fronts"].pid != old, 30)
+        old = dep.kill("front2")
+        F.wait_until(lambda: dep.dep.front_restarts == 1 and dep.dep.children["front2"].alive and dep.dep.children["front2"].pid != old, 30)
         assert _read(dep, written)["ok"] == [True]
         assert dep.dep.status()["front_restarts"] == 1
         assert dep.supervise_error is None

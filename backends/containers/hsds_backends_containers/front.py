@@ -77,7 +77,7 @@ if TYPE_CHECKING:
     from hsds_backends.api import Reader
     from hsds_backends.model import Choice
 
-__all__ = ["FRONT_KEYS", "STATS_PATH", "Front", "Listener", "serve_front"]
+__all__ = ["FRONT_KEYS", "STATS_PATH", "Front", "Listener", "collect_stats", "serve_front"]
 
 log = logging.getLogger(__name__)
 
@@ -594,15 +594,20 @@ class Front:
 
     def _hsds2021(self, plan: ReadPlan) -> tuple[Choice | None, str]:
         """HSDS's 2021 rule on a group (docs/hsds-format.md §6.2): the serverless backend from
-        ``aws_lambda_threshold`` × DNs chunks (points) on, with a function configured; else HSDS's DNs."""
+        ``aws_lambda_threshold`` × DNs chunks (points) on, with a function configured; else HSDS's DNs.
+
+        A front process serves some of the DNs and sees their share of a request: the rule
+        compares that share with the threshold times the DNs it serves."""
         threshold = int(self.config.get("aws_lambda_threshold") or 4)
         count = plan.num_points if plan.kind == "points" else plan.num_chunks
         what = "points" if plan.kind == "points" else "chunks"
-        n = self.dn_count
+        # this process sees the requests of its own DNs only: the rule's share for them
+        n = len(self.listeners) or 1
+        dns = f"{n} DN{'s' if n > 1 else ''}" if n == self.dn_count else f"{n} of {self.dn_count} DNs"
         if count < threshold * n:
-            return None, f"hsds2021: HSDS DNs ({count} {what} < {threshold}×{n} DNs)"
+            return None, f"hsds2021: HSDS DNs ({count} {what} < {threshold}×{dns})"
         if not self.config.get("aws_lambda_chunkread_function"):
-            return None, f"hsds2021: HSDS DNs ({count} {what} ≥ {threshold}×{n} DNs, but no aws_lambda_chunkread_function)"
+            return None, f"hsds2021: HSDS DNs ({count} {what} ≥ {threshold}×{dns}, but no aws_lambda_chunkread_function)"
         for name in self.reader.backend_names():
             try:
                 backend = self.reader.backend(name)
@@ -610,8 +615,8 @@ class Front:
                 continue
             if backend.capabilities.serverless:
                 choice = self.reader.decide(plan, backend=backend, nonstrict=True)
-                return choice, f"hsds2021: {name} ({count} {what} ≥ {threshold}×{n} DNs)"
-        return None, f"hsds2021: HSDS DNs ({count} {what} ≥ {threshold}×{n} DNs, but no serverless backend is installed)"
+                return choice, f"hsds2021: {name} ({count} {what} ≥ {threshold}×{dns})"
+        return None, f"hsds2021: HSDS DNs ({count} {what} ≥ {threshold}×{dns}, but no serverless backend is installed)"
 
     async def _run(self, group: _Group) -> None:
         reads = group.reads
@@ -938,6 +943,33 @@ def _query_answer(data: bytes, read: _Read) -> bytes:
 
 
 # ------------------------------------------------------------------ running
+
+
+async def collect_stats(urls: Sequence[str], timeout: float = 10.0) -> dict[str, Any]:
+    """Ask every front (``STATS_PATH``) and merge: ``{"fronts": [one entry per URL], "processes": [...]}``.
+
+    Raises
+    ------
+    UpstreamError
+        A front does not answer.
+    """
+    fronts: dict[str, dict[str, Any]] = {}
+    processes: dict[int, dict[str, Any]] = {}
+    for url in urls:
+        if url in fronts:
+            continue
+        up = Upstream(url, timeout=timeout)
+        try:
+            status, body = await up.get(STATS_PATH)
+        finally:
+            await up.aclose()
+        if status != 200:
+            raise UpstreamError(f"front {url} answered {status} to GET {STATS_PATH}: {body[:200]!r}")
+        doc = json.loads(body)
+        for f in doc.pop("fronts", []):
+            fronts.setdefault(f["url"], f)
+        processes.setdefault(int(doc.get("pid", 0)), doc)
+    return {"fronts": [fronts[u] for u in urls if u in fronts], "processes": list(processes.values())}
 
 
 async def serve_front(

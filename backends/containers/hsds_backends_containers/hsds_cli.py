@@ -112,8 +112,8 @@ def stats(status_file: str) -> None:
     """Print every front's figures as JSON: chunk reads by backend, pass-throughs, fallbacks, dirty hits, last decisions."""
     import asyncio
 
-    from ._proxy import Upstream, UpstreamError
-    from .front import STATS_PATH
+    from ._proxy import UpstreamError
+    from .front import collect_stats
 
     try:
         status = json.loads(open(status_file, encoding="utf-8").read())
@@ -123,20 +123,11 @@ def stats(status_file: str) -> None:
     if not fronts:
         raise click.ClickException(f"{status_file} lists no fronts (HSDS was started with --no-fronts?)")
 
-    async def main() -> dict[str, Any]:
-        up = Upstream(fronts[0], timeout=10.0)
-        try:
-            code, body = await up.get(STATS_PATH)
-        except UpstreamError as exc:
-            raise click.ClickException(f"the fronts do not answer ({exc}); is 'hsds serve' still running?") from exc
-        finally:
-            await up.aclose()
-        if code != 200:
-            raise click.ClickException(f"GET {STATS_PATH} answered {code}: {body[:200]!r}")
-        doc: dict[str, Any] = json.loads(body)
-        return doc
-
-    click.echo(json.dumps(asyncio.run(main()), indent=1))
+    try:
+        doc = asyncio.run(collect_stats(fronts))
+    except UpstreamError as exc:
+        raise click.ClickException(f"the fronts do not answer ({exc}); is 'hsds serve' still running?") from exc
+    click.echo(json.dumps(doc, indent=1))
 
 
 if __name__ == "__main__":

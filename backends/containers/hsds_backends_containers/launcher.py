@@ -4,8 +4,9 @@ A thin supervisor of stock processes; nothing inside HSDS is patched. In one pri
 folder (mode 0700, on unix sockets) it starts:
 
 1. N HSDS DNs (``hsds-node --node_type=dn --standalone``), each bound to ``dn_NN.sock``;
-2. one front process (``hsds-backends dn front``) with N listeners ``fr_NN.sock``, listener
-   *i* forwarding to DN *i*;
+2. N front processes (``hsds-backends dn front``), front *i* listening on ``fr_NN.sock`` and
+   forwarding to DN *i* (one process per DN, as HSDS runs its DNs; ``shared_front``: one
+   process with N listeners);
 3. the HSDS SN (``hsds-node --node_type=sn``) told that the DNs are at the fronts' URLs.
    The SN sorts its DN URLs and sends chunk ``c`` to ``urls[md5(c) mod N]``
    (docs/hsds-format.md §4.5); the zero-padded names keep the sorted order the node order,
@@ -155,6 +156,8 @@ class HsdsDeployment:
     username: str = "admin"
     restart_fronts: bool = True
     """Start the fronts again when they exit (:meth:`supervise`)."""
+    shared_front: bool = False
+    """One front process for every DN, instead of one per DN."""
     front_restarts: int = 0
     _restarts: list[float] = field(default_factory=list)
     _own_run_dir: bool = False
@@ -264,22 +267,32 @@ class HsdsDeployment:
         return child
 
     async def _start_fronts(self, fr_socks: list[Path], env: dict[str, str]) -> list[str]:
+        """Start the fronts: one process per DN (as HSDS runs one process per DN), or one for all (``shared_front``)."""
         assert self.run_dir is not None
         cfg_file = self.run_dir / "front-config.yml"
         fd = os.open(cfg_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         secret_free = {k: v for k, v in self.config.items() if v is not None and k not in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")}
         with os.fdopen(fd, "w") as f:
             json.dump(secret_free, f)  # JSON is YAML
-        argv = [sys.executable, "-m", "hsds_backends.cli", "dn", "front", "--config", str(cfg_file), "--dn-count", str(self.dn_count)]
-        for sock, dn in zip(fr_socks, self.dn_urls, strict=True):
-            argv += ["--listen", str(sock), "--upstream", dn]
-        child = ChildProcess(argv, env=env, name="fronts", log_path=str(self.run_dir / "fronts.log"), cwd=str(self.run_dir))
-        self.children["fronts"] = child
+        base = [sys.executable, "-m", "hsds_backends.cli", "dn", "front", "--config", str(cfg_file), "--dn-count", str(self.dn_count)]
+        pairs = list(zip(fr_socks, self.dn_urls, strict=True))
+        groups = [pairs] if self.shared_front else [[p] for p in pairs]
+        children = []
+        for i, group in enumerate(groups):
+            argv = list(base)
+            if not self.shared_front:
+                argv += ["--dn-urls", ",".join(self.dn_urls)]  # it asks the DN that owns a dataset for its JSON
+            for sock, dn in group:
+                argv += ["--listen", str(sock), "--upstream", dn]
+            name = "fronts" if self.shared_front else f"front{i + 1}"
+            child = ChildProcess(argv, env=env, name=name, log_path=str(self.run_dir / f"{name}.log"), cwd=str(self.run_dir))
+            self.children[name] = child
+            children.append(child)
         try:
-            line = await child.astart(timeout=self.start_timeout)
+            lines = await asyncio.gather(*(c.astart(timeout=self.start_timeout) for c in children))
         except ChildStartError as exc:
             raise LauncherError(f"the fronts did not start: {exc}") from exc
-        self.front_urls = line.split()
+        self.front_urls = [u for line in lines for u in line.split()]
         return self.front_urls
 
     async def _wait_sockets(self, paths: list[Path], what: str) -> None:
@@ -368,16 +381,16 @@ class HsdsDeployment:
         while not stop.is_set():
             for name in self.dead():
                 child = self.children[name]
-                if name == "fronts" and self.restart_fronts:
+                if name.startswith("front") and self.restart_fronts:
                     now = time.monotonic()
                     self._restarts = [t for t in self._restarts if now - t < 60] + [now]
                     if len(self._restarts) > FRONT_RESTARTS:
-                        raise LauncherError(f"the fronts exited {len(self._restarts)} times within a minute; stopping HSDS:\n{child.log_tail(30)}")
+                        raise LauncherError(f"fronts exited {len(self._restarts)} times within a minute; stopping HSDS:\n{child.log_tail(30)}")
                     self.front_restarts += 1
                     try:
                         await child.astart(timeout=self.start_timeout)
                     except ChildStartError as exc:
-                        raise LauncherError(f"the fronts exited (code {child.returncode}) and did not start again: {exc}") from exc
+                        raise LauncherError(f"{name} exited (code {child.returncode}) and did not start again: {exc}") from exc
                     continue
                 raise LauncherError(f"{name} exited (code {child.returncode}); stopping HSDS (logs in {self.run_dir}):\n{child.log_tail(20)}")
             try:
@@ -393,7 +406,7 @@ class HsdsDeployment:
             self._tcp = None
             await runner.cleanup()
             await upstream.aclose()
-        order = ["sn", "fronts", *sorted(n for n in self.children if n.startswith("dn"))]
+        order = ["sn", *sorted(n for n in self.children if n.startswith("front")), *sorted(n for n in self.children if n.startswith("dn"))]
         for name in order:
             c = self.children.get(name)
             if c is not None:
