@@ -3,6 +3,7 @@
 #   bash scripts/run.sh demo [ARGS...]   write a sample domain and read it through every installed backend
 #   bash scripts/run.sh test [PYTEST ARGS...]   run the test suite (starts moto server and real HSDS itself)
 #   bash scripts/run.sh bench [ARGS...]  run the benchmark script
+#   bash scripts/run.sh bench-front [ARGS...]  h5pyd through HSDS with fronts per backend vs plain HSDS
 set -euo pipefail
 shopt -s nullglob
 cd "$(dirname "$0")/.."
@@ -13,6 +14,7 @@ job=${1:-demo}; shift || true
 
 extras="test"
 [ "$job" = "bench" ] && extras="test,bench"
+[ "$job" = "bench-front" ] && extras="test,bench"
 # every distribution in this repository: the core plus backends/* that exist
 pkgs=("-e" "$ROOT[$extras]")
 for d in "$ROOT"/backends/*/; do
@@ -34,5 +36,6 @@ case "$job" in
   demo)  exec "$VENV/bin/hsds-backends" demo "$@" ;;
   test)  exec "$VENV/bin/python" -m pytest "$@" ;;
   bench) exec "$VENV/bin/python" benchmarks/bench.py "$@" ;;
-  *) echo "usage: bash scripts/run.sh demo|test|bench [ARGS...]" >&2; exit 2 ;;
+  bench-front) exec "$VENV/bin/python" benchmarks/front_bench.py "$@" ;;
+  *) echo "usage: bash scripts/run.sh demo|test|bench|bench-front [ARGS...]" >&2; exit 2 ;;
 esac

@@ -8,7 +8,6 @@ sockets, kill children, and stop everything at the end.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import tempfile
@@ -186,3 +185,15 @@ def wait_until(check: Any, timeout: float = 30.0, interval: float = 0.1) -> None
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met")
         time.sleep(interval)
+
+
+#: An h5pyd script: write ``args["name"]`` of ``args["shape"]`` (values ``arange % args["mod"]`` as
+#: ``args["dtype"]``, chunks ``args["chunks"]``, shuffle + gzip) into a new ``args["domain"]``; save it to ``args["out"]``.
+WRITE_GRID = r"""
+f = h5pyd.File(args["domain"], "w", **kw)
+shape = tuple(args["shape"])
+a = (np.arange(int(np.prod(shape)), dtype="<i8").reshape(shape) % args["mod"]).astype(args["dtype"])
+f.create_dataset(args["name"], data=a, chunks=tuple(args["chunks"]), compression="gzip", shuffle=True)
+f.close()
+np.save(args["out"], a)
+"""

@@ -33,14 +33,6 @@ except ImportError:  # tests/ turned into a package
 
 pytestmark = pytest.mark.hsds
 
-_WRITE = r"""
-f = h5pyd.File(args["domain"], "w", **kw)
-a = (np.arange(1200 * 1000, dtype="<i8").reshape(1200, 1000) % 9973).astype("<f4")
-f.create_dataset("big", data=a, chunks=(100, 100), compression="gzip", shuffle=True)
-f.close()
-np.save(args["out"], a)
-"""
-
 _READ = r"""
 import time as _t
 f = h5pyd.File(args["domain"], "r", retries=args["retries"], **kw)
@@ -67,7 +59,8 @@ def written(root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
     with F.Deployment(root, backend="inline", fronts=False) as dep:
         client = dep.client()
         F.ensure_home(client)
-        client.run_h5pyd(_WRITE, domain="/home/admin/big.h5", out=str(out), timeout=300)
+        client.run_h5pyd(F.WRITE_GRID, domain="/home/admin/big.h5", name="big", shape=[1200, 1000], mod=9973, dtype="<f4",
+                         chunks=[100, 100], out=str(out), timeout=300)
         pw = Path(dep.dep.password_file or "").read_text()
         _wait_flushed(root / "hsdstest", "home/admin/big.h5", "big", 120)
     # the same user in every deployment below

@@ -35,19 +35,6 @@ pytestmark = pytest.mark.hsds
 
 CLI = [sys.executable, "-m", "hsds_backends.cli"]
 
-_WRITE = r"""
-for folder in ("/home/", "/home/%s/" % kw["username"]):
-    try:
-        h5pyd.Folder(folder, mode="r", **kw).close()
-    except (IOError, OSError):
-        h5pyd.Folder(folder, mode="w", **kw).close()
-f = h5pyd.File(args["domain"], "w", **kw)
-a = (np.arange(300 * 400, dtype="<i8").reshape(300, 400) % 1013).astype(">f8")
-f.create_dataset("grid", data=a, chunks=(50, 80), compression="gzip", shuffle=True)
-f.close()
-np.save(args["out"], a)
-"""
-
 _READ = r"""
 f = h5pyd.File(args["domain"], "r", **kw)
 a = np.load(args["expected"])
@@ -101,7 +88,9 @@ def test_serve_lambda_then_stats_then_sigterm(tmp_path: Path) -> None:
 
         password = Path(status["password_file"]).read_text().split(":", 1)[1].strip()
         client = H.H5pydClient(status["endpoint"], "admin", password, "mybucket", tmp_path / "client")
-        client.run_h5pyd(_WRITE, domain="/home/admin/grid.h5", out=str(tmp_path / "grid.npy"), timeout=300)
+        F.ensure_home(client)
+        client.run_h5pyd(F.WRITE_GRID, domain="/home/admin/grid.h5", name="grid", shape=[300, 400], mod=1013, dtype=">f8",
+                         chunks=[50, 80], out=str(tmp_path / "grid.npy"), timeout=300)
         time.sleep(4.5)  # the dirty window: reads of what was just written go to the DNs until it passes
         res = client.run_h5pyd(_READ, domain="/home/admin/grid.h5", expected=str(tmp_path / "grid.npy"), timeout=300)
         assert res == {"full": True, "strided": True, "points": True}

@@ -47,7 +47,6 @@ import json
 import logging
 import math
 import os
-import signal
 import socket
 import threading
 import time
@@ -984,7 +983,7 @@ async def serve_front(
     A TCP socket must be on loopback (the SN sends no credentials, so nothing else could be
     told apart from a stranger); such a listener refuses foreign ``Host`` headers.
     """
-    from .service import socket_url
+    from .service import socket_url, stop_on_signals
 
     runners: list[web.AppRunner] = []
     paths: list[str] = []
@@ -1003,12 +1002,7 @@ async def serve_front(
             await web.SockSite(runner, sock, backlog=512).start()
             runners.append(runner)
             lst.url = socket_url(sock)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, stop.set)
-            except (NotImplementedError, RuntimeError):  # pragma: no cover - not on the main thread
-                pass
+        stop_on_signals(stop)
         if ready is not None:
             ready([lst.url for lst, _ in sockets])
         await stop.wait()

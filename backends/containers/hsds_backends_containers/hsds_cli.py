@@ -46,12 +46,12 @@ def serve(
     answers. Nothing outlives the command: every process stops with it.
     """
     import asyncio
-    import signal
 
     from hsds_backends.config import load_config
     from hsds_backends.errors import HsdsBackendsError
 
     from .launcher import DEFAULT_MAX_TASKS_PER_NODE, HsdsDeployment, LauncherError, find_hsds_node
+    from .service import stop_on_signals
 
     if root_dir and s3_gateway:
         raise click.UsageError("give --root-dir or --s3-gateway, not both")
@@ -72,10 +72,7 @@ def serve(
     )
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         try:
             await dep.start()
         except LauncherError as exc:

@@ -605,6 +605,18 @@ def bind_socket(*, host: str = "127.0.0.1", port: int | None = None, path: str |
     return sock
 
 
+def stop_on_signals(stop: asyncio.Event | None = None) -> asyncio.Event:
+    """Return ``stop`` (or a new event) set by SIGTERM or SIGINT: a service's clean shutdown."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - not on the main thread
+            pass
+    return stop
+
+
 def socket_url(sock: socket.socket) -> str:
     """Return the URL a client uses for ``sock`` (``http+unix://%2F…`` or ``http://host:port``)."""
     if sock.family == socket.AF_UNIX:
@@ -625,13 +637,7 @@ async def serve(node: DataNode, sock: socket.socket, *, ready: Callable[[str], N
     await runner.setup()
     site = web.SockSite(runner, sock)
     await site.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - not on the main thread
-            pass
+    stop = stop_on_signals()
     if ready is not None:
         ready(socket_url(sock))
     try:
