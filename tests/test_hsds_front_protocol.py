@@ -36,9 +36,11 @@ DATASETS = ["be_ints", "floats_fill", "table", "vlen_str", "cube_u8", "gzip_shuf
 QUERIES = ["temp > 20", "(temp > 20) & (id < 1000000500)", "station == b'ST00003'", "(temp < -10) | (temp > 30)", "id >= 1000000002000"]
 
 
-@pytest.fixture(scope="module")
-def front(hsds_server: H.HsdsServer, interop_manifest: dict[str, Any]) -> Iterator[tuple[F.Deployment, dict[str, Any]]]:
-    with F.Deployment(hsds_server.root_dir, backend="inline", bucket=hsds_server.bucket) as dep:
+@pytest.fixture(scope="module", params=["inline", "containers"])
+def front(request: pytest.FixtureRequest, hsds_server: H.HsdsServer, interop_manifest: dict[str, Any]) -> Iterator[tuple[F.Deployment, dict[str, Any]]]:
+    """Fronts on an in-process backend (each chunk read whole and cut in the front) and on a remote one
+    (reads of most of a chunk read it whole, the rest go as they are)."""
+    with F.Deployment(hsds_server.root_dir, backend=request.param, bucket=hsds_server.bucket) as dep:
         yield dep, interop_manifest
 
 
@@ -126,7 +128,7 @@ def test_front_answers_exactly_as_the_dn(front: tuple[F.Deployment, dict[str, An
     check()
     after = dep.totals()
     # served by the backend, or cut from a chunk the front keeps (as the DN keeps it): none forwarded
-    served = sum(after["by_backend"].get(k, 0) - before["by_backend"].get(k, 0) for k in ("inline", "cache"))
+    served = sum(after["by_backend"].get(k, 0) - before["by_backend"].get(k, 0) for k in (dep.backend, "cache"))
     assert served == len(seen), (served, len(seen), [f["forwarded_reads"] for f in dep.stats()["fronts"]])
     assert after["forwarded"] == before["forwarded"]
     assert 200 in {s["status"] for s in seen}
@@ -136,7 +138,7 @@ def test_an_unwritten_chunk_is_a_bare_404_as_from_the_dn(front: tuple[F.Deployme
     dep, manifest = front
     cid = chunk_id(manifest["datasets"]["floats_fill"]["id"], [1, 1])  # never written (fill value)
     i = dn_index(cid, 2)
-    before = sum(dep.stats()["fronts"][i]["chunk_reads_by_backend"].get(k, 0) for k in ("inline", "cache"))
+    before = sum(dep.stats()["fronts"][i]["chunk_reads_by_backend"].get(k, 0) for k in (dep.backend, "cache"))
     for req in (
         {"method": "GET", "target": f"/chunks/{cid}?bucket={manifest['bucket']}&select=[0:4,0:32]", "body": None, "ctype": None},
         {"method": "POST", "target": f"/chunks/{cid}?bucket={manifest['bucket']}&action=get&count=1",
@@ -145,7 +147,7 @@ def test_an_unwritten_chunk_is_a_bare_404_as_from_the_dn(front: tuple[F.Deployme
         got = _send(dep.front_socket(i), req)
         assert got == _send(dep.dn_socket(i), req)
         assert got[0] == 404 and got[2] == b"404: Not Found", got
-    assert sum(dep.stats()["fronts"][i]["chunk_reads_by_backend"].get(k, 0) for k in ("inline", "cache")) == before + 2
+    assert sum(dep.stats()["fronts"][i]["chunk_reads_by_backend"].get(k, 0) for k in (dep.backend, "cache")) == before + 2
 
 
 def test_reads_the_front_cannot_answer_exactly_go_to_the_dn(front: tuple[F.Deployment, dict[str, Any]]) -> None:
@@ -183,7 +185,7 @@ def test_a_corrupt_chunk_answers_500_with_its_message(front: tuple[F.Deployment,
 
     async def write() -> Any:
         w = Writer(PosixStorage(hsds_server.root_dir), hsds_server.bucket, owner=hsds_server.username)
-        return await w.create_dataset("/home/test_user1/corrupt.h5", "/d", np.arange(400, dtype="<f8").reshape(20, 20),
+        return await w.create_dataset(f"/home/test_user1/corrupt-{dep.backend}.h5", "/d", np.arange(400, dtype="<f8").reshape(20, 20),
                                       chunks=(10, 10), filters=["shuffle", ("gzip", 4)])
 
     meta = asyncio.run(write())

@@ -102,6 +102,9 @@ FRONT_KEYS: Final[dict[str, ConfigKey]] = {
     "front_readonly": ConfigKey(False, as_bool, "no writes reach storage behind the front's back: skip dirty tracking"),
     "front_body_limit": ConfigKey(100 * 1024 * 1024, as_size, "largest request body the front reads (HSDS max_request_size)"),
     "front_trace_ttl": ConfigKey(60.0, at_least(as_float, 0), "seconds a trace's backend decision is reused"),
+    "front_whole_chunk_fraction": ConfigKey(
+        0.25, at_least(as_float, 0), "a remote backend reads a chunk whole (the front keeps it) for reads of this share of it or more",
+    ),
     "front_cache_size": ConfigKey(
         None, optional(as_size),
         "decoded chunks each listener keeps, as its DN does (default: HSDS's chunk_mem_cache_size, 128m; 0: none)",
@@ -286,25 +289,29 @@ class _Sink:
 
 
 class _WholeSink(_Sink):
-    """For a backend in this process: each task read a whole chunk; the chunk is kept and every
-    read of it is cut from it here (in the backend's worker thread when it places results there)."""
+    """Results of a plan where some tasks read a whole chunk for several reads: such a chunk is
+    kept and every read of it is cut from it here (in the backend's worker thread when it places
+    results there); the other tasks answer their one read as :class:`_Sink` does."""
 
-    def __init__(self, group: _Group, loop: asyncio.AbstractEventLoop, by_chunk: list[list[int]]) -> None:
+    def __init__(self, group: _Group, loop: asyncio.AbstractEventLoop, by_task: list[tuple[bool, list[int]]]) -> None:
         super().__init__(group, loop)
-        self.by_chunk = by_chunk
-        self.delivered = [False] * len(group.reads)
+        self.by_task = by_task
 
     def add(self, j: int, res: ChunkResult) -> None:
-        reads = [self.group.reads[i] for i in self.by_chunk[j]]
+        whole, idxs = self.by_task[j]
+        if not whole:
+            super().add(idxs[0], res)
+            return
+        reads = [self.group.reads[i] for i in idxs]
         if res.status == "missing":
             self.filled += 1
-            for i, r in zip(self.by_chunk[j], reads, strict=True):
+            for i, r in zip(idxs, reads, strict=True):
                 self.delivered[i] = True
                 self._deliver(r.future, ("missing", None), r, None)
             return
         self.bytes_returned += len(res.data)
         chunk = _as_chunk(bytes(res.data), reads[0].task.dset)
-        for n, (i, r) in enumerate(zip(self.by_chunk[j], reads, strict=True)):
+        for n, (i, r) in enumerate(zip(idxs, reads, strict=True)):
             self.delivered[i] = True
             try:
                 value: tuple[str, Any] = ("ok", bytes(process_chunk(r.task, chunk, 0, True).data))
@@ -375,6 +382,7 @@ class Front:
         if per is None:
             per = as_size("chunk_mem_cache_size", cfg.get("chunk_mem_cache_size") or "128m", "config")
         self.cache_per_listener = int(per)
+        self.whole_fraction: float = option(cfg, "front_whole_chunk_fraction", FRONT_KEYS["front_whole_chunk_fraction"])
         self.cache = ChunkCache(0)
         """Decoded chunks, as the DNs keep them (one DN's worth per listener): hits are cut here, whatever the backend."""
         self._generation: dict[str, int] = {}
@@ -637,11 +645,20 @@ class Front:
                 _settle(r.future, ("forward", "hsds2021"))
             return
         loop = asyncio.get_running_loop()
+        caps = choice.backend.capabilities
+        limit = caps.max_response_bytes or 0
+        # a backend in this process reads each chunk whole once, and every read is cut from it here;
+        # a remote one does so for reads of most of a chunk (the chunk is then kept for the next reads)
+        whole = [
+            r.cache_key is not None
+            and (not caps.remote or _coverage(r.task) >= self.whole_fraction)
+            and not (limit and r.task.dset.chunk_nbytes > limit)
+            for r in reads
+        ]
         sink: _Sink
-        if not choice.backend.capabilities.remote and all(r.cache_key is not None for r in reads):
-            # a backend in this process: read each chunk whole once, keep it, cut every read from it
-            plan, by_chunk = _whole_plan(reads)
-            sink = _WholeSink(group, loop, by_chunk)
+        if any(whole):
+            plan, by_task = _whole_plan(plan, reads, whole)
+            sink = _WholeSink(group, loop, by_task)
         else:
             sink = _Sink(group, loop)
         for r in reads:
@@ -668,22 +685,43 @@ class Front:
                 _settle(r.future, ("fallback", "no result"))
 
 
-def _whole_plan(reads: Sequence[_Read]) -> tuple[ReadPlan, list[list[int]]]:
-    """A plan reading each chunk of ``reads`` whole, once, and which reads each task serves."""
+def _whole_plan(plan: ReadPlan, reads: Sequence[_Read], whole: Sequence[bool]) -> tuple[ReadPlan, list[tuple[bool, list[int]]]]:
+    """``plan`` with the reads marked ``whole`` served by one whole-chunk task per chunk; which reads each task serves."""
     order: dict[str, int] = {}
-    by_chunk: list[list[int]] = []
+    by_task: list[tuple[bool, list[int]]] = []
     tasks: list[ChunkTask] = []
-    for i, r in enumerate(reads):
+    for i, (r, w) in enumerate(zip(reads, whole, strict=True)):
         t = r.task
+        if not w:
+            tasks.append(t)
+            by_task.append((False, [i]))
+            continue
         j = order.get(t.chunk_id)
         if j is None:
             j = order[t.chunk_id] = len(tasks)
             tasks.append(ChunkTask(t.chunk_id, t.dset, t.location, "hyperslab"))
-            by_chunk.append([])
-        by_chunk[j].append(i)
-    meta = tasks[0].dset
-    n = len(tasks) * math.prod(meta.chunks)
-    return ReadPlan(meta, "hyperslab", tasks, [None] * len(tasks), (n,), (n,), meta.dtype), by_chunk
+            by_task.append((True, []))
+        by_task[j][1].append(i)
+    meta = plan.meta
+    n = sum(math.prod(meta.chunks) for w, _ in by_task if w)
+    kind = "hyperslab" if all(w for w, _ in by_task) else plan.kind
+    return ReadPlan(meta, kind, tasks, [None] * len(tasks), (plan.block_shape[0] + n,), (plan.block_shape[0] + n,), plan.out_dtype,
+                    plan.fields, plan.limit, plan.num_points), by_task
+
+
+def _coverage(task: ChunkTask) -> float:
+    """The share of its chunk a task's answer is (a query scans, and often returns, much of it)."""
+    total = math.prod(task.dset.chunks)
+    if task.kind == "query":
+        return 1.0
+    if task.kind == "points":
+        return task.num_points / total
+    if task.select is None:
+        return 1.0
+    try:
+        return math.prod(parse_select(task.select, task.dset.chunks).shape) / total
+    except HsdsBackendsError:
+        return 0.0
 
 
 def _plan(reads: Sequence[_Read]) -> ReadPlan:
