@@ -440,9 +440,23 @@ def _points(task: ChunkTask, meta: DatasetMeta, chunk: np.ndarray[Any, Any]) -> 
     return _serialise(values, dt)
 
 
-def _query(task: ChunkTask, meta: DatasetMeta, chunk: np.ndarray[Any, Any], sel: Hyperslab) -> bytes:
+def query_matches(task: ChunkTask, chunk: np.ndarray[Any, Any], sel: Hyperslab | None = None) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """The rows of a query task's select, the positions among them that match (at most ``limit``), and their absolute rows.
+
+    ``chunk`` is the decoded chunk (:func:`decode_task`); the rows are a view of it with the
+    dataset's dtype. HSDS's DN answers the matching values or their coordinates from these
+    (docs/hsds-format.md §4.2); :func:`process_chunk` answers ``index`` plus fields (§5.3).
+
+    Raises
+    ------
+    TaskError, SelectionError, QueryError, FieldError
+        Not a 1-d compound dataset, a select that is not a range, a bad query.
+    """
+    meta = task.dset
     if meta.rank != 1 or meta.dtype.names is None:
         raise TaskError(f"query needs a 1-d compound (table) dataset; this dataset has shape {list(meta.shape)} and type {meta.dtype}")
+    if sel is None:
+        sel = parse_select(task.select, meta.chunks) if task.select is not None else Hyperslab.all(meta.chunks)
     dim = sel.dims[0]
     if not isinstance(dim, Slice):
         raise SelectionError(f"a query's select must be a range like '[0:100:2]', got {task.select!r}")
@@ -451,11 +465,17 @@ def _query(task: ChunkTask, meta: DatasetMeta, chunk: np.ndarray[Any, Any], sel:
     hits = np.nonzero(q.evaluate(rows))[0]
     if task.limit:
         hits = hits[: task.limit]
-    qdt = query_dtype(meta.dtype, task.fields)
-    out = np.empty(hits.size, dtype=qdt)
     origin = chunk_index(task.chunk_id)[0] * meta.chunks[0]
     # absolute row = chunk origin + start + k·step (HSDS master mis-reports this, docs/hsds-format.md §5.3; we do not)
-    out[qdt.names[0]] = origin + dim.start + hits.astype(np.uint64) * dim.step  # type: ignore[index]
+    index = origin + dim.start + hits.astype(np.uint64) * dim.step
+    return rows, hits, index
+
+
+def _query(task: ChunkTask, meta: DatasetMeta, chunk: np.ndarray[Any, Any], sel: Hyperslab) -> bytes:
+    rows, hits, index = query_matches(task, chunk, sel)
+    qdt = query_dtype(meta.dtype, task.fields)
+    out = np.empty(hits.size, dtype=qdt)
+    out[qdt.names[0]] = index  # type: ignore[index]
     picked = rows[hits]
     for f in qdt.names[1:]:  # type: ignore[index]
         out[f] = picked[f]

@@ -61,7 +61,7 @@ from hsds_backends.config import ConfigKey, as_bool, as_float, as_size, at_least
 from hsds_backends.dataset import DatasetMeta
 from hsds_backends.errors import ChunkDecodeError, HsdsBackendsError
 from hsds_backends.ids import chunk_index, dataset_id_of, dn_index, object_key
-from hsds_backends.kernel import process_chunk
+from hsds_backends.kernel import process_chunk, query_matches
 from hsds_backends.plan import ReadPlan
 from hsds_backends.security import Containment, host_allowed, is_loopback
 from hsds_backends.selection import Slice, parse_select
@@ -203,7 +203,7 @@ class ListenerStats:
             "data_errors": self.data_errors,
             "upstream_errors": self.upstream_errors,
             "groups": self.groups,
-            "last_reasons": list(self.last_reasons),
+            "last_reasons": [{**r, "reason": r["reason"] if isinstance(r["reason"], str) else r["reason"].reason} for r in self.last_reasons],
         }
 
 
@@ -392,7 +392,7 @@ class Front:
         self._dn_count = dn_count or (len(self.dn_upstreams) or None)
         self._open: dict[tuple[Any, ...], _Group] = {}
         self._running: set[asyncio.Task[None]] = set()
-        self._traces: collections.OrderedDict[str, tuple[float, Choice | None, str]] = collections.OrderedDict()
+        self._traces: collections.OrderedDict[str, tuple[float, Choice | None, str | Choice]] = collections.OrderedDict()
         self._metas: collections.OrderedDict[tuple[str, str], DatasetMeta | None] = collections.OrderedDict()
         self._meta_flights: dict[tuple[str, str], asyncio.Future[DatasetMeta | None]] = {}
         self.started = time.time()
@@ -578,20 +578,21 @@ class Front:
         self._running.add(t)
         t.add_done_callback(self._running.discard)
 
-    def _decision(self, trace: str | None, plan: ReadPlan) -> tuple[Choice | None, str]:
-        """The backend for ``plan`` (``None``: the DNs) and why; a trace's first decision is reused."""
+    def _decision(self, trace: str | None, plan: ReadPlan) -> tuple[Choice | None, str | Choice]:
+        """The backend for ``plan`` (``None``: the DNs) and why (a :class:`Choice` builds its reason when
+        ``stats`` asks: most decisions are never read); a trace's first decision is reused."""
         now = time.monotonic()
         if trace is not None:
             hit = self._traces.get(trace)
             if hit is not None and hit[0] > now:
                 return hit[1], hit[2]
         choice: Choice | None
+        reason: str | Choice
         if self.size_rule:
             choice, reason = self._hsds2021(plan)
         else:
             # the front reads only clean chunks: what HSDS's nonstrict allowed, always true here
-            choice = self.reader.decide(plan, nonstrict=True)
-            reason = choice.reason
+            choice = reason = self.reader.decide(plan, nonstrict=True)
         if trace is not None:
             self._traces[trace] = (now + self.trace_ttl, choice, reason)
             self._traces.move_to_end(trace)
@@ -879,15 +880,15 @@ class Listener:
             read.tag = _trace_id(request) or ""
             chunk = front.cache.get(read.cache_key, read.tag, version)
             if chunk is not None:
+                data: bytes | bytearray | memoryview
                 try:
                     if t.kind == "query":  # a scan of the whole chunk: off the event loop
-                        res = await asyncio.get_running_loop().run_in_executor(None, process_chunk, t, chunk, 0, False)
+                        data = await asyncio.get_running_loop().run_in_executor(None, _query_answer_from_chunk, read, chunk)
                     else:  # a copy of the selection: quicker here than a thread hop
-                        res = process_chunk(t, chunk, 0, False)
+                        data = process_chunk(t, chunk, 0, False).data
                 except HsdsBackendsError:
                     raise _Forward("bad request") from None
                 self.stats.chunk_reads_by_backend["cache"] += 1
-                data = _query_answer(bytes(res.data), read) if t.kind == "query" else res.data
                 return web.Response(body=data, content_type=OCTETS)
             read.validator = version
             read.generation = front.generation(cid)
@@ -965,6 +966,20 @@ class Listener:
             answer_fields = task.fields
         loop = asyncio.get_running_loop()
         return _Read(task, self, query_indices, answer_fields, loop.create_future())
+
+
+def _query_answer_from_chunk(read: _Read, chunk: np.ndarray[Any, Any]) -> bytes:
+    """The DN's answer to a query, straight from a decoded chunk (docs/hsds-format.md §4.2)."""
+    rows, hits, index = query_matches(read.task, chunk)
+    if read.query_indices:
+        return np.ascontiguousarray(index.astype("<i8").reshape(-1, 1)).tobytes()
+    picked = rows[hits]
+    if not read.answer_fields:
+        return bytes(picked.tobytes())
+    out = np.empty(len(picked), dtype=field_dtype(read.task.dset.dtype, read.answer_fields))
+    for name in read.answer_fields:
+        out[name] = picked[name]
+    return out.tobytes()
 
 
 def _query_answer(data: bytes, read: _Read) -> bytes:
