@@ -36,10 +36,12 @@ BACKEND_CONFIG: dict[str, dict[str, Any]] = {
 class Deployment:
     """``HsdsDeployment`` on a loop thread, with helpers for tests."""
 
-    def __init__(self, root_dir: str | os.PathLike[str], *, backend: str = "inline", bucket: str = "hsdstest", dn_count: int = 2,
+    def __init__(self, root_dir: str | os.PathLike[str] | None, *, backend: str = "inline", bucket: str = "hsdstest", dn_count: int = 2,
                  config: dict[str, Any] | None = None, fronts: bool = True, restart_fronts: bool = True,
                  password_file: str | None = None, stop_on_error: bool = True) -> None:
-        cfg = {"root_dir": str(root_dir), "bucket_name": bucket, "backend": backend, **BACKEND_CONFIG.get(backend, {}), **(config or {})}
+        cfg = {"bucket_name": bucket, "backend": backend, **BACKEND_CONFIG.get(backend, {}), **(config or {})}
+        if root_dir is not None:
+            cfg["root_dir"] = str(root_dir)
         venv = H.ensure_hsds_venv()
         self.dep = HsdsDeployment(cfg, dn_count=dn_count, port=0, hsds_node=venv / "bin" / "hsds-node", fronts=fronts,
                                  password_file=password_file)
