@@ -141,3 +141,20 @@ def test_stats_without_a_running_hsds(tmp_path: Path) -> None:
     out = subprocess.run([*CLI, "hsds", "stats", "--status-file", str(sf)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "the fronts do not answer" in out.stderr and "is 'hsds serve' still running?" in out.stderr
+
+
+def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
+    import socket
+
+    venv = H.ensure_hsds_venv()
+    (tmp_path / "hsdstest").mkdir()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = subprocess.run(
+            [*CLI, "hsds", "serve", "--root-dir", str(tmp_path), "--port", str(port), "--hsds-node", str(venv / "bin" / "hsds-node")],
+            capture_output=True, text=True, timeout=120,
+        )
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use; choose another --port (0: any free port)"

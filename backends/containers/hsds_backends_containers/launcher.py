@@ -28,6 +28,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -162,6 +163,7 @@ class HsdsDeployment:
     _restarts: list[float] = field(default_factory=list)
     _own_run_dir: bool = False
     _tcp: Any = None
+    _tcp_sock: socket.socket | None = None
 
     # ------------------------------------------------------------------ paths
     def _make_run_dir(self) -> Path:
@@ -192,7 +194,21 @@ class HsdsDeployment:
 
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
-        """Start every process and wait until the SN answers ``/about`` with READY."""
+        """Start every process and wait until the SN answers ``/about`` with READY.
+
+        Raises
+        ------
+        LauncherError
+            What could not start, and why; whatever did start is stopped again and the run
+            folder removed.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         run = self._make_run_dir()
         node = self.hsds_node or find_hsds_node(configured=self.config.get("hsds_node"))
         self.hsds_node = node
@@ -215,6 +231,13 @@ class HsdsDeployment:
             if not users:
                 raise LauncherError(f"password file {self.password_file} holds no 'user:password' line")
             self.username = users[0]
+        if self.port is not None:  # taken before anything starts: a busy port fails at once
+            from .service import bind_socket
+
+            try:
+                self._tcp_sock = bind_socket(host="127.0.0.1", port=self.port or 0)
+            except OSError as exc:
+                raise LauncherError(f"cannot listen on 127.0.0.1:{self.port}: {exc.strerror or exc}; choose another --port (0: any free port)") from exc
         n = self.dn_count
         dn_socks = [run / f"dn_{i + 1:02d}.sock" for i in range(n)]
         fr_socks = [run / f"fr_{i + 1:02d}.sock" for i in range(n)]
@@ -225,28 +248,24 @@ class HsdsDeployment:
         common = ["--standalone", f"--hsds_endpoint={self.sn_url}", "--use_socket", f"--config_dir={cfg_dir}"]
         if self.config.get("root_dir"):
             common.append(f"--root_dir={self.config['root_dir']}")
-        try:
-            for i in range(n):
-                self._spawn(f"dn{i + 1}", [
-                    str(node), "--node_type=dn", f"--log_prefix=dn{i + 1} ", f"--dn_urls={','.join(self.dn_urls)}",
-                    f"--node_number={i}", *common,
-                ], env)
-            await self._wait_sockets(dn_socks, "HSDS DN")
-            sn_dns = self.dn_urls
-            if self.fronts:
-                sn_dns = await self._start_fronts(fr_socks, env)
-            sn_env = dict(env, MAX_TASKS_PER_NODE_PER_REQUEST=str(self.max_tasks_per_node))
-            self._spawn("sn", [
-                str(node), "--node_type=sn", "--log_prefix=sn ", f"--dn_urls={','.join(sn_dns)}", f"--sn_url={self.sn_url}",
-                f"--password_file={self.password_file}", f"--admin_user={self.username}", *common,
-            ], sn_env)
-            await self._wait_sockets([sn_sock], "HSDS SN")
-            if self.port is not None:
-                await self._start_tcp(sn_sock)
-            await self._wait_ready(sn_sock)
-        except BaseException:
-            await self.stop()
-            raise
+        for i in range(n):
+            self._spawn(f"dn{i + 1}", [
+                str(node), "--node_type=dn", f"--log_prefix=dn{i + 1} ", f"--dn_urls={','.join(self.dn_urls)}",
+                f"--node_number={i}", *common,
+            ], env)
+        await self._wait_sockets(dn_socks, "HSDS DN")
+        sn_dns = self.dn_urls
+        if self.fronts:
+            sn_dns = await self._start_fronts(fr_socks, env)
+        sn_env = dict(env, MAX_TASKS_PER_NODE_PER_REQUEST=str(self.max_tasks_per_node))
+        self._spawn("sn", [
+            str(node), "--node_type=sn", "--log_prefix=sn ", f"--dn_urls={','.join(sn_dns)}", f"--sn_url={self.sn_url}",
+            f"--password_file={self.password_file}", f"--admin_user={self.username}", *common,
+        ], sn_env)
+        await self._wait_sockets([sn_sock], "HSDS SN")
+        if self.port is not None:
+            await self._start_tcp(sn_sock)
+        await self._wait_ready(sn_sock)
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _SCRUB_ENV}
@@ -310,10 +329,10 @@ class HsdsDeployment:
         from aiohttp import web
 
         from ._proxy import Upstream
-        from .service import bind_socket
 
+        sock = self._tcp_sock
+        assert sock is not None
         upstream = Upstream(_socket_url(sn_sock))
-        sock = bind_socket(host="127.0.0.1", port=self.port or 0)
 
         async def handler(request: web.Request) -> web.StreamResponse:
             from hsds_backends.security import host_allowed
@@ -406,6 +425,9 @@ class HsdsDeployment:
             self._tcp = None
             await runner.cleanup()
             await upstream.aclose()
+        elif self._tcp_sock is not None:
+            self._tcp_sock.close()
+        self._tcp_sock = None
         order = ["sn", *sorted(n for n in self.children if n.startswith("front")), *sorted(n for n in self.children if n.startswith("dn"))]
         for name in order:
             c = self.children.get(name)
