@@ -94,6 +94,11 @@ def _is_secret(key: str) -> bool:
     return key in SECRET_KEYS or any(w in key.lower() for w in _SECRET_WORDS)
 
 
+def is_secret(key: str) -> bool:
+    """Whether config ``key`` holds a secret (credentials, tokens, passwords): never shown, never written to a file."""
+    return _is_secret(key)
+
+
 # -- casters ----------------------------------------------------------------------------------
 # Each caster takes (key, value, source) and returns the typed value or raises ConfigError.
 # Casters accept values that already have the right type, so casting twice is harmless.

@@ -154,6 +154,9 @@ def test_killed_fronts_are_restarted(root: Path, written: dict[str, Any]) -> Non
         assert _read(dep, written)["ok"] == [True]
         assert dep.dep.status()["front_restarts"] == 1
         assert dep.supervise_error is None
+        # the restarted front never saw what its DN may not have flushed: for one dirty window it reads nothing from storage
+        restarted = dep.stats()["fronts"][1]
+        assert restarted["dirty_hits"] > 0 and set(restarted["chunk_reads_by_backend"]) <= {"dn"}, restarted
 
 
 def test_a_dn_down_behind_its_front(root: Path, written: dict[str, Any]) -> None:

@@ -64,7 +64,7 @@ def test_serve_lambda_then_stats_then_sigterm(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "mybucket").mkdir(parents=True)
     cfg = tmp_path / "config.yml"
-    cfg.write_text("aws_lambda_local_workers: 2\nfront_dirty_window: 4\n")
+    cfg.write_text("aws_lambda_local_workers: 2\nfront_dirty_window: 4\ndn_token: not-written-anywhere-4c1d\n")
     status_file = tmp_path / "status.json"
     venv = H.ensure_hsds_venv()
     proc = subprocess.Popen(
@@ -83,6 +83,8 @@ def test_serve_lambda_then_stats_then_sigterm(tmp_path: Path) -> None:
         assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
         assert status["endpoint"].startswith("http://127.0.0.1:") and status["backend"] == "lambda"
         assert len(status["fronts"]) == 2 and all("fr_0" in u for u in status["fronts"])
+        # secrets reach the fronts in their environment, never in the run folder
+        assert all(b"not-written-anywhere-4c1d" not in p.read_bytes() for p in run_dir.rglob("*") if p.is_file())
         line = proc.stdout.readline() if proc.stdout else ""
         assert line.startswith(f"HSDS ready at {status['endpoint']} (user admin, password in {status['password_file']})"), line
 

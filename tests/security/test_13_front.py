@@ -53,7 +53,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     (r / "secret" / "file.bin").write_bytes(b"\x00" * 4096)
     out = write_one_dataset(r, "/home/u/f.h5", "/d", np.arange(100, dtype="<i4"), (10,))
     cfg = r / "front.yml"
-    cfg.write_text("front_body_limit: 1k\nbackend: inline\n")
+    # a front started with its DN: nothing unflushed behind it (else it forwards every read for a window)
+    cfg.write_text("front_body_limit: 1k\nbackend: inline\nfront_start_dirty: false\n")
     return {"root": str(r), "meta": out["meta"], "config": str(cfg)}
 
 

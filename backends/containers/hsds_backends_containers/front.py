@@ -100,6 +100,10 @@ FRONT_KEYS: Final[dict[str, ConfigKey]] = {
     ),
     "front_batch_max": ConfigKey(1024, at_least(as_float, 1), "most chunk requests in one group"),
     "front_readonly": ConfigKey(False, as_bool, "no writes reach storage behind the front's back: skip dirty tracking"),
+    "front_start_dirty": ConfigKey(
+        True, as_bool, "for one dirty window after start every read goes to the DN (it may hold writes this front never saw)",
+    ),
+    "front_meta_ttl": ConfigKey(30.0, at_least(as_float, 0), "seconds a dataset's JSON is kept (a write through another front changes it)"),
     "front_body_limit": ConfigKey(100 * 1024 * 1024, as_size, "largest request body the front reads (HSDS max_request_size)"),
     "front_trace_ttl": ConfigKey(60.0, at_least(as_float, 0), "seconds a trace's backend decision is reused"),
     "front_whole_chunk_fraction": ConfigKey(
@@ -156,8 +160,13 @@ class DirtyTracker:
         if len(self._until) > 4096:  # forget what is clean again
             self._until = {k: t for k, t in self._until.items() if t > now}
 
+    all_until: float = 0.0
+    """Until then every key is dirty (a front started beside a DN that may hold unflushed writes)."""
+
     def dirty(self, key: str) -> bool:
         if key in self._inflight:
+            return True
+        if self.all_until and time.monotonic() < self.all_until:
             return True
         t = self._until.get(key)
         return t is not None and t > time.monotonic()
@@ -370,6 +379,10 @@ class Front:
             window = sum(option(cfg, k, FRONT_KEYS[k]) for k in ("s3_sync_interval", "s3_age_time", "s3_sync_task_timeout"))
         self.readonly: bool = option(cfg, "front_readonly", FRONT_KEYS["front_readonly"])
         self.dirty = DirtyTracker(window)
+        if option(cfg, "front_start_dirty", FRONT_KEYS["front_start_dirty"]) and not self.readonly:
+            # the DN behind may hold writes it has not flushed and this front never saw: read
+            # nothing from storage until they must have been
+            self.dirty.all_until = time.monotonic() + window
         self.batch_window = option(cfg, "front_batch_window_ms", FRONT_KEYS["front_batch_window_ms"]) / 1000.0
         self.batch_max_wait = option(cfg, "front_batch_max_wait_ms", FRONT_KEYS["front_batch_max_wait_ms"]) / 1000.0
         self.decision_window = option(cfg, "front_decision_window_ms", FRONT_KEYS["front_decision_window_ms"]) / 1000.0
@@ -393,7 +406,8 @@ class Front:
         self._open: dict[tuple[Any, ...], _Group] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._traces: collections.OrderedDict[str, tuple[float, Choice | None, str | Choice]] = collections.OrderedDict()
-        self._metas: collections.OrderedDict[tuple[str, str], DatasetMeta | None] = collections.OrderedDict()
+        self._metas: collections.OrderedDict[tuple[str, str], tuple[float, DatasetMeta | None]] = collections.OrderedDict()
+        self.meta_ttl: float = option(cfg, "front_meta_ttl", FRONT_KEYS["front_meta_ttl"])
         self._meta_flights: dict[tuple[str, str], asyncio.Future[DatasetMeta | None]] = {}
         self.started = time.time()
 
@@ -445,7 +459,10 @@ class Front:
     def keep(self, read: _Read, chunk: np.ndarray[Any, Any]) -> None:
         """Keep a decoded chunk a read got (on the event loop), unless its chunk was written since the read began."""
         cid = read.task.chunk_id
-        if read.cache_key is None or self.generation(cid) != read.generation or self.generation(read.task.dset.id) != read.dset_generation:
+        did = read.task.dset.id
+        if read.cache_key is None or self.generation(cid) != read.generation or self.generation(did) != read.dset_generation:
+            return
+        if not self.readonly and (self.dirty.dirty(cid) or self.dirty.dirty(did)):
             return
         self.cache.put(read.cache_key, chunk, read.tag, read.validator)
 
@@ -472,9 +489,10 @@ class Front:
     async def meta(self, lst: Listener, bucket: str, dset_id: str) -> DatasetMeta | None:
         """The dataset as the DN behind ``lst`` sees it (``GET /datasets/{id}``), cached; ``None``: not servable."""
         key = (bucket, dset_id)
-        if key in self._metas:
+        hit = self._metas.get(key)
+        if hit is not None and hit[0] > time.monotonic():
             self._metas.move_to_end(key)
-            return self._metas[key]
+            return hit[1]
         flight = self._meta_flights.get(key)
         if flight is not None:
             return await asyncio.shield(flight)
@@ -512,7 +530,10 @@ class Front:
         elif lone:
             # a lone front does not know which DN owns the dataset (its own answers 500 for
             # another's): the JSON in storage says the same about type, chunks and filters
-            stored = await self.reader.storage.get(bucket, object_key(dset_id))
+            try:
+                stored = await self.reader.storage.get(bucket, object_key(dset_id))
+            except (HsdsBackendsError, OSError):
+                return None  # the DN answers the read
             if stored is None:
                 return None  # not flushed yet: the DN answers, and we ask again next time
             text = bytes(stored)
@@ -530,7 +551,7 @@ class Front:
         except (ValueError, AttributeError, HsdsBackendsError) as exc:
             log.info("dataset %s in %s is served by the DN (%s)", dset_id, bucket, exc)
             meta = None
-        self._metas[(bucket, dset_id)] = meta
+        self._metas[(bucket, dset_id)] = (time.monotonic() + self.meta_ttl, meta)
         if len(self._metas) > _METAS:
             self._metas.popitem(last=False)
         return meta
@@ -627,6 +648,16 @@ class Front:
         return None, f"hsds2021: HSDS DNs ({count} {what} ≥ {threshold}×{dns}, but no serverless backend is installed)"
 
     async def _run(self, group: _Group) -> None:
+        try:
+            await self._run_group(group)
+        finally:
+            # a read nothing answered (a bug, a cancelled run) goes to the DN; queued behind the
+            # answers worker threads may still have on their way, so it never overtakes one
+            loop = asyncio.get_running_loop()
+            for r in group.reads:
+                loop.call_soon(_settle, r.future, ("fallback", "no answer from the group"))
+
+    async def _run_group(self, group: _Group) -> None:
         reads = group.reads
         try:
             plan = _plan(reads)
@@ -853,6 +884,8 @@ class Listener:
             raise _Forward("bad request") from None  # the DN answers it as it does
         if not front.readonly and (front.dirty.dirty(cid) or front.dirty.dirty(dset_id)):
             raise _Forward("dirty")
+        # what a write between here and the answer must invalidate: taken before anything is awaited
+        generation, dset_generation = front.generation(cid), front.generation(dset_id)
         for p in ("s3offset", "s3size", "hyper_dims"):
             if ":" in params.get(p, ""):
                 raise _Forward("hyper-chunks")
@@ -873,9 +906,12 @@ class Listener:
             raise _Forward("bucket not allowed") from None
         t = read.task
         read.cache_key = front.cache_key(t)
-        version = front.version(t)
-        if t.kind == "query" and not await front.exists(t, version):
-            raise _Forward("query of an unwritten chunk")  # the DN answers 404 (no rows); the kernel would search fill values
+        try:
+            version = front.version(t)
+            if t.kind == "query" and not await front.exists(t, version):
+                raise _Forward("query of an unwritten chunk")  # the DN answers 404 (no rows); the kernel would search fill values
+        except (HsdsBackendsError, OSError) as exc:
+            raise _Forward(f"storage: {type(exc).__name__}") from None
         if read.cache_key is not None:
             read.tag = _trace_id(request) or ""
             chunk = front.cache.get(read.cache_key, read.tag, version)
@@ -891,8 +927,8 @@ class Listener:
                 self.stats.chunk_reads_by_backend["cache"] += 1
                 return web.Response(body=data, content_type=OCTETS)
             read.validator = version
-            read.generation = front.generation(cid)
-            read.dset_generation = front.generation(dset_id)
+            read.generation = generation
+            read.dset_generation = dset_generation
         key = (_trace_id(request), bucket, dset_id, t.kind, t.fields, t.query, t.limit, read.query_indices)
         front.submit(key, key[0], read)
         outcome, value = await read.future

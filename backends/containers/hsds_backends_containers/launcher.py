@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from hsds_backends._proc import ChildProcess, ChildStartError
-from hsds_backends.config import credentials_env
+from hsds_backends.config import ENV_PREFIX, credentials_env, is_secret
 
 __all__ = ["HsdsDeployment", "LauncherError", "find_hsds_node"]
 
@@ -56,6 +56,8 @@ _SCRUB_ENV: Final = frozenset({
 _CREDENTIALS: Final = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"})
 #: AF_UNIX paths hold at most 107 bytes; HSDS's launcher refuses socket folders over 63.
 _MAX_RUN_DIR: Final = 63
+#: Largest request body the SN's loopback listener takes (HSDS's max_request_size default).
+_SN_BODY_LIMIT: Final = 100 * 1024 * 1024
 #: Most front restarts within a minute before the deployment gives up.
 FRONT_RESTARTS: Final = 5
 #: Chunk requests the SN keeps in flight per DN for one client request (HSDS default 16).
@@ -290,9 +292,13 @@ class HsdsDeployment:
         assert self.run_dir is not None
         cfg_file = self.run_dir / "front-config.yml"
         fd = os.open(cfg_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        secret_free = {k: v for k, v in self.config.items() if v is not None and k not in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")}
+        secret_free = {k: v for k, v in self.config.items() if v is not None and not is_secret(k)}
         with os.fdopen(fd, "w") as f:
             json.dump(secret_free, f)  # JSON is YAML
+        # secrets (S3 keys, dn_token, ...) reach the fronts in their environment, never in a file
+        env = dict(env, **{ENV_PREFIX + k.upper(): str(v) for k, v in self.config.items() if v is not None and is_secret(k)})
+        # at first start the DNs are fresh (nothing unflushed); a restarted front must not trust storage at once
+        env["HSDS_BACKENDS_FRONT_START_DIRTY"] = "false"
         base = [sys.executable, "-m", "hsds_backends.cli", "dn", "front", "--config", str(cfg_file), "--dn-count", str(self.dn_count)]
         pairs = list(zip(fr_socks, self.dn_urls, strict=True))
         groups = [pairs] if self.shared_front else [[p] for p in pairs]
@@ -328,7 +334,7 @@ class HsdsDeployment:
     async def _start_tcp(self, sn_sock: Path) -> None:
         from aiohttp import web
 
-        from ._proxy import Upstream
+        from ._proxy import Upstream, UpstreamError
 
         sock = self._tcp_sock
         assert sock is not None
@@ -344,10 +350,13 @@ class HsdsDeployment:
                     {"status": 403, "message": f"Host {request.headers.get('Host')!r} is not a loopback name; this HSDS answers only requests addressed to 127.0.0.1, ::1 or localhost"},
                     status=403,
                 )
-            body = await read_body(request, 2**31)
-            return await upstream.forward(request, body)
+            body = await read_body(request, _SN_BODY_LIMIT)
+            try:
+                return await upstream.forward(request, body)
+            except UpstreamError as exc:
+                return web.json_response({"status": 503, "message": str(exc)}, status=503)
 
-        app = web.Application(client_max_size=2**31)
+        app = web.Application(client_max_size=_SN_BODY_LIMIT + 1)
         app.router.add_route("*", "/{tail:.*}", handler)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handle_signals=False)
         await runner.setup()
@@ -406,6 +415,8 @@ class HsdsDeployment:
                     if len(self._restarts) > FRONT_RESTARTS:
                         raise LauncherError(f"fronts exited {len(self._restarts)} times within a minute; stopping HSDS:\n{child.log_tail(30)}")
                     self.front_restarts += 1
+                    # its DN kept running: writes it has not flushed were seen by the dead front only
+                    child.env = dict(child.env or {}, HSDS_BACKENDS_FRONT_START_DIRTY="true")
                     try:
                         await child.astart(timeout=self.start_timeout)
                     except ChildStartError as exc:
