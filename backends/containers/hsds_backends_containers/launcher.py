@@ -417,8 +417,16 @@ class HsdsDeployment:
                     self.front_restarts += 1
                     # its DN kept running: writes it has not flushed were seen by the dead front only
                     child.env = dict(child.env or {}, HSDS_BACKENDS_FRONT_START_DIRTY="true")
+                    starting = asyncio.ensure_future(child.astart(timeout=self.start_timeout))
+                    stopping = asyncio.ensure_future(stop.wait())
+                    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    stopping.cancel()
+                    if not starting.done():  # asked to stop while it starts: do not wait for it
+                        child.kill()
+                        await asyncio.gather(starting, return_exceptions=True)
+                        return
                     try:
-                        await child.astart(timeout=self.start_timeout)
+                        starting.result()
                     except ChildStartError as exc:
                         raise LauncherError(f"{name} exited (code {child.returncode}) and did not start again: {exc}") from exc
                     continue
