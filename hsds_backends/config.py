@@ -70,7 +70,9 @@ SIZE_KEYS: Final[frozenset[str]] = frozenset({"chunk_mem_cache_size", "chunk_byt
 
 #: Keys whose values ``repr``/``to_dict(redact=True)`` hide. Any key whose name contains
 #: ``secret``, ``password`` or ``token`` is hidden too.
-SECRET_KEYS: Final[frozenset[str]] = frozenset({"aws_access_key_id", "aws_secret_access_key", "aws_session_token"})
+SECRET_KEYS: Final[frozenset[str]] = frozenset(
+    {"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "azure_connection_string"}
+)
 
 #: Prefix of the env vars that win over the plain ``KEY.upper()`` ones.
 ENV_PREFIX: Final = "HSDS_BACKENDS_"
@@ -262,6 +264,9 @@ CORE_KEYS: Final[dict[str, ConfigKey]] = {
     "aws_access_key_id": ConfigKey(None, optional(as_str), "S3 credentials (else the AWS default chain)"),
     "aws_secret_access_key": ConfigKey(None, optional(as_str), "S3 credentials"),
     "aws_session_token": ConfigKey(None, optional(as_str), "S3 credentials"),
+    "azure_connection_string": ConfigKey(
+        None, optional(as_str), "Azure Blob storage: the account's connection string (a secret; the bucket is the container)",
+    ),
     "max_workers": ConfigKey(None, optional(at_least(as_int, 1)), "inline: decode threads (default: all cores)"),
     "failover": ConfigKey("auto", as_lower, "auto (only for backends the selector chose) | always | never"),
     "hedge_multiple": ConfigKey(0.0, at_least(as_float, 0), "duplicate stragglers after k x the median task time (0: off)"),
@@ -302,11 +307,12 @@ _CREDENTIAL_ENV: Final = {
     "aws_access_key_id": "AWS_ACCESS_KEY_ID",
     "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
     "aws_session_token": "AWS_SESSION_TOKEN",
+    "azure_connection_string": "AZURE_CONNECTION_STRING",
 }
 
 
 def credentials_env(config: Mapping[str, Any]) -> dict[str, str]:
-    """Return the config's S3 credentials as ``AWS_*`` environment variables (unset keys omitted).
+    """Return the config's storage credentials as environment variables (``AWS_*``, ``AZURE_CONNECTION_STRING``; unset keys omitted).
 
     The one way credentials leave a process: in a child's environment, never on a command
     line or in a task.
