@@ -47,6 +47,7 @@ class AzureStorage(Storage):
     """
 
     kind: ClassVar[str] = "azure"
+    credentials_from: ClassVar[str] = "azure_connection_string (AZURE_CONNECTION_STRING)"
 
     def __init__(self, connection_string: str, *, max_concurrency: int = 1) -> None:
         if not connection_string or not isinstance(connection_string, str) or "=" not in connection_string:
@@ -79,11 +80,6 @@ class AzureStorage(Storage):
     def __repr__(self) -> str:
         return f"AzureStorage(account={self.account!r}, endpoint={self.endpoint!r})"
 
-    def __getstate__(self) -> Any:
-        raise TypeError(
-            "AzureStorage cannot be pickled (its connection string holds the account key); send storage.to_config()"
-            " and reopen it with AzureStorage.from_config(...) where AZURE_CONNECTION_STRING is set"
-        )
 
     # -- client lifecycle -------------------------------------------------------------------
     def _service(self) -> Any:

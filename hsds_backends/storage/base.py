@@ -87,6 +87,20 @@ class Storage(ABC):
 
     kind: ClassVar[str]
 
+    #: Where this kind of storage takes its credentials from, if it holds any ("": it holds
+    #: none). A storage that holds credentials refuses to be pickled: the bytes would carry them
+    #: into task queues and logs.
+    credentials_from: ClassVar[str] = ""
+
+    def __getstate__(self) -> Any:
+        if self.credentials_from:
+            name = type(self).__name__
+            raise TypeError(
+                f"{name} cannot be pickled (it holds credentials); send storage.to_config() (no secrets) and reopen it"
+                f" with {name}.from_config(...) where {self.credentials_from} is configured"
+            )
+        return self.__dict__.copy()
+
     @abstractmethod
     async def get(self, bucket: str, key: str, offset: int | None = None, size: int | None = None) -> bytes | None:
         """Return the object's bytes (or ``size`` bytes from ``offset``), or ``None`` if it does not exist."""

@@ -76,6 +76,7 @@ class S3Storage(Storage):
     """
 
     kind: ClassVar[str] = "s3"
+    credentials_from: ClassVar[str] = "the AWS credential chain (or aws_access_key_id / aws_secret_access_key)"
 
     def __init__(
         self,
@@ -163,12 +164,6 @@ class S3Storage(Storage):
     def __repr__(self) -> str:
         return f"S3Storage(endpoint_url={self.endpoint_url!r}, region={self.region!r})"
 
-    def __getstate__(self) -> Any:
-        # Pickling would copy the credentials into wherever the bytes go (task queues, logs).
-        raise TypeError(
-            "S3Storage cannot be pickled; send storage.to_config() (no secrets) and reopen it with"
-            " S3Storage.from_config(...) where the credentials are configured"
-        )
 
     # -- client lifecycle -------------------------------------------------------------------
 
