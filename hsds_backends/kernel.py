@@ -391,7 +391,7 @@ def process_chunk(task: ChunkTask, chunk: np.ndarray[Any, Any] | None, fetched: 
         and not task.fields
         and not meta.is_vlen
         and chunk.flags.c_contiguous
-        and _whole(task.select, meta.chunks)
+        and whole_select(task.select, meta.chunks)
     ):
         # the bytes of a whole-chunk selection are the decoded chunk's bytes in C order: hand
         # them over as they are, without parsing the selection (a full read asks for whole chunks)
@@ -411,7 +411,7 @@ def process_chunk(task: ChunkTask, chunk: np.ndarray[Any, Any] | None, fetched: 
 
 
 @lru_cache(maxsize=4096)
-def _whole(select: str | None, chunks: tuple[int, ...]) -> bool:
+def whole_select(select: str | None, chunks: tuple[int, ...]) -> bool:
     """Whether ``select`` (chunk-relative) covers the whole chunk with step 1."""
     if select is None:
         return True

@@ -18,7 +18,7 @@ connection pool to one upstream (``http://host:port`` or a unix socket) and
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
 import aiohttp
@@ -45,24 +45,33 @@ class UpstreamError(ConnectionError):
     """The upstream could not be reached or broke off its answer."""
 
 
-async def read_body(request: web.BaseRequest, limit: int) -> bytes | None:
+def _entity_too_large(size: int, limit: int, more: bool) -> Exception:
+    return web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+
+
+async def read_body(
+    request: web.BaseRequest, limit: int, too_big: Callable[[int, int, bool], Exception] = _entity_too_large
+) -> bytes | None:
     """Read ``request``'s body (``None`` if it has none), refusing one over ``limit`` bytes before reading it.
+
+    ``too_big(size, limit, more)`` makes the error raised: ``size`` is the declared length, or
+    with ``more`` the bytes received when a streamed body passed the limit.
 
     Raises
     ------
     web.HTTPRequestEntityTooLarge
-        The body is larger than ``limit`` (declared, or as it streams in).
+        By default: the body is larger than ``limit`` (declared, or as it streams in).
     """
     if not request.body_exists:
         return None
     declared = request.content_length
     if declared is not None and declared > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=declared)
+        raise too_big(declared, limit, False)
     body = bytearray()
-    async for piece in request.content.iter_any():
+    async for piece in request.content.iter_any():  # no Content-Length: stop as soon as it is too much
+        if len(body) + len(piece) > limit:
+            raise too_big(len(body) + len(piece), limit, True)
         body += piece
-        if len(body) > limit:
-            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
     return bytes(body)
 
 

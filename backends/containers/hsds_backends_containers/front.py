@@ -61,7 +61,7 @@ from hsds_backends.config import ConfigKey, as_bool, as_float, as_size, at_least
 from hsds_backends.dataset import DatasetMeta
 from hsds_backends.errors import ChunkDecodeError, HsdsBackendsError
 from hsds_backends.ids import chunk_index, dataset_id_of, dn_index, object_key
-from hsds_backends.kernel import process_chunk, query_matches
+from hsds_backends.kernel import process_chunk, query_matches, whole_select
 from hsds_backends.plan import ReadPlan
 from hsds_backends.security import Containment, host_allowed, is_loopback
 from hsds_backends.selection import Slice, parse_select
@@ -239,6 +239,8 @@ class _Read:
     future: asyncio.Future[tuple[str, Any]]
     """``("ok", bytes)``, ``("missing", None)``, ``("error", exc)`` or ``("forward", why)``."""
     backend: str = ""
+    elements: int = 0
+    """Elements the task's select covers (its whole chunk without one)."""
     cache_key: tuple[Any, ...] | None = None
     """Where the decoded chunk is kept (``None``: not cacheable)."""
     validator: Any = None
@@ -331,15 +333,7 @@ class _WholeSink(_Sink):
 
 def _whole_task(task: ChunkTask) -> bool:
     """Whether ``task`` reads its whole chunk as it is stored (its result is the decoded chunk)."""
-    if task.kind != "hyperslab" or task.fields:
-        return False
-    if task.select is None:
-        return True
-    try:
-        sel = parse_select(task.select, task.dset.chunks)
-    except HsdsBackendsError:
-        return False
-    return all(isinstance(d, Slice) and (d.start, d.stop, d.step) == (0, c, 1) for d, c in zip(sel.dims, task.dset.chunks, strict=True))
+    return task.kind == "hyperslab" and not task.fields and whole_select(task.select, task.dset.chunks)
 
 
 def _as_chunk(data: bytes, meta: DatasetMeta) -> np.ndarray[Any, Any]:
@@ -683,7 +677,7 @@ class Front:
         # a remote one does so for reads of most of a chunk (the chunk is then kept for the next reads)
         whole = [
             r.cache_key is not None
-            and (not caps.remote or _coverage(r.task) >= self.whole_fraction)
+            and (not caps.remote or _coverage(r) >= self.whole_fraction)
             and not (limit and r.task.dset.chunk_nbytes > limit)
             for r in reads
         ]
@@ -741,19 +735,13 @@ def _whole_plan(plan: ReadPlan, reads: Sequence[_Read], whole: Sequence[bool]) -
                     plan.fields, plan.limit, plan.num_points), by_task
 
 
-def _coverage(task: ChunkTask) -> float:
-    """The share of its chunk a task's answer is (a query scans, and often returns, much of it)."""
-    total = math.prod(task.dset.chunks)
+def _coverage(read: _Read) -> float:
+    """The share of its chunk a read's answer is (a query scans, and often returns, much of it)."""
+    task = read.task
     if task.kind == "query":
         return 1.0
-    if task.kind == "points":
-        return task.num_points / total
-    if task.select is None:
-        return 1.0
-    try:
-        return math.prod(parse_select(task.select, task.dset.chunks).shape) / total
-    except HsdsBackendsError:
-        return 0.0
+    total = math.prod(task.dset.chunks)
+    return (task.num_points if task.kind == "points" else read.elements) / total
 
 
 def _plan(reads: Sequence[_Read]) -> ReadPlan:
@@ -769,10 +757,7 @@ def _plan(reads: Sequence[_Read]) -> ReadPlan:
     if kind == "points":
         points = sum(t.num_points for t in tasks)
         return ReadPlan(meta, "points", tasks, [None] * n, (points,), (points,), out_dt, first.fields, num_points=points)
-    elements = 0
-    for t in tasks:
-        sel = parse_select(t.select, meta.chunks) if t.select is not None else None
-        elements += math.prod(sel.shape) if sel is not None else math.prod(meta.chunks)
+    elements = sum(r.elements for r in reads)
     return ReadPlan(meta, "hyperslab", tasks, [None] * n, (elements,), (elements,), out_dt, first.fields)
 
 
@@ -981,6 +966,7 @@ class Listener:
             task = task_from_request(cid, index, meta, bucket, params, content_type=ctype, body=body)
         except HsdsBackendsError:
             raise _Forward("bad request") from None
+        elements = math.prod(meta.chunks)
         if task.select is not None:
             try:
                 sel = parse_select(task.select, meta.chunks)
@@ -988,6 +974,7 @@ class Listener:
                 raise _Forward("select") from None
             if sum(1 for d in sel.dims if not isinstance(d, Slice)) > 1:
                 raise _Forward("coordinate lists")  # HSDS zips several lists; the kernel takes their outer product
+            elements = math.prod(sel.shape)
         query_indices = bool(params.get("query_indices"))
         answer_fields: tuple[str, ...] | None = None
         if task.kind == "query":
@@ -1001,36 +988,36 @@ class Listener:
                 raise _Forward("query text") from None
             answer_fields = task.fields
         loop = asyncio.get_running_loop()
-        return _Read(task, self, query_indices, answer_fields, loop.create_future())
+        return _Read(task, self, query_indices, answer_fields, loop.create_future(), elements=elements)
 
 
 def _query_answer_from_chunk(read: _Read, chunk: np.ndarray[Any, Any]) -> bytes:
     """The DN's answer to a query, straight from a decoded chunk (docs/hsds-format.md §4.2)."""
     rows, hits, index = query_matches(read.task, chunk)
-    if read.query_indices:
-        return np.ascontiguousarray(index.astype("<i8").reshape(-1, 1)).tobytes()
-    picked = rows[hits]
-    if not read.answer_fields:
-        return bytes(picked.tobytes())
-    out = np.empty(len(picked), dtype=field_dtype(read.task.dset.dtype, read.answer_fields))
-    for name in read.answer_fields:
-        out[name] = picked[name]
-    return out.tobytes()
+    return _dn_query_answer(read, index, rows[hits])
 
 
 def _query_answer(data: bytes, read: _Read) -> bytes:
     """The DN's answer to a query from the kernel's rows (``index`` + fields, docs/hsds-format.md §5.3)."""
-    meta = read.task.dset
-    qdt = query_dtype(meta.dtype, read.task.fields)
+    qdt = query_dtype(read.task.dset.dtype, read.task.fields)
     rows = np.frombuffer(data, dtype=qdt)
-    index = rows[qdt.names[0]]  # type: ignore[index]
+    return _dn_query_answer(read, rows[qdt.names[0]], rows)  # type: ignore[index]
+
+
+def _dn_query_answer(read: _Read, index: np.ndarray[Any, Any], picked: np.ndarray[Any, Any]) -> bytes:
+    """What HSDS 1.0.2's DN answers for the matching rows ``picked`` (holding at least the answer's fields) at
+    absolute rows ``index``: (n, 1) int64 coordinates with ``query_indices``, else the values, projected
+    only when fewer fields than the type's were named (docs/hsds-format.md §4.2, §5.4)."""
     if read.query_indices:
         return np.ascontiguousarray(index.astype("<i8").reshape(-1, 1)).tobytes()
+    meta = read.task.dset
     out_dt = field_dtype(meta.dtype, read.answer_fields) if read.answer_fields else meta.dtype
-    out = np.empty(len(rows), dtype=out_dt)
+    if picked.dtype == out_dt:
+        return bytes(picked.tobytes())
+    out = np.empty(len(picked), dtype=out_dt)
     for name in out_dt.names or ():
-        out[name] = rows[name]
-    return out.tobytes()
+        out[name] = picked[name]
+    return bytes(out.tobytes())
 
 
 # ------------------------------------------------------------------ running

@@ -99,6 +99,7 @@ from ._batch import (
     frame,
 )
 from ._cache import ChunkCache
+from ._proxy import read_body
 from ._hsds import OCTETS, post_content_type, task_from_request
 from ._version import __version__
 
@@ -275,18 +276,10 @@ class DataNode:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token.encode())
 
-    async def _read_body(self, request: web.Request) -> bytearray:
+    async def _read_body(self, request: web.Request) -> bytes:
         """Read a request body of at most ``dn_batch_bytes_limit`` bytes, refusing a larger one before reading it."""
-        limit = self.batch_bytes_limit
-        declared = request.content_length
-        if declared is not None and declared > limit:
-            raise _too_big(declared, limit, request.path)
-        body = bytearray()
-        async for piece in request.content.iter_any():  # no Content-Length: stop as soon as it is too much
-            if len(body) + len(piece) > limit:
-                raise _too_big(len(body) + len(piece), limit, request.path, more=True)
-            body += piece
-        return body
+        body = await read_body(request, self.batch_bytes_limit, lambda size, limit, more: _too_big(size, limit, request.path, more=more))
+        return body or b""
 
     # --------------------------------------------------------------- routes
     async def _info(self, request: web.Request) -> web.Response:
