@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -56,30 +55,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-class _Client:
-    """What ``systems.hsds_h5pyd.run_client`` needs of a server, for a deployment."""
-
-    def __init__(self, dep: Any, venv: Path) -> None:
-        self.dep = dep
-        self.python = venv / "bin" / "python"
-        self.socket_dir = Path(dep.run_dir)
-
-    def client_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HS_", "PYTHON", "VIRTUAL_ENV"))}
-        home = self.socket_dir / "home"
-        home.mkdir(exist_ok=True)
-        password = Path(self.dep.password_file).read_text().split(":", 1)[1].strip()
-        env.update(HOME=str(home), PYTHONNOUSERSITE="1", HS_ENDPOINT=self.dep.sn_url, HS_USERNAME=self.dep.username,
-                   HS_PASSWORD=password, HS_BUCKET=BUCKET)
-        return env
-
-    def log_tail(self, n: int = 30) -> str:
-        parts = []
-        for name in ("fronts", "sn", "dn1", "dn2"):
-            p = self.socket_dir / f"{name}.log"
-            if p.exists():
-                parts.append(f"--- {name} ---\n" + "\n".join(p.read_text(errors="replace").splitlines()[-n:]))
-        return "\n".join(parts)
+def _log_tail(run_dir: Path, n: int = 30) -> str:
+    parts = []
+    for p in sorted(run_dir.glob("*.log")):
+        parts.append(f"--- {p.name} ---\n" + "\n".join(p.read_text(errors="replace").splitlines()[-n:]))
+    return "\n".join(parts)
 
 
 def run_system(title: str, backend: str | None, ctx: Any, venv: Path) -> dict[str, Any]:
@@ -102,8 +82,11 @@ def run_system(title: str, backend: str | None, ctx: Any, venv: Path) -> dict[st
         t0 = time.perf_counter()
         await dep.start()
         out["start_seconds"] = time.perf_counter() - t0
-        client = _Client(dep, venv)
-        work = Path(dep.run_dir or "") / "bench-out"
+        run_dir = Path(dep.run_dir or "")
+        password = Path(dep.password_file or "").read_text().split(":", 1)[1].strip()
+        client = harness.H5pydClient(dep.sn_url, dep.username, password, BUCKET, run_dir / "client", venv,
+                                     log_tail=lambda n=30: _log_tail(run_dir, n))
+        work = run_dir / "bench-out"
         work.mkdir(exist_ok=True)
         res = await asyncio.to_thread(run_client, client, harness, 3600, {
             "domain": DOMAIN, "repeat": ctx.repeat, "stepped": _slice_args(ctx.sel.stepped), "chunk": _slice_args(ctx.sel.chunk),

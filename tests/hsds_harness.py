@@ -748,6 +748,9 @@ class H5pydClient:
         )
         return env
 
+    def log_tail(self, n: int = 30) -> str:
+        return self._log_tail(n)
+
     def run_h5pyd(self, script: str, *, timeout: float = 120.0, **json_args) -> dict:
         return _run_script(self.python, self.socket_dir, self.client_env(), self._counter, script, timeout, self._log_tail, json_args)
 
