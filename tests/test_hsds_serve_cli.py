@@ -115,6 +115,15 @@ def test_serve_lambda_then_stats_then_sigterm(tmp_path: Path) -> None:
         resp = conn.getresponse()
         assert resp.status == 403 and b"not a loopback name" in resp.read()
         conn.close()
+        # a body over HSDS's max_request_size (100 MiB) is refused from its declared length, before it is read
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+        conn.putrequest("PUT", "/domains")
+        conn.putheader("Content-Length", str(200 * 1024 * 1024))
+        conn.putheader("Authorization", f"Basic {token}")
+        conn.endheaders()
+        resp = conn.getresponse()
+        assert resp.status == 413
+        conn.close()
 
         pids = [p for p in status["pids"].values() if p]
         proc.send_signal(signal.SIGTERM)
