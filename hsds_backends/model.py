@@ -24,6 +24,7 @@ from ._aio import map_unordered
 from .errors import BackendError
 from ._latency import ShapeKey, shape_key
 from .config import option
+from .storage.factory import storage_kind
 
 if TYPE_CHECKING:
     from ._ledger import Ledger
@@ -100,6 +101,11 @@ class Capabilities:
     data_nodes: int = 0
     """HSDS data nodes the backend fans chunk requests out over, partitioned as HSDS does
     (0: not a data-node backend). HSDS's 2021 rule compares requests with this count."""
+    storage_kinds: frozenset[str] | None = None
+    """Storage services the backend's workers read (:data:`hsds_backends.storage.STORAGE_KINDS`
+    names), ``None``: every one the core reads. A reader whose storage is another kind is
+    declined (:meth:`Backend.decline_reason`): ``lambda``'s function reads S3 (and posix, on
+    its local runtime), never Azure."""
 
 
 class LazyText:
@@ -398,6 +404,13 @@ class Backend(ABC):
             return "no linked HDF5 chunks"
         if plan.meta.is_vlen and not caps.vlen:
             return "no variable-length types"
+        if caps.storage_kinds is not None:
+            kind = storage_kind(self.config) or "posix"
+            if kind not in caps.storage_kinds:
+                return (
+                    f"it reads {' and '.join(sorted(caps.storage_kinds))} storage only, and this reader's storage is {kind}:"
+                    " choose a backend that reads it"
+                )
         return None
 
     def can_serve(self, request: ReadRequest) -> bool:

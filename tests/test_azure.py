@@ -4,41 +4,35 @@ Azurite, the Azure Storage emulator, is installed from the npm registry on first
 (``scripts/azurite.sh``) and listens on 127.0.0.1 with an account whose key is made up at
 start. Covered here: the storage contract (reads, ranges, missing blobs and containers, errors
 that name the fix, no secret in ``repr``/``to_config``/pickles), the config's driver choice,
-a domain written to Azure read back byte for byte, and the conformance suite on ``inline``.
+a domain written to Azure read back byte for byte. The conformance suite runs on Azure for
+every backend that reads it (``BackendTests.storage_kinds``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import pickle
-from collections.abc import Iterator, Mapping
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
 import pytest
 
 import hsds_backends as hb
-from hsds_backends._inline import InlineBackend
 from hsds_backends.errors import ConfigError, StorageError, StoragePathError
 from hsds_backends.storage import storage_from_config
 from hsds_backends.storage.azure import AzureStorage
-from hsds_backends.testing import BackendTests
-from hsds_backends.testing.azurite import AzuriteServer, AzuriteUnavailable
+from hsds_backends.testing.azurite import AzuriteServer
 from hsds_backends.writer import Writer
 
 pytestmark = pytest.mark.azure
 
 
 @pytest.fixture(scope="session")
-def azurite() -> Iterator[AzuriteServer]:
-    try:
-        server = AzuriteServer().start()
-    except AzuriteUnavailable as exc:  # no npm registry on this machine: say so, as for HSDS's virtualenv
-        pytest.skip(f"Azurite cannot be installed here: {exc}")
-    try:
-        yield server
-    finally:
-        server.stop()
+def azurite(azurite_server: AzuriteServer) -> AzuriteServer:
+    return azurite_server
 
 
 @pytest.fixture(scope="module")
@@ -130,19 +124,147 @@ def test_a_domain_on_azure_reads_byte_for_byte(azure_config: dict[str, Any]) -> 
         assert dom["/ref"][...].tobytes() == ref.tobytes()  # byte ranges of a linked file
 
 
-class TestInlineBackendOnAzure(BackendTests[InlineBackend]):
-    """The conformance suite on Azure Blob storage (Azurite); inline with its default workers."""
+def test_lambda_declines_azure_naming_the_backends_that_read_it(azure_config: dict[str, Any]) -> None:
+    """The chunk_read function reads S3 (and posix on its local runtime) only: asked for Azure it says so, and auto never picks it."""
+    pytest.importorskip("hsds_backends_lambda")
+    from hsds_backends_lambda.backend import AZURE_REFUSAL, LambdaBackend, worker_env
 
-    backend_cls = InlineBackend
+    from hsds_backends.errors import NoBackendError
+    from hsds_backends.plan import plan_hyperslab
+    from hsds_backends.selection import parse_select
+    from hsds_backends.selector import candidates_for
 
-    @pytest.fixture(scope="class")
-    @classmethod
-    def storage_config(cls, azurite: AzuriteServer) -> Mapping[str, Any]:  # type: ignore[override]
-        azurite.create_container("conformance")
-        return {**azurite.config(), "bucket_name": "conformance"}
+    grid = np.arange(64 * 64, dtype="<i4").reshape(64, 64)
 
-    def test_repr(self, backend: Any) -> None:
-        assert (repr(backend), backend.capabilities.linked_chunks) == ("<InlineBackend 'inline'>", True)
+    async def go() -> None:
+        st = AzureStorage.from_config(azure_config)
+        try:
+            await Writer(st, "hsdstest").create_dataset("/home/u/lam.h5", "/g", grid, chunks=(16, 16))
+        finally:
+            await st.aclose()
+        async with hb.Reader({**azure_config, "backend": "lambda"}) as reader:
+            dset = await (await reader.open("/home/u/lam.h5")).get("/g")
+            with pytest.raises(NoBackendError) as err:
+                await dset.read(None)
+            assert str(err.value) == (
+                f"backend 'lambda' (config backend=lambda) cannot serve {dset.meta.id} (16 chunks): it reads posix and s3 "
+                "storage only, and this reader's storage is azure: choose a backend that reads it"
+            )
+            plan = plan_hyperslab(dset.meta, parse_select("[0:64, 0:64]", dset.meta.shape))
+            _, declined = candidates_for(reader.request(plan), ["lambda", "inline"], reader.backend)
+            assert declined == [
+                "'lambda' declined (it reads posix and s3 storage only, and this reader's storage is azure: "
+                "choose a backend that reads it)"
+            ]
+        async with hb.Reader({**azure_config, "backend": "auto"}) as reader:  # auto reads it with another backend
+            dset = await (await reader.open("/home/u/lam.h5")).get("/g")
+            assert (await dset.read(None)).tobytes() == grid.tobytes()
+            assert reader.choose(plan)[0].name != "lambda"
 
-    def test_capabilities(self, backend: Any) -> None:
-        assert not backend.capabilities.remote  # reads Azure from this process
+    asyncio.run(go())
+    # the runtime's environment is never made for Azure (no ROOT_DIR of the current folder instead)
+    with pytest.raises(ConfigError) as err:
+        worker_env({**azure_config})
+    assert str(err.value) == AZURE_REFUSAL == (
+        "the chunk_read function reads S3 (and, on the local runtime, a posix folder) only, not Azure Blob storage"
+        " (azure_connection_string): read Azure with the inline, containers or dask backend"
+    )
+    assert LambdaBackend.static_capabilities.storage_kinds == frozenset({"posix", "s3"})
+
+
+def test_the_lambda_function_refuses_azure_settings(monkeypatch: pytest.MonkeyPatch, azurite: AzuriteServer) -> None:
+    pytest.importorskip("hsds_backends_lambda")
+    import json
+
+    from hsds_backends_lambda import handler
+
+    for k in ("ROOT_DIR", "AWS_S3_GATEWAY", "STORAGE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AZURE_CONNECTION_STRING", azurite.connection_string)
+    monkeypatch.setenv("BUCKET_NAME", "hsdstest")
+    for env in ({}, {"STORAGE": "azure"}):
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        handler.reset_state()
+        try:
+            answer = json.loads(handler.lambda_handler({"ping": True}))
+        finally:
+            handler.reset_state()
+        assert answer["statusCode"] == 500 and answer["error_type"] == "ConfigError", answer
+        assert answer["message"] == (
+            "this function reads S3 (and, on the local runtime, a posix ROOT_DIR) only, not Azure Blob storage"
+            " (STORAGE=azure / AZURE_CONNECTION_STRING): read Azure with the inline, containers or dask backend"
+        )
+        assert azurite.key not in json.dumps(answer)
+
+
+def test_a_description_for_another_account_is_refused(azurite: AzuriteServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker reopening ``to_config()`` with a connection string for another account must not read that account's blobs."""
+    desc = AzureStorage(azurite.connection_string).to_config()
+    assert set(desc) == {"storage", "azure_account", "azure_blob_endpoint"}
+    monkeypatch.setenv("AZURE_CONNECTION_STRING", azurite.connection_string)
+    assert storage_from_config(desc).to_config() == desc  # the same account: reopened
+    other = azurite.connection_string.replace(f"AccountName={azurite.account};", "AccountName=someoneelse;")
+    monkeypatch.setenv("AZURE_CONNECTION_STRING", other)
+    with pytest.raises(ConfigError) as err:
+        storage_from_config(desc)
+    assert str(err.value) == (
+        f"azure_account {azurite.account!r} was asked for, but the connection string here (azure_connection_string /"
+        " AZURE_CONNECTION_STRING) is for 'someoneelse'; give this process the connection string of "
+        f"{azurite.account!r}"
+    )
+    monkeypatch.delenv("AZURE_CONNECTION_STRING")
+    with pytest.raises(ConfigError, match="azure_connection_string is not set"):
+        storage_from_config(desc)
+
+
+def _dn_serve(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hsds_backends.cli", "dn", "serve", "--port", "0", *args], capture_output=True,
+                          text=True, timeout=60, env=dict(env), stdin=subprocess.DEVNULL)
+
+
+def _env_without_storage(**extra: str) -> dict[str, str]:
+    drop = ("ROOT_DIR", "AWS_S3_GATEWAY", "AZURE_CONNECTION_STRING", "STORAGE", "BUCKET_NAME")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HSDS_BACKENDS_") and k not in drop}
+    return {**env, **extra}
+
+
+def test_dn_serve_azure_takes_the_connection_string_from_the_environment_only(tmp_path: Any) -> None:
+    r = _dn_serve("--azure", "--bucket", "hsdstest", env=_env_without_storage())
+    assert r.returncode == 1 and r.stdout == "", r
+    assert r.stderr.strip() == (
+        "Error: azure_connection_string is not set (or is not a connection string); set it, or the environment"
+        " variable AZURE_CONNECTION_STRING, to the storage account's connection string"
+    ), r.stderr
+    r = _dn_serve("--azure", "--root-dir", str(tmp_path), env=_env_without_storage())
+    assert r.returncode == 2 and "Error: give one storage: --root-dir, --s3-gateway or --azure" in r.stderr, r
+
+
+def test_containers_dns_get_the_connection_string_in_their_environment_not_their_command_line(
+    azure_config: dict[str, Any], azurite: AzuriteServer
+) -> None:
+    pytest.importorskip("hsds_backends_containers")
+    from hsds_backends_containers.backend import ContainersBackend
+
+    grid = np.arange(40 * 40, dtype="<u2").reshape(40, 40)
+
+    async def go() -> None:
+        st = AzureStorage.from_config(azure_config)
+        try:
+            await Writer(st, "hsdstest").create_dataset("/home/u/dn.h5", "/g", grid, chunks=(10, 10), filters=[("gzip", 1)])
+        finally:
+            await st.aclose()
+        async with hb.Reader({**azure_config, "dn_count": 1}) as reader:
+            dset = await (await reader.open("/home/u/dn.h5")).get("/g")
+            assert (await dset.read("[3:37:2, :]", backend="containers")).tobytes() == grid[3:37:2, :].tobytes()
+            backend = reader.backend("containers")
+            assert isinstance(backend, ContainersBackend)
+            (pid,) = [n["pid"] for n in backend.nodes]
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+            assert b"--azure" in argv and not any(azurite.key.encode() in a for a in argv)
+            assert b"AZURE_CONNECTION_STRING=" + azurite.connection_string.encode() in environ
+
+    asyncio.run(go())

@@ -65,13 +65,31 @@ class AzureStorage(Storage):
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> AzureStorage:
-        """Build from HSDS config key ``azure_connection_string``."""
+        """Build from HSDS config key ``azure_connection_string`` (else the environment's ``AZURE_CONNECTION_STRING``).
+
+        A description made by :meth:`to_config` elsewhere also names the account and blob
+        endpoint it was made for; a connection string here for another account or endpoint is
+        refused rather than read (it would serve another account's blobs as this one's).
+
+        Raises
+        ------
+        ConfigError
+            No connection string, or one for another account or endpoint than ``cfg`` names.
+        """
         cs = cfg.get("azure_connection_string")
         if is_unset(cs):
             import os
 
             cs = os.environ.get("AZURE_CONNECTION_STRING")
-        return cls(str(cs or ""))
+        storage = cls(str(cs or ""))
+        for key, have in (("azure_account", storage.account), ("azure_blob_endpoint", storage.endpoint)):
+            want = cfg.get(key)
+            if want and str(want).rstrip("/") != have.rstrip("/"):
+                raise ConfigError(
+                    f"{key} {want!r} was asked for, but the connection string here (azure_connection_string /"
+                    f" AZURE_CONNECTION_STRING) is for {have!r}; give this process the connection string of {want!r}"
+                )
+        return storage
 
     def to_config(self) -> dict[str, Any]:
         """The keys that reopen this storage where ``AZURE_CONNECTION_STRING`` is set: never the secret."""

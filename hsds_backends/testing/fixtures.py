@@ -2,6 +2,9 @@
 
 - ``moto_server`` (session): a real moto S3 server on 127.0.0.1 in a subprocess.
 - ``s3_config``: config keys pointing at it, with a fresh bucket per test.
+- ``azurite_server`` (session): Azurite, the Azure Blob emulator, on 127.0.0.1 in a subprocess
+  (installed from the npm registry on first use; the test is skipped, saying why, where it
+  cannot be).
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from .moto import MotoServer
 
 if TYPE_CHECKING:
     from ..api import Reader
+    from .azurite import AzuriteServer
 
 B = TypeVar("B", bound=Backend)
 
-__all__ = ["create_bucket", "moto_server", "reader_and_backend", "s3_config"]
+__all__ = ["azurite_server", "create_bucket", "moto_server", "reader_and_backend", "s3_config"]
 
 
 def reader_and_backend(
@@ -69,6 +73,21 @@ def moto_server() -> Iterator[MotoServer]:
     """A moto S3 server on 127.0.0.1 for the whole session."""
     with MotoServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def azurite_server() -> Iterator[AzuriteServer]:
+    """Azurite's blob service on 127.0.0.1 for the whole session, with an account key made up at start."""
+    from .azurite import AzuriteServer, AzuriteUnavailable
+
+    try:
+        server = AzuriteServer().start()
+    except AzuriteUnavailable as exc:  # no npm registry here: say so, as for HSDS's virtualenv
+        pytest.skip(f"Azurite cannot be installed here: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

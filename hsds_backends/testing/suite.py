@@ -18,8 +18,9 @@ class-scoped ``backend_config`` fixture (extra config keys, e.g. DN URLs) or
 
 Every read is checked against numpy oracles from
 :func:`hsds_backends.testing.data.write_conformance_domain`, never against
-another backend. The storage is parametrised: ``posix`` (a temp folder) and
-``s3`` (moto server on 127.0.0.1, started by the ``moto_server`` fixture).
+another backend. The storage is parametrised by :attr:`BackendTests.storage_kinds`: ``posix``
+(a temp folder), ``s3`` (moto server on 127.0.0.1, the ``moto_server`` fixture) and ``azure``
+(Azurite on 127.0.0.1, the ``azurite_server`` fixture; marked ``azure``).
 
 Tests run synchronously on a class-scoped :class:`asyncio.Runner`, so an
 expensive backend (DN processes, a Dask cluster, a Lambda runtime) starts once
@@ -99,8 +100,8 @@ class BackendTests(Generic[B]):
     """Tests every backend must pass. See the module docstring for how to subclass."""
 
     backend_cls: ClassVar[type[Backend]]
-    #: Storage kinds to run against; a subclass may narrow it.
-    storage_kinds: ClassVar[tuple[str, ...]] = ("posix", "s3")
+    #: Storage kinds to run against (:data:`hsds_backends.storage.STORAGE_KINDS`); a subclass may narrow it.
+    storage_kinds: ClassVar[tuple[str, ...]] = ("posix", "s3", "azure")
 
     # ------------------------------------------------------------- fixtures
     @pytest.fixture(scope="class")
@@ -115,16 +116,26 @@ class BackendTests(Generic[B]):
         with asyncio.Runner() as r:
             yield r
 
-    @pytest.fixture(scope="class", params=["posix", "s3"])
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        """Run the class once per storage kind in :attr:`storage_kinds` (one backend per kind)."""
+        if "storage_kind" in metafunc.fixturenames:
+            kinds = [pytest.param(k, marks=pytest.mark.azure) if k == "azure" else k for k in self.storage_kinds]
+            metafunc.parametrize("storage_kind", kinds, scope="class")
+
+    @pytest.fixture(scope="class")
     @classmethod
-    def storage_config(cls, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Mapping[str, Any]:
-        kind = request.param
-        if kind not in cls.storage_kinds:
-            pytest.skip(f"{cls.backend_cls.name} does not run against {kind} storage")
-        if kind == "posix":
+    def storage_config(
+        cls, storage_kind: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    ) -> Mapping[str, Any]:
+        """Config keys of a fresh, empty bucket on the storage kind under test."""
+        if storage_kind == "posix":
             return {"root_dir": str(tmp_path_factory.mktemp("conformance")), "bucket_name": "hsdstest"}
-        moto = request.getfixturevalue("moto_server")
         bucket = f"conformance-{id(cls) % 100000}"
+        if storage_kind == "azure":
+            azurite = request.getfixturevalue("azurite_server")
+            azurite.create_container(bucket)
+            return {**azurite.config(), "bucket_name": bucket}
+        moto = request.getfixturevalue("moto_server")
         from .fixtures import create_bucket
 
         create_bucket(moto.config(), bucket)

@@ -84,7 +84,10 @@ def test_a_front_needs_storage(tmp_path: Path) -> None:
     r = subprocess.run(_front("--listen", str(tmp_path / "f.sock"), "--upstream", DEAD_UPSTREAM), capture_output=True, text=True,
                        timeout=60, env=clean_env(), cwd=tmp_path)
     assert r.returncode == 1
-    assert "no storage given; pass --root-dir DIR or --s3-gateway URL" in r.stderr
+    assert r.stderr.strip() == (
+        "Error: no storage given; pass --root-dir DIR (the storage the HSDS DNs write to), --s3-gateway URL or --azure "
+        "(with AZURE_CONNECTION_STRING in the environment), or root_dir / aws_s3_gateway in --config"
+    ), r.stderr
 
 
 def test_foreign_host_header_is_refused(front: DN) -> None:

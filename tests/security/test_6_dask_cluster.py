@@ -288,7 +288,7 @@ def test_finding_6_s3_credentials_are_never_sent_to_an_unencrypted_scheduler_off
     creds = {"aws_s3_gateway": "http://127.0.0.1:9", "aws_access_key_id": "AKIDEXAMPLE", "aws_secret_access_key": "s3cr3t-value"}
     with pytest.raises(
         ConfigError,
-        match=rf"^dask_scheduler '{re.escape(address)}' is not encrypted: dask_send_credentials would send the S3 credentials .* in clear text; "
+        match=rf"^dask_scheduler '{re.escape(address)}' is not encrypted: dask_send_credentials would send the storage credentials .* in clear text; "
         r"use a tls:// scheduler .*or set dask_send_credentials: false",
     ) as info:
         DaskBackend({**creds, "dask_scheduler": address})

@@ -31,6 +31,7 @@ from typing import Any, Final
 from hsds_backends._aio import cancel_and_wait, retrieve
 from hsds_backends._proc import MALLOC_ENV, ChildProcess, ChildStartError
 from hsds_backends.config import ENV_PREFIX, credentials_env
+from hsds_backends.storage import storage_kind
 from hsds_backends.errors import BackendError
 
 from .service import TOKEN_ENV
@@ -135,12 +136,15 @@ class LocalNodes:
             args += ["--socket", os.path.join(self.run_dir, f"dn_{node.number}.sock")]
         else:
             args += ["--host", "127.0.0.1", "--port", "0"]
-        if cfg.get("root_dir"):
+        kind = storage_kind(cfg)
+        if kind == "posix":
             args += ["--root-dir", os.path.abspath(str(cfg["root_dir"]))]
-        elif cfg.get("aws_s3_gateway") or cfg.get("storage") == "s3":
+        elif kind == "s3":
             if cfg.get("aws_s3_gateway"):
                 args += ["--s3-gateway", str(cfg["aws_s3_gateway"])]
             args += ["--region", str(cfg.get("aws_region") or "us-east-1")]
+        elif kind == "azure":
+            args += ["--azure"]  # the connection string goes in the environment (_env), never here
         else:
             # what the reader itself reads without a root (storage_from_config): posix under the cwd,
             # passed explicitly because a DN never defaults to its current folder

@@ -32,24 +32,26 @@ def dn() -> None:
 @click.option("--root-dir", type=click.Path(file_okay=False), help="Posix storage root (HSDS root_dir); this or --s3-gateway is required.")
 @click.option("--s3-gateway", help="S3 endpoint URL (HSDS aws_s3_gateway); credentials come from the environment.")
 @click.option("--region", help="S3 region (HSDS aws_region).")
+@click.option("--azure", is_flag=True, help="Azure Blob storage (HSDS azure_connection_string, from the environment: AZURE_CONNECTION_STRING).")
 @click.option("--bucket", help="Bucket for requests that name none (HSDS bucket_name); the one bucket served unless --allowed-buckets.")
 @click.option("--allowed-buckets", help="Comma-separated buckets tasks may read (config allowed_buckets; '*': any). Default: --bucket.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="config.yml to load (storage keys, chunk_mem_cache_size).")
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False), help="File holding the bearer token; or set HSDS_BACKENDS_DN_TOKEN.")
 def serve(
     port: int | None, socket_path: str | None, host: str, node_number: int, node_count: int, workers: int | None,
-    cache_size: str | None, root_dir: str | None, s3_gateway: str | None, region: str | None, bucket: str | None,
-    allowed_buckets: str | None, config_file: str | None, token_file: str | None,
+    cache_size: str | None, root_dir: str | None, s3_gateway: str | None, region: str | None, azure: bool,
+    bucket: str | None, allowed_buckets: str | None, config_file: str | None, token_file: str | None,
 ) -> None:
     """Serve HSDS's DN read API (GET/POST /chunks/{id}), /batch and /info until SIGTERM (a clean stop).
 
     Binds 127.0.0.1:6101 unless told otherwise. Prints 'READY <url>' on stdout
     once it accepts requests. S3 credentials are read from the environment
-    (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, a profile or a role), never from
-    the command line; so is the token (HSDS_BACKENDS_DN_TOKEN or --token-file).
+    (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, a profile or a role), and so is Azure's
+    connection string (AZURE_CONNECTION_STRING), never from the command line; so is the
+    token (HSDS_BACKENDS_DN_TOKEN or --token-file).
 
-    Fails closed: storage must be given (--root-dir, --s3-gateway or a config; never the
-    current folder), tasks read only the allowed buckets (--bucket unless
+    Fails closed: storage must be given (--root-dir, --s3-gateway, --azure or a config; never
+    the current folder), tasks read only the allowed buckets (--bucket unless
     --allowed-buckets), an empty token is an error, and a TCP interface other than
     loopback is refused without a token.
     """
@@ -75,15 +77,10 @@ def serve(
     }
     keys = ContainersBackend.config_keys
     try:
-        cfg = load_config(config_file, overrides={k: v for k, v in overrides.items() if v is not None})
-        if s3_gateway and not root_dir:
-            cfg = cfg.with_overrides(root_dir=None)  # an explicit S3 endpoint wins over a ROOT_DIR from the environment
-        if not cfg.get("root_dir") and not (cfg.get("aws_s3_gateway") or cfg.get("storage") == "s3"):
-            # the current folder is never a default: it may hold ~/.aws, ~/.ssh or anything else
-            raise click.ClickException(
-                "no storage given; pass --root-dir DIR (the folder holding the buckets) or --s3-gateway URL "
-                "(or root_dir / aws_s3_gateway in --config)"
-            )
+        cfg = _storage_config(
+            load_config(config_file, overrides={k: v for k, v in overrides.items() if v is not None}),
+            root_dir, s3_gateway, azure, "the folder holding the buckets",
+        )
         if cache_size is not None:
             cache_bytes = parse_size(cache_size, key="--cache-size")
         else:
@@ -100,7 +97,10 @@ def serve(
             f"set {TOKEN_ENV} or --token-file (for example: openssl rand -hex 32 > dn.token), or bind 127.0.0.1"
         )
     containment = Containment.from_config(cfg)
-    storage = storage_from_config(cfg)
+    try:
+        storage = storage_from_config(cfg)
+    except HsdsBackendsError as exc:
+        raise click.ClickException(str(exc)) from exc
     node = DataNode(
         storage,
         node_number=node_number,
@@ -138,6 +138,7 @@ def serve(
 @click.option("--backend", help="Backend for chunk reads (config backend): a backend name or auto.")
 @click.option("--root-dir", type=click.Path(file_okay=False), help="Posix storage root HSDS writes to (HSDS root_dir).")
 @click.option("--s3-gateway", help="S3 endpoint URL HSDS writes to (HSDS aws_s3_gateway); credentials from the environment.")
+@click.option("--azure", is_flag=True, help="Azure Blob storage HSDS writes to (HSDS azure_connection_string, from the environment: AZURE_CONNECTION_STRING).")
 @click.option("--bucket", help="HSDS's bucket (bucket_name); reads of other buckets go to the DN unless --allowed-buckets.")
 @click.option("--allowed-buckets", help="Comma-separated buckets the backends may read (config allowed_buckets; '*': any).")
 @click.option("--dn-count", type=click.IntRange(1), help="DNs of the deployment (the hsds2021 rule's DN count); default: the --listen count.")
@@ -145,7 +146,7 @@ def serve(
 @click.option("--readonly", is_flag=True, default=None, help="Nothing writes through HSDS: skip dirty tracking (config front_readonly).")
 def front(
     listens: tuple[str, ...], upstreams: tuple[str, ...], config_file: str | None, backend: str | None, root_dir: str | None,
-    s3_gateway: str | None, bucket: str | None, allowed_buckets: str | None, dn_count: int | None, dn_urls: str | None,
+    s3_gateway: str | None, azure: bool, bucket: str | None, allowed_buckets: str | None, dn_count: int | None, dn_urls: str | None,
     readonly: bool | None,
 ) -> None:
     """Serve HSDS's DN protocol in front of real HSDS DNs, running clean chunk reads on the backends.
@@ -174,14 +175,10 @@ def front(
         "backend": backend, "front_readonly": readonly,
     }
     try:
-        cfg = load_config(config_file, overrides={k: v for k, v in overrides.items() if v is not None})
-        if s3_gateway and not root_dir:
-            cfg = cfg.with_overrides(root_dir=None)
-        if not cfg.get("root_dir") and not (cfg.get("aws_s3_gateway") or cfg.get("storage") == "s3"):
-            raise click.ClickException(
-                "no storage given; pass --root-dir DIR or --s3-gateway URL (the storage the HSDS DNs write to), "
-                "or root_dir / aws_s3_gateway in --config"
-            )
+        cfg = _storage_config(
+            load_config(config_file, overrides={k: v for k, v in overrides.items() if v is not None}),
+            root_dir, s3_gateway, azure, "the storage the HSDS DNs write to",
+        )
         reader = Reader(cfg)
     except HsdsBackendsError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -234,6 +231,29 @@ def _listen_socket(where: str) -> Any:
             raise ValueError(f"--listen {where!r} names no port; use http://127.0.0.1:PORT")
         return bind_socket(host=host, port=u.port)
     return bind_socket(path=w)
+
+
+def _storage_config(cfg: Any, root_dir: str | None, s3_gateway: str | None, azure: bool, what: str) -> Any:
+    """Return ``cfg`` with the storage the flags name winning over the environment's; refuse when none is named.
+
+    ``--azure`` (or ``--s3-gateway``) given without ``--root-dir`` wins over a ``ROOT_DIR``
+    inherited from the environment. The current folder is never a default: it may hold
+    ~/.aws, ~/.ssh or anything else (docs/architecture.md §11).
+    """
+    from hsds_backends.storage import storage_kind
+
+    if sum(map(bool, (root_dir, s3_gateway, azure))) > 1:
+        raise click.UsageError("give one storage: --root-dir, --s3-gateway or --azure")
+    if azure:
+        cfg = cfg.with_overrides(root_dir=None, aws_s3_gateway=None, storage="azure")
+    elif s3_gateway and not root_dir:
+        cfg = cfg.with_overrides(root_dir=None)
+    if storage_kind(cfg) is None:
+        raise click.ClickException(
+            f"no storage given; pass --root-dir DIR ({what}), --s3-gateway URL or --azure "
+            "(with AZURE_CONNECTION_STRING in the environment), or root_dir / aws_s3_gateway in --config"
+        )
+    return cfg
 
 
 def _token(token_file: str | None, env_var: str) -> str | None:

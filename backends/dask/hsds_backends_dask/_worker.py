@@ -3,9 +3,9 @@
 :class:`WorkerState` is a :class:`distributed.WorkerPlugin` that the backend
 registers once per client. In every worker process it keeps the open storages (one
 per storage description and executor thread, each thread with its own event loop,
-because an S3 client belongs to the loop that made it) and, when the client sent
-them, the S3 credentials: they reach a worker once, inside the plugin, never inside
-a task.
+because an S3 or Azure client belongs to the loop that made it) and, when the client
+sent them, the storage credentials (S3 keys, Azure's connection string): they reach a
+worker once, inside the plugin, never inside a task.
 
 :func:`run_batch` is the task function. It receives a batch of chunk tasks in their
 JSON wire form (:meth:`hsds_backends.tasks.ChunkTask.to_wire`), refuses any task that
@@ -86,16 +86,17 @@ class _ThreadState:
 
 
 class WorkerState(WorkerPlugin):  # type: ignore[misc]
-    """Per-worker state of one dask backend: open storages and, optionally, S3 credentials.
+    """Per-worker state of one dask backend: open storages and, optionally, storage credentials.
 
     Parameters
     ----------
     name
         Plugin name, unique per backend instance (tasks name the plugin they need).
     credentials
-        ``aws_access_key_id``/``aws_secret_access_key``/``aws_session_token`` to add to
-        every storage description on the worker, or ``None`` to use the worker's own
-        AWS credential chain (environment, ``~/.aws``, instance role).
+        ``aws_access_key_id``/``aws_secret_access_key``/``aws_session_token`` (or
+        ``azure_connection_string``) to add to every storage description on the worker, or
+        ``None`` to use the worker's own (AWS credential chain: environment, ``~/.aws``,
+        instance role; Azure: ``AZURE_CONNECTION_STRING``).
     """
 
     def __init__(self, name: str, credentials: dict[str, str] | None = None) -> None:

@@ -61,7 +61,7 @@ __all__ = ["DaskBackend"]
 log = logging.getLogger(__name__)
 
 #: Credential keys sent to remote workers in the plugin (it adds them to the storage config there).
-_CREDENTIAL_KEYS: Final = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+_CREDENTIAL_KEYS: Final = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "azure_connection_string")
 #: Batches per worker thread when ``dask_batch_size`` is not set: enough to balance load
 #: and to overlap the client's receiving and assembling with the workers' decoding.
 _WAVES: Final = 4
@@ -171,16 +171,18 @@ class DaskBackend(Backend):
             ``retries=`` of every dask task (default 2): a batch whose function failed
             (not a chunk error, which is an answer) runs again, on any worker.
         ``dask_send_credentials``
-            With ``dask_scheduler`` and explicit ``aws_access_key_id``/``aws_secret_access_key``:
-            send them to the workers once, in a worker plugin (default true). False:
-            the workers use their own AWS credential chain. Refused (``ConfigError``)
+            With ``dask_scheduler`` and explicit ``aws_access_key_id``/``aws_secret_access_key``
+            (or ``azure_connection_string``): send them to the workers once, in a worker plugin
+            (default true). False: the workers use their own AWS credential chain (or their own
+            ``AZURE_CONNECTION_STRING``, which must be for the same account). Refused (``ConfigError``)
             for an unencrypted scheduler off loopback.
         ``dask_tls_ca_file``, ``dask_tls_cert``, ``dask_tls_key``
             With a ``tls://`` ``dask_scheduler``: PEM files of the cluster's certificate
             authority and of this client's certificate and key (the key may be in the
             certificate file). Unset: dask's own ``distributed.comm.tls.*`` config applies.
 
-        and the storage keys (``root_dir``, ``aws_s3_gateway``, ``aws_region``, credentials),
+        and the storage keys (``root_dir``, ``aws_s3_gateway``, ``aws_region``,
+        ``azure_connection_string``, credentials),
         and ``allowed_buckets``/``bucket_name``: the workers run a task only if it reads
         from an allowed bucket (:class:`~hsds_backends.security.Containment`).
 
@@ -201,7 +203,7 @@ class DaskBackend(Backend):
 
     Credentials never travel in a task. The embedded cluster's worker processes get
     them as the standard ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/
-    ``AWS_SESSION_TOKEN`` environment variables from their nanny (a local process
+    ``AWS_SESSION_TOKEN`` (Azure: ``AZURE_CONNECTION_STRING``) environment variables from their nanny (a local process
     spawn, no socket). With ``dask_scheduler`` they go once to each worker (also those
     that join later) inside a :class:`~hsds_backends_dask._worker.WorkerState` plugin,
     through the scheduler: use a ``tls://`` scheduler, or leave the keys unset and give
@@ -317,7 +319,7 @@ class DaskBackend(Backend):
         scheme, host = _scheme_and_host(address)
         if self.send_credentials and self._credentials and scheme not in _ENCRYPTED_SCHEMES and not is_loopback(host):
             raise ConfigError(
-                f"dask_scheduler {address!r} is not encrypted: dask_send_credentials would send the S3 credentials "
+                f"dask_scheduler {address!r} is not encrypted: dask_send_credentials would send the storage credentials "
                 "over the network in clear text; use a tls:// scheduler (with dask_tls_ca_file/dask_tls_cert), "
                 "or set dask_send_credentials: false and give the workers their own credentials"
             )

@@ -43,6 +43,7 @@ from hsds_backends.config import CORE_KEYS, ConfigKey, credentials_env, is_unset
 from hsds_backends.errors import BackendError, ConfigError, TaskError
 from hsds_backends.model import Backend, Capabilities, CostEstimate, ReadRequest, Sink, add_stats, default_workers
 from hsds_backends.security import ANY_BUCKET, Containment
+from hsds_backends.storage import storage_kind
 from hsds_backends.selection import Coords, Slice, format_select, parse_select
 from hsds_backends.tasks import ChunkResult, ChunkTask, error_from_wire, field_dtype, query_dtype
 
@@ -128,6 +129,14 @@ def split_task(task: ChunkTask) -> list[ChunkTask]:
     raise BackendError(f"chunk {task.chunk_id}: the result of one element does not fit in a Lambda response ({MAX_RESPONSE_BYTES} bytes)")
 
 
+#: What the ``chunk_read`` function reads: S3, and posix folders on the local runtime (never Azure).
+STORAGE_KINDS: Final = frozenset({"posix", "s3"})
+AZURE_REFUSAL: Final = (
+    "the chunk_read function reads S3 (and, on the local runtime, a posix folder) only, not Azure Blob storage"
+    " (azure_connection_string): read Azure with the inline, containers or dask backend"
+)
+
+
 def worker_env(config: Mapping[str, Any], workers: int = 1, *, root_dir: str | None = None) -> dict[str, str]:
     """Return the function environment that reads the storage ``config`` describes.
 
@@ -144,7 +153,8 @@ def worker_env(config: Mapping[str, Any], workers: int = 1, *, root_dir: str | N
     ------
     ConfigError
         Neither a root folder nor S3 (``aws_s3_gateway`` or ``storage: s3``) is configured:
-        the function never serves a folder nobody named (docs/architecture.md §11).
+        the function never serves a folder nobody named (docs/architecture.md §11); or the
+        storage is Azure Blob, which the function does not read (:data:`AZURE_REFUSAL`).
     """
     bucket = str(option(config, "bucket_name", CORE_KEYS["bucket_name"]) or "")
     allowed = Containment.of(option(config, "allowed_buckets", CORE_KEYS["allowed_buckets"]) or (), default=bucket)
@@ -159,7 +169,10 @@ def worker_env(config: Mapping[str, Any], workers: int = 1, *, root_dir: str | N
     if root:
         env["ROOT_DIR"] = os.path.abspath(str(root))
         return env
-    if not (config.get("aws_s3_gateway") or config.get("storage") == "s3"):
+    kind = storage_kind(config)
+    if kind == "azure":
+        raise ConfigError(AZURE_REFUSAL)
+    if kind != "s3":
         raise ConfigError(
             "the local Lambda runtime needs its storage named: set root_dir (a posix folder) or"
             " aws_s3_gateway (S3); it does not serve the current folder by default"
@@ -167,22 +180,20 @@ def worker_env(config: Mapping[str, Any], workers: int = 1, *, root_dir: str | N
     env["STORAGE"] = "s3"  # S3 even with no endpoint or keys here: the AWS credential chain
     if config.get("aws_s3_gateway"):
         env["AWS_S3_GATEWAY"] = str(config["aws_s3_gateway"])
-    env.update(credentials_env(config))
+    env.update((k, v) for k, v in credentials_env(config).items() if k.startswith("AWS_"))  # S3's only
     return env
 
 
 def reader_root(config: Mapping[str, Any]) -> str | None:
-    """Return the posix root a reader with ``config`` reads (:func:`hsds_backends.storage.storage_from_config`'s rule), or ``None`` for S3.
+    """Return the posix root a reader with ``config`` reads (:func:`hsds_backends.storage.storage_kind`'s rule), or ``None`` for S3 or Azure.
 
     The embedded runtime's workers read exactly what the reader that owns the backend reads,
     so the backend names that root to them explicitly.
     """
-    root = config.get("root_dir")
-    if root:
-        return os.path.abspath(str(root))
-    if config.get("aws_s3_gateway") or config.get("storage") == "s3":
-        return None
-    return os.getcwd()
+    kind = storage_kind(config)
+    if kind == "posix":
+        return os.path.abspath(str(config["root_dir"]))
+    return os.getcwd() if kind is None else None
 
 
 class _Node:
@@ -263,6 +274,7 @@ class LambdaBackend(Backend):
         remote=True,
         costs_money=True,
         serverless=True,
+        storage_kinds=STORAGE_KINDS,
     )
     overhead_s: ClassVar[float] = 0.03
     per_chunk_s: ClassVar[float] = 0.05
@@ -323,6 +335,7 @@ class LambdaBackend(Backend):
             costs_money=not self.embedded,
             serverless=True,
             direct_placement=True,
+            storage_kinds=STORAGE_KINDS,
         )
 
     @property

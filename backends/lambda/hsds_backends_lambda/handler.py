@@ -144,6 +144,11 @@ def _storage_config(env: Mapping[str, str]) -> dict[str, Any]:
         if not os.path.isdir(root):
             raise ConfigError(f"ROOT_DIR {root!r} is not a folder; set ROOT_DIR to an existing storage folder")
         return {"root_dir": root}
+    if env.get("STORAGE") == "azure" or (env.get("AZURE_CONNECTION_STRING") and not env.get("STORAGE") and not env.get("AWS_S3_GATEWAY")):
+        raise ConfigError(
+            "this function reads S3 (and, on the local runtime, a posix ROOT_DIR) only, not Azure Blob storage"
+            " (STORAGE=azure / AZURE_CONNECTION_STRING): read Azure with the inline, containers or dask backend"
+        )
     if env.get("STORAGE") != "s3" and not any(env.get(k) for k in _S3_MARKERS):
         raise ConfigError(
             "this function has no storage configured: set ROOT_DIR (an absolute posix folder, local runtime only)"
