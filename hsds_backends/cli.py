@@ -361,7 +361,8 @@ def backends(as_json: bool) -> None:
     for i in infos:
         caps = i.capabilities
         kinds = ",".join(k for k in ("hyperslab", "points", "query", "fields", "linked_chunks", "vlen") if getattr(caps, k))
-        click.echo(f"{i.name:<11} {i.distribution} {i.version}  [{kinds}] concurrency={caps.max_concurrency}  {i.description}")
+        storage = "" if caps.storage_kinds is None else f" storage={','.join(sorted(caps.storage_kinds))}"
+        click.echo(f"{i.name:<11} {i.distribution} {i.version}  [{kinds}] concurrency={caps.max_concurrency}{storage}  {i.description}")
 
 
 #: Demo grid edges: the workloads read [256:512, 0:256], and 8192² float32 is 256 MiB.

@@ -84,7 +84,10 @@ class BackendInfo:
         from dataclasses import asdict
 
         d = {k: v for k, v in asdict(self).items() if k != "capabilities"}
-        d["capabilities"] = asdict(self.capabilities)
+        caps = asdict(self.capabilities)
+        if caps.get("storage_kinds") is not None:  # a frozenset: JSON has lists
+            caps["storage_kinds"] = sorted(caps["storage_kinds"])
+        d["capabilities"] = caps
         return d
 
 

@@ -246,8 +246,15 @@ def test_cli_backends_json() -> None:
     inline = [d for d in data if d["name"] == "inline"][0]
     assert inline["distribution"] == "hsds-backends"
     assert inline["capabilities"]["query"] is True
+    assert inline["capabilities"]["storage_kinds"] is None  # every storage the core reads
+    lam = [d for d in data if d["name"] == "lambda"]
+    if lam:  # the function reads S3 (and posix on its local runtime), never Azure
+        assert lam[0]["capabilities"]["storage_kinds"] == ["posix", "s3"]
     r = _invoke("backends")
     assert r.output.startswith("inline") or "inline " in r.output
+    if lam:
+        (line,) = [ln for ln in r.output.splitlines() if ln.startswith("lambda ")]
+        assert "concurrency=1000 storage=posix,s3  the chunk_read" in line
 
 
 def test_cli_demo_runs_and_verifies(tmp_path: Path) -> None:

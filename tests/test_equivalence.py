@@ -4,9 +4,10 @@ Hypothesis generates datasets (dtypes incl. big-endian, compound, fixed and
 variable-length strings; ranks 0–4; ragged chunk shapes; each filter; fill
 values; missing chunks) and selections (stepped hyperslabs with coordinate
 lists, points, queries with ``Limit``, field subsets), writes them with our
-writer (posix, and S3 through moto server), reads each through **every**
-installed backend and asserts the results equal the numpy oracle — and
-therefore each other — byte for byte.
+writer (posix, S3 through moto server, Azure Blob through Azurite), reads each
+through **every** installed backend that reads the storage (lambda does not read
+Azure) and asserts the results equal the numpy oracle — and therefore each other —
+byte for byte.
 
 ``HSDS_BACKENDS_EQUIVALENCE_EXAMPLES`` sets the examples per test (default 25;
 the deep profile is e.g. 500). The run prints how many examples each backend
@@ -29,7 +30,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import hsds_backends as hb
-from hsds_backends.plugins import backend_names
+from hsds_backends.plugins import backend_names, list_backends
 from hsds_backends.storage import storage_from_config
 from hsds_backends.testing.oracle import assert_same, oracle_index, query_rows
 from hsds_backends.writer import Writer
@@ -111,18 +112,30 @@ def hyperslabs(draw: st.DrawFn, shape: tuple[int, ...]) -> tuple[Any, ...]:
 # ------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="module", params=["posix", "s3"])
+@pytest.fixture(scope="module", params=["posix", "s3", pytest.param("azure", marks=pytest.mark.azure)])
 def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, runner: asyncio.Runner) -> Iterator[dict[str, Any]]:
-    """A storage config, a writer and one reader whose backends serve every example."""
+    """A storage config, a writer and one reader whose backends serve every example.
+
+    The backends are every installed one that reads this storage kind
+    (``Capabilities.storage_kinds``: ``lambda`` does not read Azure, and declines it).
+    """
     if request.param == "posix":
         cfg: dict[str, Any] = {"root_dir": str(tmp_path_factory.mktemp("equivalence")), "bucket_name": "hsdstest"}
+    elif request.param == "azure":
+        azurite = request.getfixturevalue("azurite_server")
+        azurite.create_container("equivalence")
+        cfg = {**azurite.config(), "bucket_name": "equivalence"}
     else:
         from hsds_backends.testing.fixtures import create_bucket
 
         moto = request.getfixturevalue("moto_server")
         cfg = {**moto.config(), "bucket_name": "equivalence"}
         create_bucket(cfg, "equivalence")
-    names = backend_names()
+    names = [
+        i.name for i in list_backends()
+        if i.capabilities.storage_kinds is None or request.param in i.capabilities.storage_kinds
+    ]
+    assert set(backend_names()) - set(names) <= {"lambda"}  # only the function declines a storage kind
 
     async def setup() -> tuple[Any, hb.Reader]:
         return storage_from_config(cfg), hb.Reader(cfg)
