@@ -19,6 +19,7 @@ import base64
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -100,7 +101,7 @@ class AzuriteServer:
 
     def stop(self) -> None:
         if self._child is not None:
-            self._child.stop(5.0)
+            self._child.stop(3.0, sig=(signal.SIGINT, signal.SIGTERM))  # Azurite closes on SIGINT
             self._child = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
