@@ -80,3 +80,22 @@ def test_hsds_writes_to_azurite_and_every_azure_backend_reads_it(azurite_server:
             hits = np.flatnonzero(table["temp"] > 20)
             assert got["index"].tolist() == hits.tolist(), backend
             assert got[["id", "temp", "tag"]].tolist() == table[hits].tolist(), backend
+
+
+def test_hsds_serve_azure_needs_the_connection_string_in_the_environment(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    drop = ("ROOT_DIR", "AWS_S3_GATEWAY", "AZURE_CONNECTION_STRING", "STORAGE")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HSDS_BACKENDS_") and k not in drop}
+    argv = [sys.executable, "-m", "hsds_backends.cli", "hsds", "serve", "--port", "0", "--bucket", "c"]
+    r = subprocess.run([*argv, "--azure"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert (r.returncode, r.stdout) == (1, ""), r
+    assert r.stderr.strip() == (
+        "Error: azure_connection_string is not set (or is not a connection string); set it, or the environment"
+        " variable AZURE_CONNECTION_STRING, to the storage account's connection string"
+    )
+    r = subprocess.run([*argv, "--azure", "--s3-gateway", "http://127.0.0.1:9"], capture_output=True, text=True, timeout=60, env=env,
+                       cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2 and "Error: give one storage: --root-dir, --s3-gateway or --azure" in r.stderr, r

@@ -248,11 +248,20 @@ def _storage_config(cfg: Any, root_dir: str | None, s3_gateway: str | None, azur
         cfg = cfg.with_overrides(root_dir=None, aws_s3_gateway=None, storage="azure")
     elif s3_gateway and not root_dir:
         cfg = cfg.with_overrides(root_dir=None)
-    if storage_kind(cfg) is None:
+    kind = storage_kind(cfg)
+    if kind is None:
         raise click.ClickException(
             f"no storage given; pass --root-dir DIR ({what}), --s3-gateway URL or --azure "
             "(with AZURE_CONNECTION_STRING in the environment), or root_dir / aws_s3_gateway in --config"
         )
+    if kind == "azure":  # a connection string must be there before anything starts (no I/O here)
+        from hsds_backends.errors import HsdsBackendsError
+        from hsds_backends.storage.azure import AzureStorage
+
+        try:
+            AzureStorage.from_config(cfg)
+        except HsdsBackendsError as exc:
+            raise click.ClickException(str(exc)) from exc
     return cfg
 
 

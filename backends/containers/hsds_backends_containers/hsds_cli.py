@@ -24,6 +24,7 @@ def hsds() -> None:
 @hsds.command()
 @click.option("--root-dir", type=click.Path(file_okay=False, exists=True), help="Posix storage: the folder holding the bucket folders.")
 @click.option("--s3-gateway", help="S3 endpoint URL (credentials from the environment: AWS_ACCESS_KEY_ID, ...).")
+@click.option("--azure", is_flag=True, help="Azure Blob storage (HSDS azure_connection_string, from the environment: AZURE_CONNECTION_STRING); the bucket is the container.")
 @click.option("--bucket", help="HSDS's bucket (bucket_name). Default: the config's, else hsdstest.")
 @click.option("--dn-count", default=2, show_default=True, type=click.IntRange(1, 64), help="HSDS DNs (each behind a front).")
 @click.option("--backend", help="Backend for chunk reads: lambda, dask, inline, containers or auto (config backend).")
@@ -35,7 +36,7 @@ def hsds() -> None:
 @click.option("--no-fronts", is_flag=True, help="Run the same HSDS without fronts (for comparisons).")
 @click.option("--max-tasks-per-node", type=click.IntRange(1), help="The SN's in-flight chunk requests per DN and client request (MAX_TASKS_PER_NODE_PER_REQUEST; default 256).")
 def serve(
-    root_dir: str | None, s3_gateway: str | None, bucket: str | None, dn_count: int, backend: str | None, port: int,
+    root_dir: str | None, s3_gateway: str | None, azure: bool, bucket: str | None, dn_count: int, backend: str | None, port: int,
     password_file: str | None, hsds_node: str | None, status_file: str | None, config_file: str | None, no_fronts: bool,
     max_tasks_per_node: int | None,
 ) -> None:
@@ -50,18 +51,16 @@ def serve(
     from hsds_backends.config import load_config
     from hsds_backends.errors import HsdsBackendsError
 
+    from .cli import _storage_config
     from .launcher import DEFAULT_MAX_TASKS_PER_NODE, HsdsDeployment, LauncherError, find_hsds_node
     from .service import stop_on_signals
 
-    if root_dir and s3_gateway:
-        raise click.UsageError("give --root-dir or --s3-gateway, not both")
     overrides: dict[str, Any] = {"root_dir": os.path.abspath(root_dir) if root_dir else None, "aws_s3_gateway": s3_gateway, "bucket_name": bucket, "backend": backend}
     try:
-        cfg = load_config(config_file, overrides={k: v for k, v in overrides.items() if v is not None})
-        if s3_gateway:
-            cfg = cfg.with_overrides(root_dir=None)
-        if not cfg.get("root_dir") and not cfg.get("aws_s3_gateway"):
-            raise click.UsageError("no storage given; pass --root-dir DIR (the folder holding the bucket folders) or --s3-gateway URL")
+        cfg = _storage_config(
+            load_config(config_file, overrides={k: v for k, v in overrides.items() if v is not None}),
+            root_dir, s3_gateway, azure, "the folder holding the bucket folders",
+        )
         node = find_hsds_node(hsds_node, cfg.get("hsds_node"))
     except (HsdsBackendsError, LauncherError) as exc:
         raise click.ClickException(str(exc)) from exc

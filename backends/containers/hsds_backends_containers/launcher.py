@@ -120,7 +120,7 @@ class HsdsDeployment:
     Parameters
     ----------
     config
-        Our config: storage (``root_dir`` or ``aws_s3_gateway``), ``bucket_name``, ``backend``,
+        Our config: storage (``root_dir``, ``aws_s3_gateway`` or ``azure_connection_string``), ``bucket_name``, ``backend``,
         ``backend_policy`` and the front's keys; written for the front process as it is.
     dn_count
         HSDS DNs (and fronts).
