@@ -25,7 +25,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -36,7 +36,8 @@ from .codecs.filters import filter_list
 from .dtypes import vlen_of
 from .errors import DatasetJsonError, DatasetNotFoundError, DomainNotFoundError, NotFoundError, SelectionTypeError
 from .h5py_index import H5Index, check_fields, iter_chunk_slices, parse_h5py_index
-from .ids import domain_key, object_key
+from .chunk_table import check_table, locations_from_rows, table_points
+from .ids import chunk_index, domain_key, object_key
 from .execute import Execution, ResultSink
 from .attrs import AttributeManager
 from .groups import AsyncGroup, ExternalLink, Group, Link
@@ -231,6 +232,8 @@ class Reader:
             ``sink`` received before are complete.
         """
         t0 = time.perf_counter()
+        if plan.meta.layout_class == "H5D_CHUNKED_REF_INDIRECT":
+            await self.locate(plan, backend=backend if backend is not None else (choice.backend if choice is not None else None))
         request = self.request(plan, nonstrict=nonstrict, budget_dollars=budget_dollars)
         if choice is None:
             choice = self._choose(request, backend)
@@ -268,6 +271,52 @@ class Reader:
         if log.isEnabledFor(logging.INFO):  # to_json copies every field: not for nothing on each request
             log.info("read %s: %s", plan.meta.id, stats.to_json())
         return stats
+
+    async def locate(self, plan: ReadPlan, *, backend: str | Backend | None = None) -> None:
+        """Look up where the chunks of an ``H5D_CHUNKED_REF_INDIRECT`` plan are, in place (docs/hsds-format.md §3.5).
+
+        Their locations are rows of the dataset's chunk table, another HSDS dataset: one
+        point read of it through this reader (on ``backend``, else the selector's choice)
+        gives every pending task its byte range(s) in the linked file. :meth:`execute` calls
+        this; tasks located already are left alone.
+
+        Raises
+        ------
+        DatasetJsonError
+            The chunk table is missing or unusable, or an entry is malformed (naming the
+            chunk and the value).
+        LimitError
+            An entry's size is over ``chunk_bytes_limit``.
+        """
+        pending = [i for i, t in enumerate(plan.tasks) if t.location is not None and t.location.pending]
+        if not pending:
+            return
+        meta = plan.meta
+        table = await self.dataset_meta(meta.bucket, str(meta.chunk_table_id), what=f"chunk table of dataset {meta.id}")
+        check_table(meta, table)
+        cids = [plan.tasks[i].chunk_id for i in pending]
+        indices = [chunk_index(c) for c in cids]
+        points = table_points(meta, indices, table.data_shape)
+        rows = (await self.run(plan_points(table, points, limits=self.limits), backend=backend)).data
+        located = locations_from_rows(meta, cids, indices, rows, chunk_bytes_limit=self.chunk_bytes_limit)
+        for i, loc in zip(pending, located, strict=True):
+            plan.tasks[i] = replace(plan.tasks[i], location=loc)
+
+    async def dataset_meta(self, bucket: str, dset_id: str, *, what: str = "dataset") -> DatasetMeta:
+        """Return the dataset ``dset_id`` of ``bucket`` (its JSON, parsed), wherever it is linked.
+
+        Raises
+        ------
+        DatasetNotFoundError
+            No such dataset in the bucket (``what`` names it in the message).
+        """
+        if not dset_id.startswith("d-"):
+            raise DatasetJsonError(f"{what} {dset_id!r} is not a dataset id (d-…)")
+        j = await self._get_json(bucket, object_key(dset_id))
+        if not isinstance(j, dict):
+            raise DatasetNotFoundError(f"{what} {dset_id} is missing from bucket {bucket!r}")
+        j.setdefault("id", dset_id)
+        return DatasetMeta.from_json(j, bucket, chunk_bytes_limit=self.chunk_bytes_limit)
 
     # --------------------------------------------------------------- domains
     async def open(self, domain: str, bucket: str | None = None) -> AsyncDomain:

@@ -29,18 +29,30 @@ __all__ = ["DatasetMeta", "ChunkLocation", "LAYOUT_CLASSES"]
 _VLEN_ELEMENT_BYTES: Final = 8
 
 #: Layout classes we can read (§2.3).
-LAYOUT_CLASSES: tuple[str, ...] = ("H5D_CHUNKED", "H5D_CHUNKED_REF", "H5D_CONTIGUOUS_REF")
+LAYOUT_CLASSES: tuple[str, ...] = ("H5D_CHUNKED", "H5D_CHUNKED_REF", "H5D_CONTIGUOUS_REF", "H5D_CHUNKED_REF_INDIRECT")
 
 
 @dataclass(frozen=True, slots=True)
 class ChunkLocation:
-    """Where one chunk's bytes live: an HSDS key, or a byte range of a linked file."""
+    """Where one chunk's bytes live: an HSDS key, or byte ranges of a linked file.
+
+    A hyper-chunk (``H5D_CHUNKED_REF_INDIRECT`` with ``hyper_dims``, docs/hsds-format.md §3.5)
+    is several HDF5 chunks of one file: ``parts`` holds their ``(offset, size)`` in row-major
+    order of the HDF5 chunks inside the HSDS chunk (size 0: not stored, the fill value), each
+    of ``hyper_dims`` elements; ``offset`` and ``size`` are then ``None``.
+
+    ``pending``: an ``H5D_CHUNKED_REF_INDIRECT`` chunk whose chunk-table entry has not been
+    read yet (:meth:`hsds_backends.api.Reader.execute` looks it up); reading it raises.
+    """
 
     bucket: str
     key: str
     offset: int | None = None
     size: int | None = None
     linked: bool = False
+    parts: tuple[tuple[int, int], ...] | None = None
+    hyper_dims: tuple[int, ...] | None = None
+    pending: bool = False
 
 
 def _fill_bytes(cp: dict[str, Any], dtype: np.dtype[Any]) -> bytes | None:
@@ -103,6 +115,10 @@ class DatasetMeta:
     contiguous_size: int | None = None
     chunk_table: dict[str, list[int]] = field(default_factory=dict, repr=False)
     source_json: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    chunk_table_id: str | None = None
+    """``H5D_CHUNKED_REF_INDIRECT``: the id of the dataset holding each chunk's location (§3.5)."""
+    hyper_dims: tuple[int, ...] | None = None
+    """``H5D_CHUNKED_REF_INDIRECT``: the HDF5 chunk shape when one HSDS chunk covers several (§3.5)."""
 
     # ------------------------------------------------------------------ parsing
     @classmethod
@@ -170,6 +186,7 @@ class DatasetMeta:
                 chunks = tuple(int(d) for d in dims)
             if len(chunks) != max(len(shape), 1) or any(c < 1 for c in chunks):
                 raise DatasetJsonError(f"dataset {did!r}: chunk dims {list(chunks)} do not fit shape {list(shape)}")
+            table_id, hyper = _indirect(did, layout_class, cp_layout, top_layout, chunks)
             # bounded before anything is allocated for a chunk (a fill, a decode, a padded read)
             element = max(dtype.itemsize, _VLEN_ELEMENT_BYTES) if has_vlen(dtype) else dtype.itemsize
             chunk_bytes = math.prod(chunks) * element
@@ -202,6 +219,8 @@ class DatasetMeta:
             contiguous_size=cp_layout.get("size"),
             chunk_table=dict(cp_layout.get("chunks") or {}),
             source_json=dset_json,
+            chunk_table_id=table_id,
+            hyper_dims=hyper,
         )
 
     # ------------------------------------------------------------ derived facts
@@ -241,6 +260,13 @@ class DatasetMeta:
         """Number of chunks per dimension (§1.3)."""
         return tuple(-(-s // c) for s, c in zip(self.data_shape, self.chunks, strict=True))
 
+    @property
+    def hyper_factors(self) -> tuple[int, ...]:
+        """HDF5 chunks per HSDS chunk along each dimension (all 1 without ``hyper_dims``)."""
+        if self.hyper_dims is None:
+            return (1,) * len(self.chunks)
+        return tuple(c // h for c, h in zip(self.chunks, self.hyper_dims, strict=True))
+
     @cached_property
     def ops(self) -> FilterOps:
         return filter_ops(list(self.filters), is_vlen=self.is_vlen, linked=self.layout_class != "H5D_CHUNKED")
@@ -268,6 +294,9 @@ class DatasetMeta:
         """Return where chunk ``index`` lives, or None when a reference layout has no bytes for it (§3.5)."""
         if self.layout_class == "H5D_CHUNKED":
             return ChunkLocation(self.bucket, chunk_key(cid or self.chunk_id(index)))
+        if self.layout_class == "H5D_CHUNKED_REF_INDIRECT":
+            # the chunk table says where: looked up per read (hsds_backends.chunk_table, Reader.execute)
+            return ChunkLocation(self.bucket, "", linked=True, pending=True, hyper_dims=self.hyper_dims)
         bucket, key = _split_uri(self.file_uri or "", self.bucket)
         if self.layout_class == "H5D_CHUNKED_REF":
             entry = self.chunk_table.get("_".join(str(i) for i in index))
@@ -298,6 +327,12 @@ class DatasetMeta:
             cp["layout"].update({"file_uri": self.file_uri, "offset": self.contiguous_offset, "size": self.contiguous_size})
         elif self.layout_class == "H5D_CHUNKED_REF":
             cp["layout"].update({"file_uri": self.file_uri, "dims": list(self.chunks)})
+        elif self.layout_class == "H5D_CHUNKED_REF_INDIRECT":
+            cp["layout"].update({"dims": list(self.chunks), "chunk_table": self.chunk_table_id})
+            if self.file_uri:
+                cp["layout"]["file_uri"] = self.file_uri
+            if self.hyper_dims is not None:
+                cp["layout"]["hyper_dims"] = list(self.hyper_dims)
         shape: dict[str, Any] = {"class": "H5S_SCALAR"} if self.is_scalar else {"class": "H5S_SIMPLE", "dims": list(self.shape)}
         return {"id": self.id, "type": self.type_json, "shape": shape, "layout": layout, "creationProperties": cp}
 
@@ -318,6 +353,44 @@ def _empty_vlen(dt: np.dtype[Any]) -> Any:
     if dt.names is not None:
         return tuple(_empty_vlen(dt.fields[n][0]) for n in dt.names)  # type: ignore[index]
     return np.zeros((), dtype=dt)[()]
+
+
+def _indirect(
+    did: str, layout_class: str, cp_layout: dict[str, Any], top_layout: dict[str, Any], chunks: tuple[int, ...]
+) -> tuple[str | None, tuple[int, ...] | None]:
+    """Return (chunk table id, hyper_dims) of an ``H5D_CHUNKED_REF_INDIRECT`` layout (§2.3, §3.5); (None, None) otherwise.
+
+    Raises
+    ------
+    DatasetJsonError
+        No ``chunk_table`` id, or ``hyper_dims`` of another rank than the chunk dims or
+        not dividing them (HSDS answers 400), naming the value.
+    """
+    if layout_class != "H5D_CHUNKED_REF_INDIRECT":
+        return None, None
+    table = cp_layout.get("chunk_table") or top_layout.get("chunk_table")
+    if not isinstance(table, str) or not table.startswith("d-"):
+        raise DatasetJsonError(
+            f"dataset {did!r}: layout H5D_CHUNKED_REF_INDIRECT needs 'chunk_table', the id of the dataset of chunk "
+            f"locations (d-…); got {table!r}"
+        )
+    raw = cp_layout.get("hyper_dims") or top_layout.get("hyper_dims")
+    if raw is None:
+        return table, None
+    try:
+        hyper = tuple(int(h) for h in raw)
+    except (TypeError, ValueError):
+        raise DatasetJsonError(f"dataset {did!r}: hyper_dims {raw!r} must be a list of integers") from None
+    if len(hyper) != len(chunks) or any(h < 1 for h in hyper):
+        raise DatasetJsonError(f"dataset {did!r}: hyper_dims {list(hyper)} must be {len(chunks)} positive extents, one per chunk dim {list(chunks)}")
+    bad = [d for d, (c, h) in enumerate(zip(chunks, hyper, strict=True)) if c % h]
+    if bad:
+        d = bad[0]
+        raise DatasetJsonError(
+            f"dataset {did!r}: hyper_dims {list(hyper)} do not divide the chunk dims {list(chunks)} "
+            f"(dimension {d}: {chunks[d]} is not a multiple of {hyper[d]}); each HSDS chunk must hold whole HDF5 chunks"
+        )
+    return table, None if all(c == h for c, h in zip(chunks, hyper, strict=True)) else hyper
 
 
 def _split_uri(uri: str, default_bucket: str) -> tuple[str, str]:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from .chunk_table import merged_ranges
 from .codecs import decode_chunk
 from .errors import ChunkDecodeError, HsdsBackendsError, NotFoundError, SelectionError, TaskError
 from .ids import chunk_index
@@ -42,9 +43,10 @@ from .tasks import ChunkResult, ChunkTask, field_dtype, query_dtype
 from .vlen import decode_vlen, encode_vlen
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from concurrent.futures import Executor
 
-    from .dataset import DatasetMeta
+    from .dataset import ChunkLocation, DatasetMeta
     from .query import Query
     from .storage import Storage, SyncRead
 
@@ -54,8 +56,10 @@ __all__ = [
     "decode_task",
     "decode_to_array",
     "fetch",
+    "fetch_location",
     "process",
     "process_chunk",
+    "read_location",
     "run_task",
     "run_task_sync",
 ]
@@ -87,7 +91,69 @@ async def fetch(task: ChunkTask, storage: Storage) -> bytes | None:
     loc = task.location
     if loc is None:
         return None
-    return await storage.get(loc.bucket, loc.key, loc.offset, loc.size)
+    return await fetch_location(storage, loc, task.chunk_id)
+
+
+async def fetch_location(storage: Storage, loc: ChunkLocation, cid: str = "") -> bytes | None:
+    """Return the bytes ``loc`` names (``None``: the object does not exist).
+
+    A hyper-chunk's HDF5 chunks (docs/hsds-format.md §3.5) are fetched as merged byte ranges,
+    concurrently, and returned back to back in part order (parts of size 0 contribute
+    nothing), which :func:`decode_task` splits again by the parts' sizes.
+
+    Raises
+    ------
+    TaskError
+        ``loc`` is pending: its chunk-table entry was never looked up.
+    ChunkDecodeError
+        An HDF5 chunk runs past the end of its file.
+    """
+    if loc.pending:
+        raise _pending(cid)
+    if loc.parts is None:
+        return await storage.get(loc.bucket, loc.key, loc.offset, loc.size)
+    ranges = merged_ranges(loc.parts)
+    blobs = await asyncio.gather(*(storage.get(loc.bucket, loc.key, start, length) for start, length, _ in ranges))
+    return _join_parts(loc, ranges, blobs, cid)
+
+
+def read_location(read: SyncRead, loc: ChunkLocation, cid: str = "") -> bytes | None:
+    """:func:`fetch_location` through a blocking reader (a storage's :meth:`~hsds_backends.storage.Storage.sync_reader`)."""
+    if loc.pending:
+        raise _pending(cid)
+    if loc.parts is None:
+        return read(loc.bucket, loc.key, loc.offset, loc.size)
+    ranges = merged_ranges(loc.parts)
+    return _join_parts(loc, ranges, [read(loc.bucket, loc.key, start, length) for start, length, _ in ranges], cid)
+
+
+def _pending(cid: str) -> TaskError:
+    return TaskError(
+        f"chunk {cid}: its location is in the dataset's chunk table (H5D_CHUNKED_REF_INDIRECT) and was not looked up; "
+        "run the plan through Reader.execute, which reads the chunk table first"
+    )
+
+
+def _join_parts(
+    loc: ChunkLocation, ranges: list[tuple[int, int, list[int]]], blobs: Sequence[bytes | bytearray | memoryview | None], cid: str
+) -> bytes | None:
+    assert loc.parts is not None
+    if any(b is None for b in blobs):
+        return None  # the file is missing: decode_task names it
+    pieces: list[bytes | bytearray | memoryview] = [b""] * len(loc.parts)
+    for (start, _, members), blob in zip(ranges, blobs, strict=True):
+        assert blob is not None
+        view = memoryview(blob)
+        for j in members:
+            off, size = loc.parts[j]
+            piece = view[off - start : off - start + size]
+            if len(piece) < size:
+                raise ChunkDecodeError(
+                    f"chunk {cid}: HDF5 chunk {j} of it (offset {off}, size {size}) runs past the end of {loc.bucket}/{loc.key} "
+                    f"({len(piece)} of its bytes are there); its chunk-table entry is wrong"
+                )
+            pieces[j] = piece
+    return b"".join(pieces)
 
 
 async def run_task(
@@ -139,7 +205,7 @@ async def run_task(
         if read is not None:
             # one hop for read and decode; the event loop never waits on the disk
             return await asyncio.get_running_loop().run_in_executor(executor, run_task_sync, task, read, None, copy)
-    data = None if loc is None else await storage.get(loc.bucket, loc.key, loc.offset, loc.size)
+    data = None if loc is None else await fetch_location(storage, loc, task.chunk_id)
     if executor is None or (data is None and task.kind != "query"):
         # no executor, or a missing chunk (the caller fills): nothing worth a thread hop
         return run_task_sync(task, None, data, copy)
@@ -173,7 +239,7 @@ def run_task_sync(
     """
     loc = task.location
     if read is not None and loc is not None:
-        data = read(loc.bucket, loc.key, loc.offset, loc.size)
+        data = read_location(read, loc, task.chunk_id)
     chunk = decode_task(task, data)
     return process_chunk(task, chunk, 0 if data is None else len(data), copy)
 
@@ -194,7 +260,7 @@ async def _run_cached(
         if read is None:
             loc = task.location
             assert loc is not None  # run_task sends only located tasks here
-            data = await storage.get(loc.bucket, loc.key, loc.offset, loc.size)
+            data = await fetch_location(storage, loc, task.chunk_id)
         if executor is None:
             chunk, res = _load(task, None, data, copy)
         else:
@@ -212,7 +278,7 @@ def _load(
     """:func:`run_task_sync` that also returns the decoded chunk, for a cache (``None`` if missing)."""
     loc = task.location
     if read is not None and loc is not None:
-        data = read(loc.bucket, loc.key, loc.offset, loc.size)
+        data = read_location(read, loc, task.chunk_id)
     chunk = decode_task(task, data)
     res = process_chunk(task, chunk, 0 if data is None else len(data), copy)
     # a query over a missing chunk decoded a chunk of fill values: not worth caching
@@ -250,6 +316,33 @@ def decode_to_array(meta: DatasetMeta, data: bytes | bytearray | memoryview, chu
         data = bytes(data) + bytes(nbytes - len(data))
     raw = decode_chunk(data, meta.ops, itemsize=meta.dtype.itemsize, nbytes=nbytes, chunk_id=chunk_id, key=key, linked=linked)
     return np.frombuffer(raw, dtype=f"V{meta.dtype.itemsize}").reshape(chunks)
+
+
+def _decode_hyper(meta: DatasetMeta, loc: ChunkLocation, data: bytes | bytearray | memoryview, cid: str) -> np.ndarray[Any, Any]:
+    """Decode a hyper-chunk: each stored HDF5 chunk with the file's filters, placed into a chunk of fill values (§3.5)."""
+    assert loc.parts is not None and loc.hyper_dims is not None
+    hyper = loc.hyper_dims
+    if len(hyper) != len(meta.chunks) or any(c % h for c, h in zip(meta.chunks, hyper, strict=True)):
+        raise ChunkDecodeError(f"chunk {cid}: hyper_dims {list(hyper)} do not divide the chunk dims {list(meta.chunks)}")
+    factors = tuple(c // h for c, h in zip(meta.chunks, hyper, strict=True))
+    if len(loc.parts) != math.prod(factors):
+        raise ChunkDecodeError(f"chunk {cid}: {len(loc.parts)} HDF5 chunks given; hyper_dims {list(hyper)} make {math.prod(factors)}")
+    itemsize = meta.dtype.itemsize
+    chunk = np.array(_fill_chunk(meta))  # writable: the HDF5 chunks are placed into it
+    view = memoryview(data)
+    pos = 0
+    for j, (_, size) in enumerate(loc.parts):
+        if not size:
+            continue
+        raw = decode_chunk(
+            view[pos : pos + size], meta.ops, itemsize=itemsize, nbytes=math.prod(hyper) * itemsize,
+            chunk_id=cid, key=f"{loc.bucket}/{loc.key} HDF5 chunk {j}", linked=True,
+        )
+        pos += size
+        at = np.unravel_index(j, factors)
+        region = tuple(slice(int(a) * h, (int(a) + 1) * h) for a, h in zip(at, hyper, strict=True))
+        chunk[region] = np.frombuffer(raw, dtype=f"V{itemsize}").reshape(hyper)
+    return chunk
 
 
 def _index(hs: Hyperslab) -> tuple[Any, ...]:
@@ -361,6 +454,11 @@ def decode_task(task: ChunkTask, data: bytes | bytearray | memoryview | None) ->
         if data is None:
             if loc is not None and loc.linked:
                 # a chunk table entry that points nowhere is not an unwritten chunk (docs/hsds-format.md §3.4: the 404 propagates)
+                if loc.parts is not None:
+                    raise NotFoundError(
+                        f"chunk {cid}: linked file {loc.bucket}/{loc.key} is missing ({len(loc.parts)} HDF5 chunks of "
+                        f"{list(loc.hyper_dims or ())}); check the dataset's file_uri or its chunk table's file names"
+                    )
                 raise NotFoundError(
                     f"chunk {cid}: linked file {loc.bucket}/{loc.key} is missing (offset {loc.offset}, size {loc.size});"
                     " check the dataset's file_uri"
@@ -368,6 +466,14 @@ def decode_task(task: ChunkTask, data: bytes | bytearray | memoryview | None) ->
             if task.kind != "query":
                 return None
             return _fill_chunk(meta)
+        if loc is not None and loc.parts is not None:
+            return _decode_hyper(meta, loc, data, cid)
+        if loc is not None and loc.linked and loc.size and len(data) < loc.size and meta.layout_class != "H5D_CONTIGUOUS_REF":
+            # an HDF5 chunk is stored whole; only a contiguous layout's last chunk may end at EOF (§3.5)
+            raise ChunkDecodeError(
+                f"chunk {cid}: its bytes (offset {loc.offset}, size {loc.size}) run past the end of {loc.bucket}/{loc.key} "
+                f"({len(data)} of them are there); the dataset's chunk locations are wrong"
+            )
         return decode_to_array(meta, data, cid, key, linked=bool(loc and loc.linked))
     except HsdsBackendsError as exc:
         _name_chunk(exc, cid)

@@ -224,6 +224,7 @@ class Writer:
         layout_style: str = "master",
         partition_count: int | None = None,
         maxshape: Sequence[int | None] | None = None,
+        link: bool = True,
     ) -> DatasetMeta:
         """Create a chunked dataset and write ``data`` into chunk objects.
 
@@ -251,6 +252,9 @@ class Writer:
             ``"1.0.2"`` writes only ``creationProperties.layout`` (§2.3).
         partition_count
             Spread chunk keys over ``p<N>/`` folders (§1.4).
+        link
+            ``False``: create the dataset without linking it at ``h5path`` (an anonymous
+            dataset, as HSDS keeps the chunk table of an ``H5D_CHUNKED_REF_INDIRECT`` layout).
         """
         dt = np.dtype(dtype) if dtype is not None else None
         arr = None
@@ -305,7 +309,8 @@ class Writer:
             cp["layout"]["partition_count"] = int(partition_count)
         meta = DatasetMeta.from_json(dj, self.bucket)
         await self._put_json(object_key(did), dj)
-        await self._link(domain, h5path, did)
+        if link:
+            await self._link(domain, h5path, did)
         if arr is not None:
             await self._write_chunks(meta, arr.reshape(dshape), skip_chunk, write_fill_chunks)
         return meta
@@ -348,6 +353,8 @@ class Writer:
         fillvalue: Any = None,
         skip_chunk: Callable[[tuple[int, ...]], bool] | None = None,
         header_bytes: int = 2048,
+        hyper_dims: Sequence[int] | None = None,
+        file_in_table: bool = False,
     ) -> DatasetMeta:
         """Write ``data`` into a linked "HDF5-like" file and a reference-layout dataset (§3.5).
 
@@ -355,6 +362,12 @@ class Writer:
         filter pipeline would store it (shuffle → zlib → fletcher32), and the
         dataset JSON points into it with ``H5D_CHUNKED_REF`` offsets/sizes or an
         ``H5D_CONTIGUOUS_REF`` offset/size (contiguous data is unfiltered).
+
+        ``H5D_CHUNKED_REF_INDIRECT``: the file holds HDF5 chunks of ``hyper_dims`` (default:
+        ``chunks``) and their offsets and sizes go into a chunk-table dataset (anonymous, in the
+        same domain; compound ``offset`` int64, ``size`` int32, and with ``file_in_table`` the
+        file's ``bucket/key`` as a third field instead of the layout's ``file_uri``). HSDS chunks
+        are ``chunks``, a multiple of ``hyper_dims``; ``skip_chunk`` is given HDF5 chunk indices.
         """
         arr = np.asarray(data)
         dt = arr.dtype
@@ -386,8 +399,39 @@ class Writer:
                 table["_".join(map(str, index))] = [len(blob), len(enc)]
                 blob += enc
             cp_layout.update({"dims": list(dims), "chunks": table})
+        elif layout == "H5D_CHUNKED_REF_INDIRECT":
+            dims = tuple(int(c) for c in (chunks or shape))
+            h5dims = tuple(int(c) for c in (hyper_dims or dims))
+            ops = filter_ops(flist)
+            grid = [-(-s // c) for s, c in zip(shape, h5dims, strict=True)]
+            file_uri = f"{self.bucket}/{file_key}"
+            fields: list[tuple[str, str]] = [("offset", "<i8"), ("size", "<i4")]
+            if file_in_table:
+                fields.append(("file_uri", f"S{len(file_uri.encode())}"))
+            entries = np.zeros(grid, dtype=fields)
+            for index in itertools.product(*(range(n) for n in grid)):
+                if skip_chunk is not None and skip_chunk(index):
+                    continue
+                block = np.zeros(h5dims, dtype=dt)
+                if fillvalue is not None:
+                    block[...] = fillvalue
+                region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, h5dims, shape, strict=True))
+                part = arr[region]
+                block[tuple(slice(0, n) for n in part.shape)] = part
+                enc = encode_linked_chunk(block.tobytes(), ops, itemsize=dt.itemsize)
+                entries[index] = (len(blob), len(enc), file_uri.encode()) if file_in_table else (len(blob), len(enc))
+                blob += enc
+            table_meta = await self.create_dataset(
+                domain, "", entries, chunks=tuple(min(n, 64) for n in grid), link=False,
+                fillvalue=None,
+            )
+            cp_layout = {"class": layout, "dims": list(dims), "chunk_table": table_meta.id}
+            if not file_in_table:
+                cp_layout["file_uri"] = file_uri
+            if h5dims != dims:
+                cp_layout["hyper_dims"] = list(h5dims)
         else:
-            raise DatasetJsonError(f"layout {layout!r} must be 'H5D_CHUNKED_REF' or 'H5D_CONTIGUOUS_REF'")
+            raise DatasetJsonError(f"layout {layout!r} must be 'H5D_CHUNKED_REF', 'H5D_CHUNKED_REF_INDIRECT' or 'H5D_CONTIGUOUS_REF'")
         await self.storage.put(self.bucket, file_key, bytes(blob))
         cp: dict[str, Any] = {"layout": cp_layout, "filters": flist}
         if fillvalue is not None:

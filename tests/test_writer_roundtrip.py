@@ -500,7 +500,7 @@ def test_writer_errors(tmp_path: Path) -> None:
     with pytest.raises(DatasetJsonError, match="variable-length datasets cannot have a fill value"):
         write(tmp_path, lambda w: w.create_dataset(DOMAIN, "/v", np.array(["a"], dtype=S), fillvalue="x"))
     with pytest.raises(
-        DatasetJsonError, match="layout 'H5D_COMPACT' must be 'H5D_CHUNKED_REF' or 'H5D_CONTIGUOUS_REF'"
+        DatasetJsonError, match="layout 'H5D_COMPACT' must be 'H5D_CHUNKED_REF', 'H5D_CHUNKED_REF_INDIRECT' or 'H5D_CONTIGUOUS_REF'"
     ):
         write(
             tmp_path, lambda w: w.create_linked_dataset(DOMAIN, "/l", np.zeros(3), file_key="f", layout="H5D_COMPACT")

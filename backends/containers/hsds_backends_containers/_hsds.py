@@ -2,7 +2,8 @@
 
 ``GET /chunks/{chunk_id}`` reads a hyperslab or runs a query (docs/hsds-format.md §4.2):
 query parameters ``bucket``, ``select`` (chunk-relative), ``fields`` (``a:b``), ``query``,
-``Limit``, ``s3path``/``s3offset``/``s3size``. ``POST /chunks/{chunk_id}`` reads points
+``Limit``, ``s3path``/``s3offset``/``s3size`` (``:``-separated lists with ``hyper_dims`` for a
+hyper-chunk of ``H5D_CHUNKED_REF_INDIRECT``, docs/hsds-format.md §3.5). ``POST /chunks/{chunk_id}`` reads points
 (docs/hsds-format.md §4.3): ``count`` and a body of ``count`` × rank uint64 absolute
 coordinates (``application/octet-stream``), or a JSON body ``{"select": ..., "fields": ...}``
 for selections too long for a URL (docs/hsds-format.md §4.4). The answer is the selected
@@ -27,6 +28,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
+from hsds_backends.chunk_table import hyper_location
+from hsds_backends.config import DEFAULT_CHUNK_BYTES_LIMIT
 from hsds_backends.dataset import ChunkLocation
 from hsds_backends.errors import BackendError, TaskError
 from hsds_backends.ids import chunk_key
@@ -84,7 +87,12 @@ async def read_chunk(url: NodeURL, task: ChunkTask, *, token: str | None, timeou
         ))
     params: dict[str, Any] = {"bucket": meta.bucket}
     loc = task.location
-    if loc is not None and loc.linked:
+    if loc is not None and loc.parts is not None:  # a hyper-chunk as HSDS's SN sends it (docs/hsds-format.md §4.2)
+        params.update(
+            s3path=f"{loc.bucket}/{loc.key}", s3offset=":".join(str(o) for o, _ in loc.parts),
+            s3size=":".join(str(n) for _, n in loc.parts), hyper_dims=":".join(map(str, loc.hyper_dims or ())),
+        )
+    elif loc is not None and loc.linked:
         params.update(s3path=f"{loc.bucket}/{loc.key}", s3offset=loc.offset or 0, s3size=loc.size or 0)
     names = meta.dtype.names or ()
     reorder = None
@@ -161,6 +169,7 @@ def task_from_request(
     *,
     content_type: str | None = None,
     body: bytes | None = None,
+    chunk_bytes_limit: int = DEFAULT_CHUNK_BYTES_LIMIT,
 ) -> ChunkTask:
     """Build the chunk task of an HSDS-style request (docs/hsds-format.md §4.2, §4.3).
 
@@ -174,6 +183,8 @@ def task_from_request(
         The query parameters.
     content_type, body
         A POST's ``Content-Type`` and body; ``body=None`` for a GET.
+    chunk_bytes_limit
+        Largest stored chunk a hyper-chunk's ``s3size`` may name (config ``chunk_bytes_limit``).
 
     Raises
     ------
@@ -182,7 +193,7 @@ def task_from_request(
     """
     if len(index) != len(meta.chunks):
         raise _bad(f"chunk id {cid!r} has {len(index)} indices; dataset {meta.id} has rank {len(meta.chunks)}")
-    location = _location(params, bucket, cid)
+    location = _location(params, bucket, cid, meta, chunk_bytes_limit)
     fields = [f for f in params["fields"].split(":") if f] if params.get("fields") else None
     select = params.get("select")
     points = None
@@ -212,11 +223,20 @@ def task_from_request(
     )
 
 
-def _location(params: Mapping[str, str], bucket: str, cid: str) -> ChunkLocation | None:
+def _location(params: Mapping[str, str], bucket: str, cid: str, meta: DatasetMeta, chunk_bytes_limit: int) -> ChunkLocation | None:
     if not params.get("s3path"):
         return ChunkLocation(bucket, chunk_key(cid))
     b, k = split_s3path(params["s3path"])
+    if any(":" in params.get(p, "") for p in ("s3offset", "s3size")) or params.get("hyper_dims"):
+        # a hyper-chunk: one offset and size per HDF5 chunk, and their shape (docs/hsds-format.md §3.5, §4.2)
+        hyper = _int_list(params, "hyper_dims")
+        return hyper_location(
+            meta, cid, b, k, _int_list(params, "s3offset") or [], _int_list(params, "s3size") or [], hyper,
+            chunk_bytes_limit=chunk_bytes_limit,
+        )
     offset, size = _int_param(params, "s3offset"), _int_param(params, "s3size")
+    if (offset is not None and offset < 0) or (size is not None and size < 0):
+        raise _bad(f"chunk {cid}: s3offset {offset} / s3size {size} may not be negative")
     if not size:
         return None  # Σ size = 0: nothing stored for this chunk (docs/hsds-format.md §4.2 → 404)
     return ChunkLocation(b, k, offset or 0, size, True)
@@ -230,12 +250,27 @@ def _int_param(params: Mapping[str, str], name: str) -> int | None:
     v = params.get(name)
     if v is None or v == "":
         return None
-    if ":" in v:
-        raise _bad(f"{name} {v!r} is a list (hyperchunks of H5D_CHUNKED_REF_INDIRECT), which this DN does not read")
     try:
         return int(v)
     except ValueError as exc:
         raise _bad(f"{name} {v!r} is not an integer") from exc
+
+
+#: Most values one colon-separated parameter may list (HDF5 chunks per HSDS chunk).
+_MAX_LIST: Final = 1 << 16
+
+
+def _int_list(params: Mapping[str, str], name: str) -> list[int] | None:
+    """A ``:``-separated list of integers (HSDS's hyper-chunk parameters), or ``None`` when absent."""
+    v = params.get(name)
+    if v is None or v == "":
+        return None
+    if v.count(":") >= _MAX_LIST:
+        raise _bad(f"{name} lists over {_MAX_LIST} values")
+    try:
+        return [int(x) for x in v.split(":")]
+    except ValueError:
+        raise _bad(f"{name} {v!r} is not a ':'-separated list of integers") from None
 
 
 def _points(body: bytes, count: str | None, rank: int) -> np.ndarray[Any, np.dtype[np.uint64]]:

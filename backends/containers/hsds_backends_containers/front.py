@@ -120,7 +120,9 @@ FRONT_KEYS: Final[dict[str, ConfigKey]] = {
 
 #: Query parameters of the DN reads the front serves (docs/hsds-format.md §4.2, §4.3); a
 #: read with any other parameter is forwarded.
-_READ_PARAMS: Final = frozenset({"bucket", "select", "fields", "query", "Limit", "query_indices", "s3path", "s3offset", "s3size", "count", "action"})
+_READ_PARAMS: Final = frozenset({
+    "bucket", "select", "fields", "query", "Limit", "query_indices", "s3path", "s3offset", "s3size", "hyper_dims", "count", "action",
+})
 #: Most recent decisions kept per listener for ``stats``.
 _LAST_REASONS: Final = 20
 #: Most traces whose decision is remembered.
@@ -464,7 +466,7 @@ class Front:
         loc = task.location
         if self.cache.max_bytes <= 0 or loc is None or task.dset.is_vlen:
             return None
-        return (task.chunk_id, task.dset.id, loc.bucket, loc.key, loc.offset, loc.size)
+        return (task.chunk_id, task.dset.id, loc)  # the whole location (a hyper-chunk's parts too)
 
     def version(self, task: ChunkTask) -> Any:
         """The stored object's version (posix: mtime and size; ``None`` where there is no cheap one)."""
@@ -871,9 +873,6 @@ class Listener:
             raise _Forward("dirty")
         # what a write between here and the answer must invalidate: taken before anything is awaited
         generation, dset_generation = front.generation(cid), front.generation(dset_id)
-        for p in ("s3offset", "s3size", "hyper_dims"):
-            if ":" in params.get(p, ""):
-                raise _Forward("hyper-chunks")
         try:
             front.containment.check_bucket(bucket)
         except HsdsBackendsError:
@@ -963,7 +962,8 @@ class Listener:
         elif request.method == "POST":
             raise _Forward("bad request")
         try:
-            task = task_from_request(cid, index, meta, bucket, params, content_type=ctype, body=body)
+            task = task_from_request(cid, index, meta, bucket, params, content_type=ctype, body=body,
+                                     chunk_bytes_limit=self.front.reader.chunk_bytes_limit)
         except HsdsBackendsError:
             raise _Forward("bad request") from None
         elements = math.prod(meta.chunks)

@@ -388,7 +388,7 @@ class DataNode:
         self.containment.check_bucket(bucket)  # before the dataset JSON is read from it
         meta = await self._dataset(bucket, dataset_id_of(cid))
         ctype = request.headers.get("Content-Type")
-        task = task_from_request(cid, index, meta, bucket, params, content_type=ctype, body=body)
+        task = task_from_request(cid, index, meta, bucket, params, content_type=ctype, body=body, chunk_bytes_limit=self.chunk_bytes_limit)
         self.containment.check_task(task)  # a linked chunk's s3path names a bucket of its own
         return task
 
@@ -468,7 +468,7 @@ class _CacheSlot:
         node = self.node
         loc = task.location
         assert loc is not None  # the kernel consults the cache for located tasks only
-        key = (task.dset.id, loc.bucket, loc.key, loc.offset, loc.size)
+        key = (task.dset.id, loc)  # the whole location: a hyper-chunk's HDF5 chunks are its parts (docs/hsds-format.md §3.5)
         while True:
             validator = node.storage.version_sync(loc.bucket, loc.key)
             chunk = node.cache.get(key, self.tag, validator)
