@@ -117,6 +117,28 @@ async def write_conformance_domain(storage: Storage, bucket: str = "hsdstest", d
     meta = await w.create_linked_dataset(domain, "/linked_contig", lcont, file_key="linked/file2.h5", layout="H5D_CONTIGUOUS_REF")
     cd.arrays["linked_contig"] = lcont
     cd.ids["linked_contig"] = meta.id
+    # H5D_CHUNKED_REF_INDIRECT: locations in a chunk table; one HDF5 chunk per HSDS chunk, and
+    # hyper-chunks (HSDS chunks of 2 x 3 HDF5 chunks, the file named in the table), each with an unwritten chunk
+    li = (np.arange(50 * 45, dtype=">i8").reshape(50, 45) * 13) % 10007
+    meta = await w.create_linked_dataset(
+        domain, "/linked_indirect", li, file_key="linked/file3.h5", layout="H5D_CHUNKED_REF_INDIRECT", chunks=(16, 10),
+        filters=["shuffle", ("gzip", 5)], fillvalue=-7, skip_chunk=lambda i: i == (1, 2),
+    )
+    exp = li.copy()
+    exp[16:32, 20:30] = -7
+    cd.arrays["linked_indirect"] = exp
+    cd.ids["linked_indirect"] = meta.id
+    lh = rng.normal(size=(47, 61)).astype("<f4")
+    meta = await w.create_linked_dataset(
+        domain, "/linked_hyper", lh, file_key="linked/file4.h5", layout="H5D_CHUNKED_REF_INDIRECT", chunks=(16, 24),
+        hyper_dims=(8, 8), filters=["shuffle", ("gzip", 3), "fletcher32"], fillvalue=1.5, file_in_table=True,
+        skip_chunk=lambda i: i in ((1, 2), (5, 7)),
+    )
+    exp = lh.copy()
+    exp[8:16, 16:24] = 1.5
+    exp[40:47, 56:61] = 1.5
+    cd.arrays["linked_hyper"] = exp
+    cd.ids["linked_hyper"] = meta.id
 
     # corrupt and truncated chunks: reads must raise, naming the chunk id and key. (Blosc has no
     # checksum, so the damage goes into the zlib stream, whose adler32 catches it.)

@@ -259,7 +259,9 @@ class BackendTests(Generic[B]):
             self._read(reader_and_backend, runner, "table", None, fields=["nope"])
 
     # --------------------------------------------------------------- points
-    @pytest.mark.parametrize("name", ["be_i4", "f4_fill", "cube_u8", "partitioned", "table", "linked_chunked", "vlen_str"])
+    @pytest.mark.parametrize(
+        "name", ["be_i4", "f4_fill", "cube_u8", "partitioned", "table", "linked_chunked", "linked_indirect", "linked_hyper", "vlen_str"]
+    )
     def test_points(self, reader_and_backend: Any, runner: asyncio.Runner, conformance: ConformanceData, name: str) -> None:
         self._require(reader_and_backend[1], "points")
         if name.startswith("vlen"):
@@ -324,7 +326,7 @@ class BackendTests(Generic[B]):
             runner.run(dset.query("temp >> 3", backend=reader_and_backend[1]))
 
     # --------------------------------------------------------------- linked
-    @pytest.mark.parametrize("name", ["linked_chunked", "linked_contig"])
+    @pytest.mark.parametrize("name", ["linked_chunked", "linked_contig", "linked_indirect", "linked_hyper"])
     def test_linked(self, reader_and_backend: Any, runner: asyncio.Runner, conformance: ConformanceData, name: str) -> None:
         self._require(reader_and_backend[1], "linked_chunks")
         arr = conformance.arrays[name]
