@@ -45,6 +45,7 @@ from ._ledger import BackendCounters, Ledger
 from .model import Backend, Choice, ReadRequest, RequestStats, current_stats
 from .plan import Assembler, ReadLimits, ReadPlan, plan_hyperslab, plan_points, plan_query
 from .plugins import backend_names, get_plugin_manager, make_backend
+from .security import Containment
 from .selection import Hyperslab, Slice, from_index, parse_select
 from .selector import candidates_for, estimate, only_core_implements, rank, select_backend
 from .storage import Storage, check_bucket, storage_from_config
@@ -287,6 +288,9 @@ class Reader:
             chunk and the value).
         LimitError
             An entry's size is over ``chunk_bytes_limit``.
+        StoragePathError
+            An entry names a file outside the allowed buckets (config ``allowed_buckets``,
+            default ``bucket_name``), as a DN or the Lambda function would refuse it.
         """
         pending = [i for i, t in enumerate(plan.tasks) if t.location is not None and t.location.pending]
         if not pending:
@@ -299,8 +303,11 @@ class Reader:
         points = table_points(meta, indices, table.data_shape)
         rows = (await self.run(plan_points(table, points, limits=self.limits), backend=backend)).data
         located = locations_from_rows(meta, cids, indices, rows, chunk_bytes_limit=self.chunk_bytes_limit)
+        containment = Containment.from_config(self.config)
         for i, loc in zip(pending, located, strict=True):
-            plan.tasks[i] = replace(plan.tasks[i], location=loc)
+            plan.tasks[i] = task = replace(plan.tasks[i], location=loc)
+            # a table is data: the files it names must be in allowed buckets here too, as on every service
+            containment.check_task(task)
 
     async def dataset_meta(self, bucket: str, dset_id: str, *, what: str = "dataset") -> DatasetMeta:
         """Return the dataset ``dset_id`` of ``bucket`` (its JSON, parsed), wherever it is linked.

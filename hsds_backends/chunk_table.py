@@ -130,7 +130,7 @@ def locations_from_rows(
     LimitError
         An entry whose size exceeds ``chunk_bytes_limit``.
     """
-    names = rows.dtype.names or ()
+    names: tuple[str, ...] = tuple(rows.dtype.names or ())
     factors = meta.hyper_factors
     per = math.prod(factors)
     grid = list(itertools.product(*(range(f) for f in factors)))
