@@ -288,6 +288,57 @@ def _project(arr: np.ndarray[Any, Any], fields: Any) -> np.ndarray[Any, Any]:
     return out
 
 
+LINKED_FILTERS: list[list[Any]] = [[], ["gzip"], ["shuffle", ("gzip", 2)], ["shuffle", "gzip", "fletcher32"], ["fletcher32"]]
+
+
+@st.composite
+def indirect(draw: st.DrawFn) -> dict[str, Any]:
+    """An ``H5D_CHUNKED_REF_INDIRECT`` dataset: HDF5 chunks of ``hyper`` elements, ``factors`` of them per HSDS chunk."""
+    rank = draw(st.integers(1, 3))
+    hyper = tuple(draw(st.integers(1, 5)) for _ in range(rank))
+    factors = tuple(draw(st.integers(1, 3)) for _ in range(rank))
+    chunks = tuple(h * f for h, f in zip(hyper, factors, strict=True))
+    shape = tuple(draw(st.integers(1, 2 * c + 1)) for c in chunks)
+    dt = draw(st.sampled_from([np.dtype("<i4"), np.dtype(">f8"), np.dtype("u1"), np.dtype([("a", ">i2"), ("b", "<f4")])]))
+    arr = draw(hnp.arrays(dt, shape, elements=None if dt.names else hnp.from_dtype(dt, allow_nan=False)))
+    grid = [-(-s // h) for s, h in zip(shape, hyper, strict=True)]
+    skipped = draw(st.sets(st.tuples(*(st.integers(0, g - 1) for g in grid)), max_size=3))
+    return {"arr": arr, "chunks": chunks, "hyper": hyper, "skipped": skipped, "filters": draw(st.sampled_from(LINKED_FILTERS)),
+            "file_in_table": draw(st.booleans())}
+
+
+@SETTINGS
+@given(ds=indirect(), data=st.data())
+def test_equivalence_indirect(runner: asyncio.Runner, env: dict[str, Any], ds: dict[str, Any], data: st.DataObject) -> None:
+    """Chunk locations from a chunk table, hyper-chunks included: every backend reads what numpy holds (docs/hsds-format.md §3.5)."""
+    arr, hyper = ds["arr"], ds["hyper"]
+    domain = f"/home/eq/{uuid.uuid4().hex[:12]}.h5"
+
+    async def go() -> Any:
+        return await env["writer"].create_linked_dataset(
+            domain, "/d", arr, file_key=f"linked/{uuid.uuid4().hex[:12]}.h5", layout="H5D_CHUNKED_REF_INDIRECT",
+            chunks=ds["chunks"], hyper_dims=hyper, filters=ds["filters"], skip_chunk=lambda i: tuple(i) in ds["skipped"],
+            file_in_table=ds["file_in_table"],
+        )
+
+    runner.run(go())
+    expected = np.array(arr, copy=True)
+    for i in ds["skipped"]:
+        expected[tuple(slice(j * h, (j + 1) * h) for j, h in zip(i, hyper, strict=True))] = np.zeros((), dtype=arr.dtype)
+    key = data.draw(hyperslabs(expected.shape))
+    want = oracle_index(expected, key)
+    results = _each_backend(runner, env, domain, lambda d, name: d.read(key, backend=name))
+    points = data.draw(hnp.arrays(np.int64, (data.draw(st.integers(1, 12)), expected.ndim), elements=st.integers(0, 10**6)))
+    points %= np.asarray(expected.shape, dtype=np.int64)
+    got_points = _each_backend(runner, env, domain, lambda d, name: d.read_points(points, backend=name))
+    for name, got in results.items():
+        try:
+            assert_same(got, want)
+            assert_same(got_points[name], expected[tuple(points.T)])
+        except AssertionError as exc:
+            raise AssertionError(f"backend {name!r} ({env['kind']}) differs from the oracle for {key!r} / points: {exc}") from exc
+
+
 def test_equivalence_every_backend_checked(env: dict[str, Any]) -> None:
     """Runs after the properties of this storage kind: every installed backend checked examples."""
     for name in env["names"]:
