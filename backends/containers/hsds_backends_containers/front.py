@@ -7,14 +7,15 @@ DN *i* and forwards to DN *i* everything it does not serve itself::
                            └── writes, metadata, dirty chunks, fallback ──► HSDS DN i
 
 **Served** (docs/hsds-format.md §4.2–§4.4): ``GET /chunks/{id}`` hyperslab reads (a
-``select``, ``fields``, linked chunks through ``s3path``/``s3offset``/``s3size``), ``POST
+``select``, ``fields``, linked chunks through ``s3path``/``s3offset``/``s3size``, hyper-chunks
+of ``H5D_CHUNKED_REF_INDIRECT`` through their ``:``-separated lists and ``hyper_dims``, §3.5), ``POST
 /chunks/{id}`` point reads (binary body) and long selects (JSON body), and ``GET
 /chunks/{id}?query=`` on 1-d compound datasets, answered with the matching values or, with
 ``query_indices``, their (n, 1) int64 coordinates. The answer is what the DN would send: the
 selected bytes as ``application/octet-stream``, or a bare 404 for a chunk never written.
 
 **Forwarded unchanged** (:mod:`._proxy`): every other route and method; a read the front cannot
-answer exactly as the DN would (hyper-chunks, chunk initializers, several coordinate lists,
+answer exactly as the DN would (chunk initializers, several coordinate lists,
 queries on other datasets or over variable-length types, parameters it does not know, a
 bucket outside ``allowed_buckets``); a read of a *dirty* chunk; and tasks whose backend
 failed after its retries and failover (a *fallback*).

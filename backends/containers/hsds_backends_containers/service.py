@@ -4,7 +4,8 @@ Routes (aiohttp):
 
 ``GET /chunks/{chunk_id}``
     HSDS's hyperslab and query read (docs/hsds-format.md §4.2): ``bucket``, ``select``,
-    ``fields`` (``a:b``), ``query``, ``Limit``, ``s3path``/``s3offset``/``s3size``. The
+    ``fields`` (``a:b``), ``query``, ``Limit``, ``s3path``/``s3offset``/``s3size`` (with
+    ``hyper_dims``, ``:``-separated lists: a hyper-chunk, docs/hsds-format.md §3.5). The
     DN loads the dataset JSON itself from ``bucket`` (dataset id from the chunk
     id, key from :func:`hsds_backends.ids.object_key`), as HSDS's DN does.
 ``POST /chunks/{chunk_id}``
