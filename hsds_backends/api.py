@@ -34,7 +34,7 @@ from .config import CORE_KEYS, load_config, option
 from .dataset import DatasetMeta
 from .codecs.filters import filter_list
 from .dtypes import vlen_of
-from .errors import DatasetJsonError, DatasetNotFoundError, DomainNotFoundError, NotFoundError, SelectionTypeError
+from .errors import DatasetJsonError, DatasetNotFoundError, DomainNotFoundError, HsdsBackendsError, NotFoundError, SelectionTypeError
 from .h5py_index import H5Index, check_fields, iter_chunk_slices, parse_h5py_index
 from .chunk_table import check_table, locations_from_rows, table_points
 from .ids import chunk_index, domain_key, object_key
@@ -232,9 +232,12 @@ class Reader:
             The last backend's error when no backend could finish the tasks; the tasks
             ``sink`` received before are complete.
         """
-        t0 = time.perf_counter()
+        located_s = 0.0
         if plan.meta.layout_class == "H5D_CHUNKED_REF_INDIRECT":
+            t_loc = time.perf_counter()
             await self.locate(plan, backend=backend if backend is not None else (choice.backend if choice is not None else None))
+            located_s = time.perf_counter() - t_loc  # reported, not measured as the backend's latency (it may have started it)
+        t0 = time.perf_counter()
         request = self.request(plan, nonstrict=nonstrict, budget_dollars=budget_dollars)
         if choice is None:
             choice = self._choose(request, backend)
@@ -269,6 +272,7 @@ class Reader:
         stats.seconds = time.perf_counter() - t0
         if plan.tasks and started and not stats.failovers and not stats.hedges_won:
             self.ledger.observe(b, request, stats.seconds)
+        stats.seconds += located_s
         if log.isEnabledFor(logging.INFO):  # to_json copies every field: not for nothing on each request
             log.info("read %s: %s", plan.meta.id, stats.to_json())
         return stats
@@ -296,7 +300,7 @@ class Reader:
         if not pending:
             return
         meta = plan.meta
-        table = await self.dataset_meta(meta.bucket, str(meta.chunk_table_id), what=f"chunk table of dataset {meta.id}")
+        table = await self.dataset_meta(meta.bucket, str(meta.chunk_table_id), what="chunk table", of=f" of dataset {meta.id}")
         check_table(meta, table)
         cids = [plan.tasks[i].chunk_id for i in pending]
         indices = [chunk_index(c) for c in cids]
@@ -309,19 +313,27 @@ class Reader:
             # a table is data: the files it names must be in allowed buckets here too, as on every service
             containment.check_task(task)
 
-    async def dataset_meta(self, bucket: str, dset_id: str, *, what: str = "dataset") -> DatasetMeta:
+    async def dataset_meta(self, bucket: str, dset_id: str, *, what: str = "dataset", of: str = "") -> DatasetMeta:
         """Return the dataset ``dset_id`` of ``bucket`` (its JSON, parsed), wherever it is linked.
+
+        ``what`` and ``of`` name it in messages: ``"{what} {dset_id}{of}"``.
 
         Raises
         ------
+        DatasetJsonError
+            ``dset_id`` is not a dataset id.
         DatasetNotFoundError
-            No such dataset in the bucket (``what`` names it in the message).
+            No such dataset in the bucket.
         """
+        try:
+            key = object_key(dset_id)
+        except HsdsBackendsError as exc:
+            raise DatasetJsonError(f"{what} {dset_id!r}{of} is not a dataset id: {exc}") from None
         if not dset_id.startswith("d-"):
-            raise DatasetJsonError(f"{what} {dset_id!r} is not a dataset id (d-…)")
-        j = await self._get_json(bucket, object_key(dset_id))
+            raise DatasetJsonError(f"{what} {dset_id!r}{of} is not a dataset id (d-…)")
+        j = await self._get_json(bucket, key)
         if not isinstance(j, dict):
-            raise DatasetNotFoundError(f"{what} {dset_id} is missing from bucket {bucket!r}")
+            raise DatasetNotFoundError(f"{what} {dset_id}{of} is missing from bucket {bucket!r}")
         j.setdefault("id", dset_id)
         return DatasetMeta.from_json(j, bucket, chunk_bytes_limit=self.chunk_bytes_limit)
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from .dataset import ChunkLocation, _split_uri
+from .dataset import ChunkLocation, _split_uri, hyper_problem
 from .errors import DatasetJsonError, LimitError, TaskError
 
 if TYPE_CHECKING:
@@ -37,16 +37,62 @@ if TYPE_CHECKING:
     from .dataset import DatasetMeta
 
 __all__ = [
+    "MAX_PARTS",
     "MAX_RANGEGET_GAP",
     "check_table",
     "hyper_location",
+    "hyper_problem",
     "locations_from_rows",
     "merged_ranges",
+    "parse_int_list",
+    "pending_error",
     "table_points",
 ]
 
 #: Byte ranges of one hyper-chunk closer than this are fetched as one (HSDS's ``max_rangeget_gap`` default).
 MAX_RANGEGET_GAP: Final = 1024
+#: Most values an ``s3offset``/``s3size``/``hyper_dims`` list may hold (HDF5 chunks of one HSDS chunk).
+MAX_PARTS: Final = 1 << 16
+
+
+def parse_int_list(value: Any, name: str, cid: str = "") -> list[int] | None:
+    """Parse an integer list: a JSON list or HSDS's ``a:b:c`` text (§4.2); ``None`` when absent.
+
+    ``cid``: the chunk the value belongs to, named in errors.
+
+    Raises
+    ------
+    TaskError
+        (status 400) more than :data:`MAX_PARTS` values (counted before anything is split),
+        or a value that is not an integer (``null``, booleans and floats included).
+    """
+    if value is None or value == "":
+        return None
+    chunk = f"chunk {cid}: " if cid else ""
+    if isinstance(value, str):
+        if value.count(":") >= MAX_PARTS:
+            raise TaskError(f"{chunk}{name} lists more than {MAX_PARTS} values", status=400)
+        items: list[Any] = value.split(":")
+    elif isinstance(value, list):
+        if len(value) > MAX_PARTS:
+            raise TaskError(f"{chunk}{name} lists {len(value)} values, more than {MAX_PARTS}", status=400)
+        items = value
+    else:
+        items = [value]
+    out = []
+    for v in items:
+        if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, str) and v.strip().lstrip("-").isdigit())):
+            raise TaskError(f"{chunk}{name} {value!r} must be an integer or a ':'-separated list of integers", status=400)
+        out.append(int(v))
+    return out
+
+
+def pending_error(cid: str) -> TaskError:
+    """The error of reading a location never looked up in the chunk table (never read as fill)."""
+    return TaskError(
+        f"chunk {cid}: its location is in the dataset's chunk table (H5D_CHUNKED_REF_INDIRECT) and was not looked up; "
+        "run the plan through Reader.execute, which reads the chunk table first"
+    )
 
 
 def check_table(meta: DatasetMeta, table: DatasetMeta) -> None:
@@ -163,6 +209,12 @@ def locations_from_rows(
         if not any(size for _, size in parts):
             out.append(None)
             continue
+        total = sum(size for _, size in parts)
+        if total > chunk_bytes_limit:
+            raise LimitError(
+                f"chunk {cid}: its HDF5 chunks hold {total} bytes in all, over chunk_bytes_limit ({chunk_bytes_limit} bytes); "
+                "raise config chunk_bytes_limit to read it"
+            )
         bucket, key = where if where is not None else _split_uri(meta.file_uri or "", meta.bucket)
         if per == 1:
             out.append(ChunkLocation(bucket, key, parts[0][0], parts[0][1], linked=True))
@@ -192,14 +244,15 @@ def hyper_location(
     TaskError
         (status 400) no ``hyper_dims``, ones of the wrong rank or not dividing the chunk dims,
         lists of different lengths, or a count other than Π(dims / hyper_dims); negative
-        values; a size over ``chunk_bytes_limit`` — each naming the chunk and the value.
+        values; sizes summing to more than ``chunk_bytes_limit`` — each naming the chunk and the value.
     """
     if hyper_dims is None:
         raise TaskError(f"chunk {cid}: s3offset/s3size are lists (hyper-chunks) but hyper_dims is missing", status=400)
     hyper = tuple(int(h) for h in hyper_dims)
     chunks = meta.chunks
-    if len(hyper) != len(chunks) or any(h < 1 or c % h for c, h in zip(chunks, hyper, strict=False)):
-        raise TaskError(f"chunk {cid}: hyper_dims {list(hyper)} do not divide the chunk dims {list(chunks)}", status=400)
+    problem = hyper_problem(chunks, hyper)
+    if problem:
+        raise TaskError(f"chunk {cid}: {problem}", status=400)
     if len(offsets) != len(sizes):
         raise TaskError(f"chunk {cid}: {len(offsets)} s3offset values but {len(sizes)} s3size values; give one of each per HDF5 chunk", status=400)
     count = math.prod(c // h for c, h in zip(chunks, hyper, strict=True))
@@ -211,8 +264,8 @@ def hyper_location(
     for off, size in zip(offsets, sizes, strict=True):
         if off < 0 or size < 0:
             raise TaskError(f"chunk {cid}: s3offset {off} / s3size {size} may not be negative", status=400)
-        if size > chunk_bytes_limit:
-            raise TaskError(f"chunk {cid}: s3size {size} is over chunk_bytes_limit ({chunk_bytes_limit} bytes)", status=400)
+    if sum(sizes) > chunk_bytes_limit:
+        raise TaskError(f"chunk {cid}: s3size values sum to {sum(sizes)} bytes, over chunk_bytes_limit ({chunk_bytes_limit} bytes)", status=400)
     if not any(sizes):
         return None
     if all(c == h for c, h in zip(chunks, hyper, strict=True)):

@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
@@ -22,7 +22,10 @@ from .config import DEFAULT_CHUNK_BYTES_LIMIT
 from .errors import DatasetJsonError, LimitError, TypeJsonError
 from .ids import chunk_id, chunk_key
 
-__all__ = ["DatasetMeta", "ChunkLocation", "LAYOUT_CLASSES"]
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["DatasetMeta", "ChunkLocation", "LAYOUT_CLASSES", "hyper_problem"]
 
 #: Bytes counted per element of a variable-length type when bounding a chunk (its decoded
 #: form holds at least a pointer per element).
@@ -186,6 +189,8 @@ class DatasetMeta:
                 chunks = tuple(int(d) for d in dims)
             if len(chunks) != max(len(shape), 1) or any(c < 1 for c in chunks):
                 raise DatasetJsonError(f"dataset {did!r}: chunk dims {list(chunks)} do not fit shape {list(shape)}")
+            if shape == () and layout_class == "H5D_CHUNKED_REF_INDIRECT":
+                raise DatasetJsonError(f"dataset {did!r}: a scalar dataset cannot have layout H5D_CHUNKED_REF_INDIRECT (HDF5 never chunks a scalar)")
             table_id, hyper = _indirect(did, layout_class, cp_layout, top_layout, chunks)
             # bounded before anything is allocated for a chunk (a fill, a decode, a padded read)
             element = max(dtype.itemsize, _VLEN_ELEMENT_BYTES) if has_vlen(dtype) else dtype.itemsize
@@ -296,7 +301,7 @@ class DatasetMeta:
             return ChunkLocation(self.bucket, chunk_key(cid or self.chunk_id(index)))
         if self.layout_class == "H5D_CHUNKED_REF_INDIRECT":
             # the chunk table says where: looked up per read (hsds_backends.chunk_table, Reader.execute)
-            return ChunkLocation(self.bucket, "", linked=True, pending=True, hyper_dims=self.hyper_dims)
+            return ChunkLocation(self.bucket, "", linked=True, pending=True)
         bucket, key = _split_uri(self.file_uri or "", self.bucket)
         if self.layout_class == "H5D_CHUNKED_REF":
             entry = self.chunk_table.get("_".join(str(i) for i in index))
@@ -355,6 +360,20 @@ def _empty_vlen(dt: np.dtype[Any]) -> Any:
     return np.zeros((), dtype=dt)[()]
 
 
+def hyper_problem(chunks: Sequence[int], hyper: Sequence[int]) -> str | None:
+    """Say what is wrong with ``hyper_dims`` for chunk dims ``chunks``, if anything (§3.5)."""
+    if len(hyper) != len(chunks) or any(h < 1 for h in hyper):
+        return f"hyper_dims {list(hyper)} must be {len(chunks)} positive extents, one per chunk dim {list(chunks)}"
+    bad = [d for d, (c, h) in enumerate(zip(chunks, hyper, strict=True)) if c % h]
+    if bad:
+        d = bad[0]
+        return (
+            f"hyper_dims {list(hyper)} do not divide the chunk dims {list(chunks)} "
+            f"(dimension {d}: {chunks[d]} is not a multiple of {hyper[d]}); each HSDS chunk must hold whole HDF5 chunks"
+        )
+    return None
+
+
 def _indirect(
     did: str, layout_class: str, cp_layout: dict[str, Any], top_layout: dict[str, Any], chunks: tuple[int, ...]
 ) -> tuple[str | None, tuple[int, ...] | None]:
@@ -381,15 +400,9 @@ def _indirect(
         hyper = tuple(int(h) for h in raw)
     except (TypeError, ValueError):
         raise DatasetJsonError(f"dataset {did!r}: hyper_dims {raw!r} must be a list of integers") from None
-    if len(hyper) != len(chunks) or any(h < 1 for h in hyper):
-        raise DatasetJsonError(f"dataset {did!r}: hyper_dims {list(hyper)} must be {len(chunks)} positive extents, one per chunk dim {list(chunks)}")
-    bad = [d for d, (c, h) in enumerate(zip(chunks, hyper, strict=True)) if c % h]
-    if bad:
-        d = bad[0]
-        raise DatasetJsonError(
-            f"dataset {did!r}: hyper_dims {list(hyper)} do not divide the chunk dims {list(chunks)} "
-            f"(dimension {d}: {chunks[d]} is not a multiple of {hyper[d]}); each HSDS chunk must hold whole HDF5 chunks"
-        )
+    problem = hyper_problem(chunks, hyper)
+    if problem:
+        raise DatasetJsonError(f"dataset {did!r}: {problem}")
     return table, None if all(c == h for c, h in zip(chunks, hyper, strict=True)) else hyper
 
 

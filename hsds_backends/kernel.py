@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from .chunk_table import merged_ranges
+from .chunk_table import hyper_problem, merged_ranges, pending_error
 from .codecs import decode_chunk
 from .errors import ChunkDecodeError, HsdsBackendsError, NotFoundError, SelectionError, TaskError
 from .ids import chunk_index
@@ -94,6 +94,10 @@ async def fetch(task: ChunkTask, storage: Storage) -> bytes | None:
     return await fetch_location(storage, loc, task.chunk_id)
 
 
+#: Byte-range GETs of one hyper-chunk in flight at once.
+_RANGE_GETS = 8
+
+
 async def fetch_location(storage: Storage, loc: ChunkLocation, cid: str = "") -> bytes | None:
     """Return the bytes ``loc`` names (``None``: the object does not exist).
 
@@ -109,29 +113,28 @@ async def fetch_location(storage: Storage, loc: ChunkLocation, cid: str = "") ->
         An HDF5 chunk runs past the end of its file.
     """
     if loc.pending:
-        raise _pending(cid)
+        raise pending_error(cid)
     if loc.parts is None:
         return await storage.get(loc.bucket, loc.key, loc.offset, loc.size)
     ranges = merged_ranges(loc.parts)
-    blobs = await asyncio.gather(*(storage.get(loc.bucket, loc.key, start, length) for start, length, _ in ranges))
+    gate = asyncio.Semaphore(_RANGE_GETS)
+
+    async def get(start: int, length: int) -> bytes | None:
+        async with gate:
+            return await storage.get(loc.bucket, loc.key, start, length)
+
+    blobs = await asyncio.gather(*(get(start, length) for start, length, _ in ranges))
     return _join_parts(loc, ranges, blobs, cid)
 
 
 def read_location(read: SyncRead, loc: ChunkLocation, cid: str = "") -> bytes | None:
     """:func:`fetch_location` through a blocking reader (a storage's :meth:`~hsds_backends.storage.Storage.sync_reader`)."""
     if loc.pending:
-        raise _pending(cid)
+        raise pending_error(cid)
     if loc.parts is None:
         return read(loc.bucket, loc.key, loc.offset, loc.size)
     ranges = merged_ranges(loc.parts)
     return _join_parts(loc, ranges, [read(loc.bucket, loc.key, start, length) for start, length, _ in ranges], cid)
-
-
-def _pending(cid: str) -> TaskError:
-    return TaskError(
-        f"chunk {cid}: its location is in the dataset's chunk table (H5D_CHUNKED_REF_INDIRECT) and was not looked up; "
-        "run the plan through Reader.execute, which reads the chunk table first"
-    )
 
 
 def _join_parts(
@@ -322,8 +325,9 @@ def _decode_hyper(meta: DatasetMeta, loc: ChunkLocation, data: bytes | bytearray
     """Decode a hyper-chunk: each stored HDF5 chunk with the file's filters, placed into a chunk of fill values (§3.5)."""
     assert loc.parts is not None and loc.hyper_dims is not None
     hyper = loc.hyper_dims
-    if len(hyper) != len(meta.chunks) or any(c % h for c, h in zip(meta.chunks, hyper, strict=True)):
-        raise ChunkDecodeError(f"chunk {cid}: hyper_dims {list(hyper)} do not divide the chunk dims {list(meta.chunks)}")
+    problem = hyper_problem(meta.chunks, hyper)
+    if problem:
+        raise ChunkDecodeError(f"chunk {cid}: {problem}")
     factors = tuple(c // h for c, h in zip(meta.chunks, hyper, strict=True))
     if len(loc.parts) != math.prod(factors):
         raise ChunkDecodeError(f"chunk {cid}: {len(loc.parts)} HDF5 chunks given; hyper_dims {list(hyper)} make {math.prod(factors)}")

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import errors as _errors
 from .config import DEFAULT_CHUNK_BYTES_LIMIT
-from .chunk_table import hyper_location
+from .chunk_table import hyper_location, parse_int_list, pending_error
 from .dataset import ChunkLocation, DatasetMeta
 from .errors import FieldError, HsdsBackendsError, TaskError
 from .ids import chunk_key
@@ -121,10 +121,7 @@ class ChunkTask:
         if loc is None:
             d["s3size"] = 0
         elif loc.pending:
-            raise TaskError(
-                f"chunk {self.chunk_id}: its location is in the dataset's chunk table (H5D_CHUNKED_REF_INDIRECT) and was "
-                "not looked up; run the plan through Reader.execute, which reads the chunk table first"
-            )
+            raise pending_error(self.chunk_id)
         elif loc.linked:
             d["s3path"] = f"{loc.bucket}/{loc.key}"
             if loc.parts is not None:  # a hyper-chunk: one offset and size per HDF5 chunk (docs/hsds-format.md §3.5)
@@ -187,18 +184,17 @@ class ChunkTask:
         location: ChunkLocation | None
         if "s3path" in d:
             b, k = split_s3path(d["s3path"])
-            offsets, sizes = _ints(d.get("s3offset"), "s3offset"), _ints(d.get("s3size"), "s3size")
-            if isinstance(offsets, list) or isinstance(sizes, list) or "hyper_dims" in d:
-                hyper = _ints(d.get("hyper_dims"), "hyper_dims")
+            raw_off, raw_size = d.get("s3offset"), d.get("s3size")
+            if _is_list(raw_off) or _is_list(raw_size) or "hyper_dims" in d:
                 location = hyper_location(
-                    meta, cid, b, k, _as_list(offsets), _as_list(sizes), None if hyper is None else _as_list(hyper),
-                    chunk_bytes_limit=chunk_bytes_limit,
+                    meta, cid, b, k, parse_int_list(raw_off, "s3offset", cid) or [], parse_int_list(raw_size, "s3size", cid) or [],
+                    parse_int_list(d.get("hyper_dims"), "hyper_dims", cid), chunk_bytes_limit=chunk_bytes_limit,
                 )
             else:
-                size = sizes
-                if size is not None and (size < 0 or (offsets is not None and offsets < 0)):
-                    raise _bad(f"s3offset {offsets} / s3size {size} may not be negative")
-                location = None if not size else ChunkLocation(b, k, offsets or 0, size, True)
+                offset, size = _int_or_none(raw_off, "s3offset"), _int_or_none(raw_size, "s3size")
+                if (size is not None and size < 0) or (offset is not None and offset < 0):
+                    raise _bad(f"s3offset {offset} / s3size {size} may not be negative")
+                location = None if not size else ChunkLocation(b, k, offset or 0, size, True)
         elif d.get("s3size") == 0:
             location = None
         else:
@@ -248,23 +244,9 @@ class ChunkTask:
         )
 
 
-def _ints(v: Any, name: str) -> int | list[int] | None:
-    """An integer, or a list of them (JSON list or HSDS's ``a:b:c`` text: hyper-chunks, docs/hsds-format.md §4.2)."""
-    if isinstance(v, str) and ":" in v:
-        v = v.split(":")
-    if isinstance(v, list):
-        if len(v) > _MAX_PARTS:
-            raise _bad(f"{name} lists {len(v)} values; at most {_MAX_PARTS} HDF5 chunks make one HSDS chunk")
-        return [_int_or_none(x, name) or 0 for x in v]
-    return _int_or_none(v, name)
-
-
-def _as_list(v: int | list[int] | None) -> list[int]:
-    return [] if v is None else v if isinstance(v, list) else [v]
-
-
-#: Most HDF5 chunks one hyper-chunk may list (bounds the lists a payload may make us build).
-_MAX_PARTS = 1 << 16
+def _is_list(v: Any) -> bool:
+    """A hyper-chunk's offsets or sizes: a JSON list or HSDS's ``a:b:c`` text (docs/hsds-format.md §4.2)."""
+    return isinstance(v, list) or (isinstance(v, str) and ":" in v)
 
 
 def _int_or_none(v: Any, name: str) -> int | None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .codecs import encode_chunk, encode_linked_chunk, filter_ops
-from .dataset import DatasetMeta
+from .dataset import DatasetMeta, hyper_problem
 from .dtypes import type_json_from_dtype
 from .errors import DatasetJsonError, SelectionError
 from .ids import chunk_id, chunk_key, domain_key, new_object_id, new_root_id, object_key
@@ -400,8 +400,13 @@ class Writer:
                 blob += enc
             cp_layout.update({"dims": list(dims), "chunks": table})
         elif layout == "H5D_CHUNKED_REF_INDIRECT":
+            if not shape:
+                raise DatasetJsonError("a scalar dataset cannot have layout H5D_CHUNKED_REF_INDIRECT (HDF5 never chunks a scalar)")
             dims = tuple(int(c) for c in (chunks or shape))
             h5dims = tuple(int(c) for c in (hyper_dims or dims))
+            problem = hyper_problem(dims, h5dims)
+            if problem:  # before anything is written
+                raise DatasetJsonError(problem)
             ops = filter_ops(flist)
             grid = [-(-s // c) for s, c in zip(shape, h5dims, strict=True)]
             file_uri = f"{self.bucket}/{file_key}"
@@ -422,7 +427,7 @@ class Writer:
                 entries[index] = (len(blob), len(enc), file_uri.encode()) if file_in_table else (len(blob), len(enc))
                 blob += enc
             table_meta = await self.create_dataset(
-                domain, "", entries, chunks=tuple(min(n, 64) for n in grid), link=False,
+                domain, "", entries, chunks=tuple(max(1, min(n, 64)) for n in grid), link=False,
                 fillvalue=None,
             )
             cp_layout = {"class": layout, "dims": list(dims), "chunk_table": table_meta.id}

@@ -156,22 +156,52 @@ def test_merged_ranges_cover_every_part_once(parts: list[tuple[int, int]], gap: 
         assert s2 - (s1 + l1) > gap
 
 
-def test_the_chunk_table_is_read_through_the_same_reader_and_backend(tmp_path: Path) -> None:
+def test_a_plan_is_located_in_place_by_one_table_read_on_the_same_backend(tmp_path: Path) -> None:
     a = np.arange(40 * 40, dtype="<i4").reshape(40, 40)
     (meta,) = _write(tmp_path, dict(h5path="/d", data=a, file_key="f.h5", chunks=(10, 10), filters=["gzip"]))
 
-    async def go() -> tuple[list[str], np.ndarray[Any, Any]]:
+    async def go() -> tuple[list[str], np.ndarray[Any, Any], int]:
         async with hb.Reader({"root_dir": str(tmp_path), "bucket_name": BUCKET}) as reader:
             dset = await (await reader.open(DOMAIN)).get("/d")
             plan = dset.plan("[0:40, 5:15]")
             assert all(t.location is not None and t.location.pending for t in plan.tasks)
             got = (await reader.run(plan, backend="inline")).data
             assert not any(t.location is not None and t.location.pending for t in plan.tasks)  # located in place
-            return [str(t.location) for t in plan.tasks[:1]], got
+            return [str(t.location) for t in plan.tasks[:1]], got, reader.counters("inline").requests
 
-    where, got = asyncio.run(go())
+    where, got, requests = asyncio.run(go())
     assert got.tobytes() == a[:, 5:15].tobytes()
     assert where[0].startswith(f"ChunkLocation(bucket='{BUCKET}', key='f.h5', offset=")
+    assert requests == 2  # the table's point read and the read itself, both on inline
+
+
+def test_scalar_indirect_datasets_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(DatasetJsonError) as err:
+        _write(tmp_path, dict(h5path="/s", data=np.array(3, dtype="<i4"), file_key="s.h5"))
+    assert str(err.value) == "a scalar dataset cannot have layout H5D_CHUNKED_REF_INDIRECT (HDF5 never chunks a scalar)"
+    doc = {
+        "id": "d-12345678-12345678-1234-123456-123456", "type": {"class": "H5T_INTEGER", "base": "H5T_STD_I32LE"},
+        "shape": {"class": "H5S_SCALAR"},
+        "creationProperties": {"layout": {"class": "H5D_CHUNKED_REF_INDIRECT", "chunk_table": "d-12345678-12345678-1234-123456-654321"}},
+    }
+    with pytest.raises(DatasetJsonError) as err:
+        DatasetMeta.from_json(doc, BUCKET)
+    assert str(err.value) == (
+        "dataset 'd-12345678-12345678-1234-123456-123456': a scalar dataset cannot have layout H5D_CHUNKED_REF_INDIRECT "
+        "(HDF5 never chunks a scalar)"
+    )
+
+
+def test_an_hdf5_chunk_table_too_large_in_all_is_refused(tmp_path: Path) -> None:
+    a = np.arange(64, dtype="<i4").reshape(8, 8)
+    (meta,) = _write(tmp_path, dict(h5path="/h", data=a, file_key="g.h5", chunks=(8, 8), hyper_dims=(4, 4)))
+    _rewrite_table(tmp_path, meta, lambda rows: rows["size"].__setitem__(..., 600_000))  # 4 x 600 kB: each under, all over
+    with pytest.raises(LimitError) as err:
+        _read(tmp_path, "/h", config={"chunk_bytes_limit": 1 << 20})
+    assert str(err.value) == (
+        f"chunk {meta.chunk_id((0, 0))}: its HDF5 chunks hold 2400000 bytes in all, over chunk_bytes_limit (1048576 bytes); "
+        "raise config chunk_bytes_limit to read it"
+    )
 
 
 # ------------------------------------------------------------------ bad input
@@ -314,7 +344,11 @@ def test_an_unusable_or_missing_chunk_table_is_refused(tmp_path: Path) -> None:
     _edit_json(tmp_path, m1.id, point_at(gone))
     with pytest.raises(hb.errors.DatasetNotFoundError) as err:
         _read(tmp_path, "/d")
-    assert str(err.value) == f"chunk table of dataset {m1.id} {gone} is missing from bucket '{BUCKET}'"
+    assert str(err.value) == f"chunk table {gone} of dataset {m1.id} is missing from bucket '{BUCKET}'"
+    _edit_json(tmp_path, m1.id, point_at("d-nonsense"))
+    with pytest.raises(DatasetJsonError) as err:
+        _read(tmp_path, "/d")
+    assert str(err.value).startswith(f"chunk table 'd-nonsense' of dataset {m1.id} is not a dataset id: ")
 
 
 async def _two(root: Path, a: np.ndarray[Any, Any]) -> tuple[DatasetMeta, DatasetMeta]:
@@ -337,15 +371,24 @@ def test_the_wire_carries_hyper_chunks_and_refuses_bad_counts(tmp_path: Path) ->
     for change, message in [
         ({"s3offset": [10, 0, 20]}, "3 s3offset values but 4 s3size values; give one of each per HDF5 chunk"),
         ({"s3offset": [1, 2], "s3size": [3, 4]}, "2 HDF5 chunks given; chunk dims [8, 8] over hyper_dims [4, 4] make 4"),
-        ({"hyper_dims": [3, 4]}, "hyper_dims [3, 4] do not divide the chunk dims [8, 8]"),
+        ({"hyper_dims": [3, 4]}, "hyper_dims [3, 4] do not divide the chunk dims [8, 8] (dimension 0: 8 is not a multiple of 3); "
+                                 "each HSDS chunk must hold whole HDF5 chunks"),
+        ({"hyper_dims": [8]}, "hyper_dims [8] must be 2 positive extents, one per chunk dim [8, 8]"),
+        ({"s3size": [5, None, 6, 7]}, "s3size [5, None, 6, 7] must be an integer or a ':'-separated list of integers"),
+        ({"s3size": [5, True, 6, 7]}, "s3size [5, True, 6, 7] must be an integer or a ':'-separated list of integers"),
+        ({"s3size": [2**30, 2**30, 0, 0]}, "s3size values sum to 2147483648 bytes, over chunk_bytes_limit (268435456 bytes)"),
         ({"hyper_dims": None}, "s3offset/s3size are lists (hyper-chunks) but hyper_dims is missing"),
         ({"s3size": [5, 0, -6, 7]}, "s3offset 20 / s3size -6 may not be negative"),
     ]:
         with pytest.raises(TaskError) as err:
             ChunkTask.from_wire({k: v for k, v in {**wire, **change}.items() if v is not None})
         assert str(err.value) == f"chunk {task.chunk_id}: {message}", change
-    with pytest.raises(TaskError, match="s3offset 'x:1' is not an integer|s3offset must be an integer, got 'x'"):
+    with pytest.raises(TaskError) as err:
         ChunkTask.from_wire({**wire, "s3offset": "x:1:2:3"})
+    assert str(err.value) == f"chunk {task.chunk_id}: s3offset 'x:1:2:3' must be an integer or a ':'-separated list of integers"
+    with pytest.raises(TaskError) as err:
+        ChunkTask.from_wire({**wire, "s3offset": ":" * (1 << 16)})  # counted before it is split
+    assert str(err.value) == f"chunk {task.chunk_id}: s3offset lists more than 65536 values"
     # a hyper-chunk decodes to the same bytes however its HDF5 chunks were fetched
     good = ChunkTask.from_wire({**wire, **_real_parts(tmp_path, meta)})
     res = asyncio.run(run_task(good, PosixStorage(tmp_path)))

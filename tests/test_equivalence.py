@@ -303,8 +303,9 @@ def indirect(draw: st.DrawFn) -> dict[str, Any]:
     arr = draw(hnp.arrays(dt, shape, elements=None if dt.names else hnp.from_dtype(dt, allow_nan=False)))
     grid = [-(-s // h) for s, h in zip(shape, hyper, strict=True)]
     skipped = draw(st.sets(st.tuples(*(st.integers(0, g - 1) for g in grid)), max_size=3))
+    fill = draw(st.none() | (hnp.arrays(dt, ()) if dt.names else hnp.from_dtype(dt, allow_nan=False)))
     return {"arr": arr, "chunks": chunks, "hyper": hyper, "skipped": skipped, "filters": draw(st.sampled_from(LINKED_FILTERS)),
-            "file_in_table": draw(st.booleans())}
+            "file_in_table": draw(st.booleans()), "fill": fill}
 
 
 @SETTINGS
@@ -318,16 +319,19 @@ def test_equivalence_indirect(runner: asyncio.Runner, env: dict[str, Any], ds: d
         return await env["writer"].create_linked_dataset(
             domain, "/d", arr, file_key=f"linked/{uuid.uuid4().hex[:12]}.h5", layout="H5D_CHUNKED_REF_INDIRECT",
             chunks=ds["chunks"], hyper_dims=hyper, filters=ds["filters"], skip_chunk=lambda i: tuple(i) in ds["skipped"],
-            file_in_table=ds["file_in_table"],
+            file_in_table=ds["file_in_table"], fillvalue=ds["fill"],
         )
 
-    runner.run(go())
+    meta = runner.run(go())
     expected = np.array(arr, copy=True)
     for i in ds["skipped"]:
-        expected[tuple(slice(j * h, (j + 1) * h) for j, h in zip(i, hyper, strict=True))] = np.zeros((), dtype=arr.dtype)
+        expected[tuple(slice(j * h, (j + 1) * h) for j, h in zip(i, hyper, strict=True))] = meta.fill_element.view(arr.dtype)
     key = data.draw(hyperslabs(expected.shape))
+    fields = data.draw(st.none() | st.sampled_from([["b"], ["b", "a"]])) if arr.dtype.names else None
     want = oracle_index(expected, key)
-    results = _each_backend(runner, env, domain, lambda d, name: d.read(key, backend=name))
+    if fields:
+        want = _project(want, fields)
+    results = _each_backend(runner, env, domain, lambda d, name: d.read(key, fields=fields, backend=name))
     points = data.draw(hnp.arrays(np.int64, (data.draw(st.integers(1, 12)), expected.ndim), elements=st.integers(0, 10**6)))
     points %= np.asarray(expected.shape, dtype=np.int64)
     got_points = _each_backend(runner, env, domain, lambda d, name: d.read_points(points, backend=name))

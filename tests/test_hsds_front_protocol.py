@@ -151,7 +151,7 @@ def test_an_unwritten_chunk_is_a_bare_404_as_from_the_dn(front: tuple[F.Deployme
 
 
 def test_reads_the_front_cannot_answer_exactly_go_to_the_dn(front: tuple[F.Deployment, dict[str, Any]]) -> None:
-    """Several coordinate lists (HSDS zips them), unknown parameters, a foreign bucket, a malformed id: the DN answers."""
+    """Several coordinate lists (HSDS zips them), unknown parameters, a foreign bucket, malformed requests: the DN answers."""
     dep, manifest = front
     info = manifest["datasets"]["be_ints"]
     cid = chunk_id(info["id"], [1, 1])
@@ -161,7 +161,7 @@ def test_reads_the_front_cannot_answer_exactly_go_to_the_dn(front: tuple[F.Deplo
         f"/chunks/{cid}?bucket={b}&select=[[1,2,3],[4,5,6]]",
         f"/chunks/{cid}?bucket={b}&select=[0:2,0:3]&nonstrict=1",
         f"/chunks/{cid}?bucket=otherbucket&select=[0:2,0:3]",
-        f"/chunks/{cid}?bucket={b}&select=[0:2,0:3]&s3offset=1:2&s3size=3:4&s3path={b}/x",
+        f"/chunks/{cid}?bucket={b}&select=[0:2,0:3]&s3offset=1:2&s3size=3:4&s3path={b}/x",  # offset lists without hyper_dims: the DN's 400
         f"/chunks/{cid}?bucket={b}&select=[0:99,0:3]",
         f"/chunks/not-a-chunk-id?bucket={b}",
     ]

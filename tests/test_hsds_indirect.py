@@ -33,13 +33,19 @@ pytest.importorskip("hsds_backends_containers")
 h5py = pytest.importorskip("h5py")
 
 import hsds_backends as hb  # noqa: E402
+from hsds_backends.dataset import DatasetMeta  # noqa: E402
+from hsds_backends.ids import dn_index  # noqa: E402
+from hsds_backends.plan import plan_hyperslab  # noqa: E402
+from hsds_backends.selection import parse_select  # noqa: E402
 from hsds_backends.storage import PosixStorage  # noqa: E402
 from hsds_backends.writer import Writer  # noqa: E402
 
 try:
     import front_harness as F
+    import hsds_harness as H
 except ImportError:  # tests/ turned into a package
     from tests import front_harness as F
+    from tests import hsds_harness as H
 
 pytestmark = [pytest.mark.hsds]
 
@@ -80,6 +86,20 @@ for name, expected in args["expected"].items():
     out[name] = bool(d[...].tobytes() == a.tobytes()) and bool(np.array_equal(d[1::3], a[1::3]))
 emit(out)
 """
+
+
+def _table_rows(root: Path, meta: DatasetMeta, cid: str) -> list[tuple[int, int]]:
+    """The (offset, size) of each HDF5 chunk of HSDS chunk ``cid``, looked up as the reader does."""
+
+    async def go() -> list[tuple[int, int]]:
+        async with hb.Reader({"root_dir": str(root), "bucket_name": BUCKET}) as reader:
+            plan = plan_hyperslab(meta, parse_select("[30:60,32:64]", meta.shape))
+            await reader.locate(plan)
+            (task,) = [t for t in plan.tasks if t.chunk_id == cid]
+            assert task.location is not None and task.location.parts is not None
+            return list(task.location.parts)
+
+    return asyncio.run(go())
 
 
 def _write_h5(path: Path) -> dict[str, np.ndarray[Any, Any]]:
@@ -144,16 +164,27 @@ def test_hsload_link_reads_identically_through_every_backend_and_the_fronts(tmp_
         # hyper-chunks, written by the project's writer where HSDS reads: the SN sends offset and size lists
         hyper = (np.arange(90 * 64, dtype="<i4").reshape(90, 64) * 7) % 3001
 
-        async def write_hyper() -> None:
+        async def write_hyper() -> DatasetMeta:
             w = Writer(PosixStorage(root), BUCKET)
-            await w.create_linked_dataset(
+            return await w.create_linked_dataset(
                 "/home/admin/hyper.h5", "/h", hyper, file_key="linked/hyper.h5", layout="H5D_CHUNKED_REF_INDIRECT",
                 chunks=(30, 32), hyper_dims=(10, 8), filters=["shuffle", "gzip"], fillvalue=-2, skip_chunk=lambda i: i == (4, 5),
             )
 
-        asyncio.run(write_hyper())
+        meta = asyncio.run(write_hyper())
+        # one raw hyper-chunk request, as the SN sends it, to front and DN: the same status and bytes
+        cid = meta.chunk_id((1, 1))
+        rows = _table_rows(root, meta, cid)
+        target = (f"/chunks/{cid}?bucket={BUCKET}&select=[2:29:3,0:32]&s3path={BUCKET}/linked/hyper.h5"
+                  f"&s3offset={':'.join(str(o) for o, _ in rows)}&s3size={':'.join(str(n) for _, n in rows)}&hyper_dims=10:8")
+        i = dn_index(cid, 2)
+        before = dep.totals()
+        got = H.unix_http_request(dep.front_socket(i), "GET", target)
+        assert got[0] == 200 and got[2] == H.unix_http_request(dep.dn_socket(i), "GET", target)[2]
         want = hyper.copy()
-        want[40:50, 40:48] = -2
+        want[40:50, 40:48] = -2  # the unwritten HDF5 chunk, inside this hyper-chunk
+        assert got[2] == np.ascontiguousarray(want[32:59:3, 32:64]).tobytes()
+        assert dep.totals()["forwarded"] == before["forwarded"]  # served, not forwarded
         np.save(tmp_path / "hyper.npy", want)
         before = dep.totals()["by_backend"].get("inline", 0)
         assert client.run_h5pyd(_READ, domain="/home/admin/hyper.h5", expected={"h": str(tmp_path / "hyper.npy")}) == {"h": True}

@@ -86,7 +86,7 @@ def test_a_front_needs_storage(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert r.stderr.strip() == (
         "Error: no storage given; pass --root-dir DIR (the storage the HSDS DNs write to), --s3-gateway URL or --azure "
-        "(with AZURE_CONNECTION_STRING in the environment), or root_dir / aws_s3_gateway in --config"
+        "(with AZURE_CONNECTION_STRING in the environment), or root_dir / aws_s3_gateway / azure_connection_string in --config"
     ), r.stderr
 
 

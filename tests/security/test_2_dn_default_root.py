@@ -30,7 +30,7 @@ def test_dn_without_a_root_refuses_to_start(tmp_path: Path) -> None:
     lines = r.stderr.strip().splitlines()
     assert lines == [
         "Error: no storage given; pass --root-dir DIR (the folder holding the buckets), --s3-gateway URL or --azure "
-        "(with AZURE_CONNECTION_STRING in the environment), or root_dir / aws_s3_gateway in --config"
+        "(with AZURE_CONNECTION_STRING in the environment), or root_dir / aws_s3_gateway / azure_connection_string in --config"
     ], r.stderr
     assert "Traceback" not in r.stderr and "FAKEsecret" not in r.stderr
     # a root named on purpose (HSDS's ROOT_DIR variable) is one

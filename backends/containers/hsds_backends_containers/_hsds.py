@@ -28,11 +28,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from hsds_backends.chunk_table import hyper_location
+from hsds_backends.chunk_table import hyper_location, parse_int_list
 from hsds_backends.config import DEFAULT_CHUNK_BYTES_LIMIT
 from hsds_backends.dataset import ChunkLocation
 from hsds_backends.errors import BackendError, TaskError
 from hsds_backends.ids import chunk_key
+from hsds_backends.kernel import process_chunk
 from hsds_backends.tasks import ChunkResult, ChunkTask, TaskKind, field_dtype, split_s3path
 
 from ._client import Fatal, answer_error, json_body, request
@@ -85,8 +86,16 @@ async def read_chunk(url: NodeURL, task: ChunkTask, *, token: str | None, timeou
             f"chunk {cid}: select {task.select!r} has coordinate lists on several dimensions; HSDS DNs zip them "
             "instead of taking their outer product. Use hsds-backends DNs or another backend"
         ))
-    params: dict[str, Any] = {"bucket": meta.bucket}
     loc = task.location
+    if loc is not None and loc.parts is not None and (task.kind == "points" or (task.select is not None and len(task.select) > MAX_SELECT_IN_URL)):
+        # HSDS's POST /chunks takes one s3offset/s3size (docs/hsds-format.md §4.3): GET the whole hyper-chunk, cut it here
+        whole = ChunkTask(cid, meta, loc, "hyperslab", "[" + ",".join(f"0:{c}" for c in meta.chunks) + "]")
+        res = await read_chunk(url, whole, token=token, timeout=timeout)
+        if res.status != "ok":
+            return ChunkResult(cid, res.status)
+        chunk = np.frombuffer(res.data, dtype=f"V{meta.dtype.itemsize}").reshape(meta.chunks)
+        return process_chunk(task, chunk, len(res.data))
+    params: dict[str, Any] = {"bucket": meta.bucket}
     if loc is not None and loc.parts is not None:  # a hyper-chunk as HSDS's SN sends it (docs/hsds-format.md §4.2)
         params.update(
             s3path=f"{loc.bucket}/{loc.key}", s3offset=":".join(str(o) for o, _ in loc.parts),
@@ -229,9 +238,9 @@ def _location(params: Mapping[str, str], bucket: str, cid: str, meta: DatasetMet
     b, k = split_s3path(params["s3path"])
     if any(":" in params.get(p, "") for p in ("s3offset", "s3size")) or params.get("hyper_dims"):
         # a hyper-chunk: one offset and size per HDF5 chunk, and their shape (docs/hsds-format.md §3.5, §4.2)
-        hyper = _int_list(params, "hyper_dims")
         return hyper_location(
-            meta, cid, b, k, _int_list(params, "s3offset") or [], _int_list(params, "s3size") or [], hyper,
+            meta, cid, b, k, parse_int_list(params.get("s3offset"), "s3offset", cid) or [],
+            parse_int_list(params.get("s3size"), "s3size", cid) or [], parse_int_list(params.get("hyper_dims"), "hyper_dims", cid),
             chunk_bytes_limit=chunk_bytes_limit,
         )
     offset, size = _int_param(params, "s3offset"), _int_param(params, "s3size")
@@ -254,23 +263,6 @@ def _int_param(params: Mapping[str, str], name: str) -> int | None:
         return int(v)
     except ValueError as exc:
         raise _bad(f"{name} {v!r} is not an integer") from exc
-
-
-#: Most values one colon-separated parameter may list (HDF5 chunks per HSDS chunk).
-_MAX_LIST: Final = 1 << 16
-
-
-def _int_list(params: Mapping[str, str], name: str) -> list[int] | None:
-    """A ``:``-separated list of integers (HSDS's hyper-chunk parameters), or ``None`` when absent."""
-    v = params.get(name)
-    if v is None or v == "":
-        return None
-    if v.count(":") >= _MAX_LIST:
-        raise _bad(f"{name} lists over {_MAX_LIST} values")
-    try:
-        return [int(x) for x in v.split(":")]
-    except ValueError:
-        raise _bad(f"{name} {v!r} is not a ':'-separated list of integers") from None
 
 
 def _points(body: bytes, count: str | None, rank: int) -> np.ndarray[Any, np.dtype[np.uint64]]:

@@ -252,7 +252,7 @@ def _storage_config(cfg: Any, root_dir: str | None, s3_gateway: str | None, azur
     if kind is None:
         raise click.ClickException(
             f"no storage given; pass --root-dir DIR ({what}), --s3-gateway URL or --azure "
-            "(with AZURE_CONNECTION_STRING in the environment), or root_dir / aws_s3_gateway in --config"
+            "(with AZURE_CONNECTION_STRING in the environment), or root_dir / aws_s3_gateway / azure_connection_string in --config"
         )
     if kind == "azure":  # a connection string must be there before anything starts (no I/O here)
         from hsds_backends.errors import HsdsBackendsError

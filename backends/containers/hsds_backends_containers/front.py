@@ -467,7 +467,7 @@ class Front:
         loc = task.location
         if self.cache.max_bytes <= 0 or loc is None or task.dset.is_vlen:
             return None
-        return (task.chunk_id, task.dset.id, loc)  # the whole location (a hyper-chunk's parts too)
+        return (task.chunk_id, task.dset.id, task.dset.bucket, loc)  # the whole location (a hyper-chunk's parts too)
 
     def version(self, task: ChunkTask) -> Any:
         """The stored object's version (posix: mtime and size; ``None`` where there is no cheap one)."""

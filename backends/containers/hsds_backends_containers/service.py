@@ -469,7 +469,7 @@ class _CacheSlot:
         node = self.node
         loc = task.location
         assert loc is not None  # the kernel consults the cache for located tasks only
-        key = (task.dset.id, loc)  # the whole location: a hyper-chunk's HDF5 chunks are its parts (docs/hsds-format.md §3.5)
+        key = (task.dset.bucket, task.dset.id, loc)  # the whole location: a hyper-chunk's HDF5 chunks are its parts (docs/hsds-format.md §3.5)
         while True:
             validator = node.storage.version_sync(loc.bucket, loc.key)
             chunk = node.cache.get(key, self.tag, validator)
