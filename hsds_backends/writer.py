@@ -11,12 +11,12 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from .codecs import encode_chunk, encode_linked_chunk, filter_ops
+from .codecs import FilterOps, encode_chunk, encode_linked_chunk, filter_ops
 from .dataset import DatasetMeta, hyper_problem
 from .dtypes import type_json_from_dtype
 from .errors import DatasetJsonError, SelectionError
@@ -385,17 +385,7 @@ class Writer:
             dims = tuple(int(c) for c in (chunks or shape))
             table: dict[str, list[int]] = {}
             ops = filter_ops(flist)
-            grid = [-(-s // c) for s, c in zip(shape, dims, strict=True)]
-            for index in itertools.product(*(range(n) for n in grid)):
-                if skip_chunk is not None and skip_chunk(index):
-                    continue
-                block = np.zeros(dims, dtype=dt)
-                if fillvalue is not None:
-                    block[...] = fillvalue
-                region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, dims, shape, strict=True))
-                part = arr[region]
-                block[tuple(slice(0, n) for n in part.shape)] = part
-                enc = encode_linked_chunk(block.tobytes(), ops, itemsize=dt.itemsize)
+            for index, enc in _hdf5_chunks(arr, dims, ops, fillvalue, skip_chunk):
                 table["_".join(map(str, index))] = [len(blob), len(enc)]
                 blob += enc
             cp_layout.update({"dims": list(dims), "chunks": table})
@@ -414,16 +404,7 @@ class Writer:
             if file_in_table:
                 fields.append(("file_uri", f"S{len(file_uri.encode())}"))
             entries = np.zeros(grid, dtype=fields)
-            for index in itertools.product(*(range(n) for n in grid)):
-                if skip_chunk is not None and skip_chunk(index):
-                    continue
-                block = np.zeros(h5dims, dtype=dt)
-                if fillvalue is not None:
-                    block[...] = fillvalue
-                region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, h5dims, shape, strict=True))
-                part = arr[region]
-                block[tuple(slice(0, n) for n in part.shape)] = part
-                enc = encode_linked_chunk(block.tobytes(), ops, itemsize=dt.itemsize)
+            for index, enc in _hdf5_chunks(arr, h5dims, ops, fillvalue, skip_chunk):
                 entries[index] = (len(blob), len(enc), file_uri.encode()) if file_in_table else (len(blob), len(enc))
                 blob += enc
             table_meta = await self.create_dataset(
@@ -456,6 +437,24 @@ class Writer:
         await self._put_json(object_key(did), dj)
         await self._link(domain, h5path, did)
         return meta
+
+
+def _hdf5_chunks(
+    arr: np.ndarray[Any, Any], dims: tuple[int, ...], ops: FilterOps, fillvalue: Any,
+    skip_chunk: Callable[[tuple[int, ...]], bool] | None,
+) -> Iterator[tuple[tuple[int, ...], bytes]]:
+    """Yield ``(index, stored bytes)`` of each HDF5 chunk of ``dims`` that is written, as HDF5's pipeline stores it (§3.5)."""
+    grid = [-(-s // c) for s, c in zip(arr.shape, dims, strict=True)]
+    for index in itertools.product(*(range(n) for n in grid)):
+        if skip_chunk is not None and skip_chunk(index):
+            continue
+        block = np.zeros(dims, dtype=arr.dtype)
+        if fillvalue is not None:
+            block[...] = fillvalue
+        region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, dims, arr.shape, strict=True))
+        part = arr[region]
+        block[tuple(slice(0, n) for n in part.shape)] = part
+        yield index, encode_linked_chunk(block.tobytes(), ops, itemsize=arr.dtype.itemsize)
 
 
 def _fill_json(fillvalue: Any, dt: np.dtype[Any]) -> dict[str, Any]:

@@ -179,13 +179,8 @@ def test_scalar_indirect_datasets_are_refused(tmp_path: Path) -> None:
     with pytest.raises(DatasetJsonError) as err:
         _write(tmp_path, dict(h5path="/s", data=np.array(3, dtype="<i4"), file_key="s.h5"))
     assert str(err.value) == "a scalar dataset cannot have layout H5D_CHUNKED_REF_INDIRECT (HDF5 never chunks a scalar)"
-    doc = {
-        "id": "d-12345678-12345678-1234-123456-123456", "type": {"class": "H5T_INTEGER", "base": "H5T_STD_I32LE"},
-        "shape": {"class": "H5S_SCALAR"},
-        "creationProperties": {"layout": {"class": "H5D_CHUNKED_REF_INDIRECT", "chunk_table": "d-12345678-12345678-1234-123456-654321"}},
-    }
     with pytest.raises(DatasetJsonError) as err:
-        DatasetMeta.from_json(doc, BUCKET)
+        DatasetMeta.from_json(_indirect_json({"class": "H5S_SCALAR"}), BUCKET)
     assert str(err.value) == (
         "dataset 'd-12345678-12345678-1234-123456-123456': a scalar dataset cannot have layout H5D_CHUNKED_REF_INDIRECT "
         "(HDF5 never chunks a scalar)"
@@ -313,14 +308,8 @@ def test_hyper_dims_that_do_not_divide_the_chunk_dims_are_refused(tmp_path: Path
     ],
 )
 def test_malformed_indirect_layouts_are_refused(layout: dict[str, Any], message: str) -> None:
-    doc = {
-        "id": "d-12345678-12345678-1234-123456-123456", "type": {"class": "H5T_INTEGER", "base": "H5T_STD_I32LE"},
-        "shape": {"class": "H5S_SIMPLE", "dims": [16, 16]},
-        "creationProperties": {"layout": {"class": "H5D_CHUNKED_REF_INDIRECT", "dims": [8, 8], "file_uri": "b/f.h5",
-                                          "chunk_table": "d-12345678-12345678-1234-123456-654321", **layout}},
-    }
     with pytest.raises(DatasetJsonError) as err:
-        DatasetMeta.from_json(doc, BUCKET)
+        DatasetMeta.from_json(_indirect_json({"class": "H5S_SIMPLE", "dims": [16, 16]}, dims=[8, 8], file_uri="b/f.h5", **layout), BUCKET)
     assert str(err.value) == f"dataset 'd-12345678-12345678-1234-123456-123456': {message}"
 
 
@@ -349,6 +338,15 @@ def test_an_unusable_or_missing_chunk_table_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DatasetJsonError) as err:
         _read(tmp_path, "/d")
     assert str(err.value).startswith(f"chunk table 'd-nonsense' of dataset {m1.id} is not a dataset id: ")
+
+
+def _indirect_json(shape: dict[str, Any], **layout: Any) -> dict[str, Any]:
+    """A dataset JSON of layout H5D_CHUNKED_REF_INDIRECT (``layout`` adds or replaces layout keys)."""
+    return {
+        "id": "d-12345678-12345678-1234-123456-123456", "type": {"class": "H5T_INTEGER", "base": "H5T_STD_I32LE"}, "shape": shape,
+        "creationProperties": {"layout": {"class": "H5D_CHUNKED_REF_INDIRECT", "chunk_table": "d-12345678-12345678-1234-123456-654321",
+                                          **layout}},
+    }
 
 
 async def _two(root: Path, a: np.ndarray[Any, Any]) -> tuple[DatasetMeta, DatasetMeta]:
