@@ -304,6 +304,41 @@ def test_isal_and_zlib_inflate_identically(monkeypatch: pytest.MonkeyPatch) -> N
     assert with_isal == with_zlib == zlib.decompress(stored) == raw
 
 
+@FAST
+@given(
+    data=st.binary(min_size=0, max_size=5000).map(lambda b: b * 40),
+    level=st.integers(1, 9),
+    blocksize=st.sampled_from([0, 256, 4096, 65536]),
+)
+def test_blosc_zlib_blocks_decode_identically_with_libdeflate_isal_and_cblosc(data: bytes, level: int, blocksize: int) -> None:
+    """HSDS's gzip chunks (Blosc, zlib blocks, typesize 1): the fast inflaters give c-blosc's bytes."""
+    pytest.importorskip("deflate")
+    stored = bytes(Blosc(cname="zlib", clevel=level, shuffle=Blosc.NOSHUFFLE, blocksize=blocksize).encode(data))
+    ops = filter_ops(["gzip"])
+    results = []
+    for libdeflate, isal in [(True, True), (False, True), (False, False)]:
+        with pytest.MonkeyPatch.context() as mp:
+            if not libdeflate:
+                mp.setattr(inflate_codec, "libdeflate", None)
+            if not isal:
+                mp.setattr(inflate_codec, "isal_zlib", None)
+            results.append(bytes(decode(stored, ops, 1, len(data))))
+    assert results == [data] * 3
+
+
+@pytest.mark.parametrize("inflater", ["libdeflate", "isal", "c-blosc"])
+def test_a_corrupt_blosc_zlib_block_raises_naming_the_chunk(monkeypatch: pytest.MonkeyPatch, inflater: str) -> None:
+    if inflater != "libdeflate":
+        monkeypatch.setattr(inflate_codec, "libdeflate", None)
+    if inflater == "c-blosc":
+        monkeypatch.setattr(inflate_codec, "isal_zlib", None)
+    raw = sample(4, 200_000)
+    stored = bytearray(Blosc(cname="zlib", clevel=4, shuffle=Blosc.NOSHUFFLE, blocksize=65536).encode(raw))
+    stored[len(stored) // 2] ^= 0xFF  # inside a block's deflate stream
+    with pytest.raises(ChunkDecodeError, match=NAMES_CHUNK + " holds a corrupt Blosc container"):
+        decode(stored, filter_ops(["gzip"]), 4, len(raw))
+
+
 @pytest.mark.parametrize("use_isal", [True, False])
 def test_corrupt_zlib_raises_with_either_inflater(monkeypatch: pytest.MonkeyPatch,
                                                   use_isal: bool) -> None:

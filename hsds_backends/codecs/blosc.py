@@ -109,20 +109,20 @@ def decode_blosc(
 
 
 def decode_zlib_blocks(buf: memoryview, header: BloscHeader) -> bytearray | None:
-    """Decode a Blosc container of zlib blocks with ISA-L, block by block; ``None`` = not this fast path.
+    """Decode a Blosc container of zlib blocks with libdeflate or ISA-L, block by block; ``None`` = not this fast path.
 
     HSDS compresses the chunk's byte string with Blosc (typesize 1, so one
     zlib stream per block and no real shuffle, docs/hsds-format.md §3.3). c-blosc
     inflates those streams with its bundled zlib; ISA-L inflates the same
-    streams about 1.5× faster. Layout (Blosc-1): 16-byte header, one int32
+    streams about 1.5× faster, libdeflate (which needs each block's size, and the
+    header gives it) about 2× faster again. Layout (Blosc-1): 16-byte header, one int32
     start offset per block, then per block an int32 compressed size and the
     stream (stored raw when the size equals the block size). Anything
     unusual (other codecs, typesize > 1, bitshuffle, inconsistent offsets)
     returns ``None`` and numcodecs decodes it, raising for corrupt data.
     """
-    isal = _inflate.isal_zlib  # looked up per chunk: turning ISA-L off in inflate turns it off here too
-    if isal is None or header.typesize != 1 or (header.flags >> 5) != _BLOSC_ZLIB:
-        return None
+    if (_inflate.libdeflate is None and _inflate.isal_zlib is None) or header.typesize != 1 or (header.flags >> 5) != _BLOSC_ZLIB:
+        return None  # looked up per chunk: turning an inflater off in inflate turns it off here too
     if header.flags & (_BLOSC_MEMCPYED | _BLOSC_BITSHUFFLE_FLAG) or header.blocksize <= 0:
         return None
     nbytes, bsize = header.nbytes, header.blocksize
@@ -144,11 +144,8 @@ def decode_zlib_blocks(buf: memoryview, header: BloscHeader) -> bytearray | None
         if csize == size:
             out[i * bsize : i * bsize + size] = src
             continue
-        try:
-            block = isal.decompress(src)
-        except Exception:  # noqa: BLE001 - let numcodecs decide and report
-            return None
-        if len(block) != size:
-            return None
+        block = _inflate.inflate_exact(src, size)
+        if block is None:
+            return None  # numcodecs decides and reports
         out[i * bsize : i * bsize + size] = block
     return out

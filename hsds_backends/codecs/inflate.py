@@ -2,8 +2,9 @@
 
 Raw zlib streams are gzip chunks written before 2020-08 (legacy HSDS) and chunks
 of linked HDF5 files (HDF5's deflate filter), docs/hsds-format.md §3.3. The Blosc
-fast path (:mod:`.blosc`) inflates with :data:`isal_zlib` too, so setting it to
-``None`` turns ISA-L off everywhere (the tests compare both inflaters).
+fast path (:mod:`.blosc`) inflates its blocks with :func:`inflate_exact`: libdeflate
+(:data:`libdeflate`) when installed, else ISA-L. Setting either module attribute to
+``None`` turns that inflater off (the tests compare them all).
 """
 
 from __future__ import annotations
@@ -16,13 +17,46 @@ if TYPE_CHECKING:
 
     from ._common import Fail
 
-__all__ = ["inflate", "isal_zlib", "zlib_module"]
+__all__ = ["inflate", "inflate_exact", "isal_zlib", "libdeflate", "zlib_module"]
 
 isal_zlib: ModuleType | None
 try:  # isal inflates ~2x faster than zlib (4 MB float32 chunk: 9 vs 16 ms), same bytes
     from isal import isal_zlib
 except ImportError:  # pragma: no cover - isal is optional
     isal_zlib = None
+
+libdeflate: ModuleType | None
+try:  # libdeflate inflates a stream of known size ~1.4-2x faster than ISA-L (PyPI ``deflate``)
+    import deflate as libdeflate
+except ImportError:  # pragma: no cover - deflate is optional
+    libdeflate = None
+
+
+def inflate_exact(src: memoryview, size: int) -> bytes | bytearray | None:
+    """Inflate one complete zlib stream that holds exactly ``size`` bytes; ``None`` when it does not.
+
+    For streams whose extent and output size are both known (the blocks of a Blosc
+    container, docs/hsds-format.md §3.3): libdeflate when installed (it needs the output
+    size up front, and checks the stream's adler32), else ISA-L, else ``None`` (the caller's
+    general path decodes it, and reports what is wrong). Corrupt data, trailing bytes or
+    another length also give ``None``.
+    """
+    lib = libdeflate
+    if lib is not None:
+        try:
+            out = lib.zlib_decompress(src, size)
+        except Exception:  # noqa: BLE001 - DeflateError and friends: let the general path report it
+            return None
+        return out if len(out) == size else None
+    isal = isal_zlib
+    if isal is None:
+        return None
+    try:
+        dec = isal.decompressobj()
+        block = dec.decompress(src, size + 1)
+    except Exception:  # noqa: BLE001 - let the general path decide and report
+        return None
+    return block if len(block) == size and dec.eof and not dec.unused_data else None
 
 
 def zlib_module() -> ModuleType:
