@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from .chunk_table import hyper_problem, merged_ranges, pending_error
-from .codecs import decode_chunk
+from .codecs import decode_chunk, decode_chunk_part
 from .errors import ChunkDecodeError, HsdsBackendsError, NotFoundError, SelectionError, TaskError
 from .ids import chunk_index
 from .selection import Coords, Hyperslab, Slice, parse_select
@@ -243,7 +243,7 @@ def run_task_sync(
     loc = task.location
     if read is not None and loc is not None:
         data = read_location(read, loc, task.chunk_id)
-    chunk = decode_task(task, data)
+    chunk = decode_task(task, data, True)  # no cache here: only the blocks the selection needs
     return process_chunk(task, chunk, 0 if data is None else len(data), copy)
 
 
@@ -319,6 +319,48 @@ def decode_to_array(meta: DatasetMeta, data: bytes | bytearray | memoryview, chu
         data = bytes(data) + bytes(nbytes - len(data))
     raw = decode_chunk(data, meta.ops, itemsize=meta.dtype.itemsize, nbytes=nbytes, chunk_id=chunk_id, key=key, linked=linked)
     return np.frombuffer(raw, dtype=f"V{meta.dtype.itemsize}").reshape(chunks)
+
+
+def _needed_bytes(task: ChunkTask, meta: DatasetMeta) -> np.ndarray[Any, Any] | None:
+    """The ``[lo, hi)`` raw-byte ranges of the chunk that the task's selection reads, or ``None`` for all of it.
+
+    Points: one range per point. A hyperslab: from its first element to its last in C order
+    (the bytes between may be read too; a block holding none of them is not). Malformed
+    selections give ``None``: the whole decode runs and :func:`process_chunk` reports them.
+    """
+    itemsize = meta.dtype.itemsize
+    try:
+        if task.kind == "points":
+            if task.points is None or not len(task.points):
+                return None
+            origin = np.asarray(chunk_index(task.chunk_id), dtype=np.int64) * np.asarray(meta.chunks, dtype=np.int64)
+            rel = task.points.astype(np.int64) - origin
+            if bool(((rel < 0) | (rel >= np.asarray(meta.chunks))).any()):
+                return None
+            flat = np.ravel_multi_index(tuple(rel.T), meta.chunks).astype(np.int64) * itemsize
+            return np.stack([flat, flat + itemsize], axis=1)
+        if task.select is None or whole_select(task.select, meta.chunks):
+            return None
+        sel = parse_select(task.select, meta.chunks)
+    except (HsdsBackendsError, ValueError):
+        return None
+    first: list[int] = []
+    last: list[int] = []
+    for d in sel.dims:
+        if isinstance(d, Coords):
+            if not len(d.values):
+                return None
+            first.append(int(d.values.min()))
+            last.append(int(d.values.max()))
+        else:
+            n = len(range(d.start, d.stop, d.step))
+            if n == 0:
+                return None
+            first.append(d.start)
+            last.append(d.start + (n - 1) * d.step)
+    lo = int(np.ravel_multi_index(tuple(first), meta.chunks)) * itemsize
+    hi = (int(np.ravel_multi_index(tuple(last), meta.chunks)) + 1) * itemsize
+    return np.array([[lo, hi]], dtype=np.int64)
 
 
 def _decode_hyper(meta: DatasetMeta, loc: ChunkLocation, data: bytes | bytearray | memoryview, cid: str) -> np.ndarray[Any, Any]:
@@ -430,18 +472,22 @@ def process(task: ChunkTask, data: bytes | bytearray | memoryview | None, *, cop
         bytes, :class:`SelectionError`/:class:`QueryError`/:class:`FieldError`
         for a bad task.
     """
-    chunk = decode_task(task, data)
+    chunk = decode_task(task, data, True)
     fetched = 0 if data is None else len(data)
     return process_chunk(task, chunk, fetched=fetched, copy=copy)
 
 
-def decode_task(task: ChunkTask, data: bytes | bytearray | memoryview | None) -> np.ndarray[Any, Any] | None:
+def decode_task(task: ChunkTask, data: bytes | bytearray | memoryview | None, partial: bool = False) -> np.ndarray[Any, Any] | None:
     """Decode the task's stored bytes into the chunk array (the first half of :func:`process`).
 
     Returns ``None`` for an absent chunk of a hyperslab or point task (the
     caller fills); a query over an absent chunk gets a chunk of fill values.
     Nothing here or in :func:`process_chunk` writes into the array, so one
     decoded chunk may serve many tasks (a DN's decoded-chunk cache).
+
+    ``partial``: decode only the Blosc blocks the task's selection touches, where the format
+    allows it (:func:`~hsds_backends.codecs.decode_chunk_part`); the rest of the array is then
+    meaningless, so a partial chunk serves this task only and is never cached.
 
     Raises
     ------
@@ -472,6 +518,12 @@ def decode_task(task: ChunkTask, data: bytes | bytearray | memoryview | None) ->
             return _fill_chunk(meta)
         if loc is not None and loc.parts is not None:
             return _decode_hyper(meta, loc, data, cid)
+        if partial and task.kind != "query" and not meta.is_vlen:
+            intervals = _needed_bytes(task, meta)
+            if intervals is not None:
+                raw = decode_chunk_part(data, meta.ops, nbytes=meta.chunk_nbytes, intervals=intervals, linked=bool(loc and loc.linked))
+                if raw is not None:
+                    return np.frombuffer(raw, dtype=f"V{meta.dtype.itemsize}").reshape(meta.chunks)
         if loc is not None and loc.linked and loc.size and len(data) < loc.size and meta.layout_class != "H5D_CONTIGUOUS_REF":
             # an HDF5 chunk is stored whole; only a contiguous layout's last chunk may end at EOF (§3.5)
             raise ChunkDecodeError(

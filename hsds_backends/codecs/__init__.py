@@ -18,7 +18,7 @@ One concern per module:
 
 =====================  ==========================================================
 :mod:`.filters`        HSDS filter list -> :class:`FilterOps` (:func:`filter_ops`)
-:mod:`.decode`         the read pipeline, :func:`decode_chunk`
+:mod:`.decode`         the read pipeline, :func:`decode_chunk` (and :func:`decode_chunk_part`: the blocks a selection needs)
 :mod:`.encode`         the writer's encoders
 :mod:`.blosc`          Blosc-1 header parsing and checks, block-by-block ISA-L decode
 :mod:`.inflate`        zlib streams (ISA-L when installed, else zlib)
@@ -34,7 +34,7 @@ imported (it pulls in h5py).
 
 from __future__ import annotations
 
-from .decode import decode_chunk
+from .decode import decode_chunk, decode_chunk_part
 from .encode import encode_chunk, encode_linked_chunk
 from .filters import KNOWN_FILTERS, SUPPORTED_FILTERS, FilterOps, filter_ops
 
@@ -43,6 +43,7 @@ __all__ = [
     "SUPPORTED_FILTERS",
     "FilterOps",
     "decode_chunk",
+    "decode_chunk_part",
     "encode_chunk",
     "encode_linked_chunk",
     "filter_ops",

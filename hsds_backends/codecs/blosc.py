@@ -10,7 +10,7 @@ of zlib blocks are inflated block by block with ISA-L when it is installed
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import numpy as np
 from numcodecs import blosc as _blosc
@@ -18,10 +18,12 @@ from numcodecs import blosc as _blosc
 from . import inflate as _inflate
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     from ._common import Fail
     from .filters import FilterOps
 
-__all__ = ["BLOSC_HEADER", "BloscHeader", "decode_blosc", "decode_zlib_blocks", "parse_header", "size_problem"]
+__all__ = ["BLOSC_HEADER", "BloscHeader", "blocks_for", "decode_blosc", "decode_zlib_blocks", "parse_header", "size_problem"]
 
 # Blosc-1 header: version, versionlz, flags, typesize, then little-endian uint32
 # nbytes, blocksize, cbytes (16 bytes in all).
@@ -108,7 +110,7 @@ def decode_blosc(
     return plain
 
 
-def decode_zlib_blocks(buf: memoryview, header: BloscHeader) -> bytearray | None:
+def decode_zlib_blocks(buf: memoryview, header: BloscHeader, wanted: Collection[int] | None = None) -> bytearray | None:
     """Decode a Blosc container of zlib blocks with libdeflate or ISA-L, block by block; ``None`` = not this fast path.
 
     HSDS compresses the chunk's byte string with Blosc (typesize 1, so one
@@ -120,6 +122,10 @@ def decode_zlib_blocks(buf: memoryview, header: BloscHeader) -> bytearray | None
     stream (stored raw when the size equals the block size). Anything
     unusual (other codecs, typesize > 1, bitshuffle, inconsistent offsets)
     returns ``None`` and numcodecs decodes it, raising for corrupt data.
+
+    ``wanted``: decode only these blocks (block *i* holds output bytes ``[i·blocksize,
+    (i+1)·blocksize)``); the other bytes of the result are zeros and mean nothing. Each
+    block decoded is decoded whole and checked (its adler32), never cut short.
     """
     if (_inflate.libdeflate is None and _inflate.isal_zlib is None) or header.typesize != 1 or (header.flags >> 5) != _BLOSC_ZLIB:
         return None  # looked up per chunk: turning an inflater off in inflate turns it off here too
@@ -130,9 +136,12 @@ def decode_zlib_blocks(buf: memoryview, header: BloscHeader) -> bytearray | None
     first = BLOSC_HEADER.size + 4 * nblocks
     if nblocks == 0 or first > len(buf):
         return None
-    starts = np.frombuffer(buf, dtype="<i4", count=nblocks, offset=BLOSC_HEADER.size)
+    starts = np.frombuffer(buf, dtype="<i4", count=nblocks, offset=BLOSC_HEADER.size).tolist()
     out = bytearray(nbytes)
-    for i, start in enumerate(starts.tolist()):
+    for i in sorted(wanted) if wanted is not None else range(nblocks):
+        if not 0 <= i < nblocks:
+            return None
+        start = starts[i]
         size = min(bsize, nbytes - i * bsize)
         if not first <= start <= len(buf) - 4:
             return None
@@ -149,3 +158,16 @@ def decode_zlib_blocks(buf: memoryview, header: BloscHeader) -> bytearray | None
             return None  # numcodecs decides and reports
         out[i * bsize : i * bsize + size] = block
     return out
+
+
+def blocks_for(header: BloscHeader, intervals: np.ndarray[Any, Any]) -> list[int]:
+    """The blocks holding any byte of ``intervals`` (an (n, 2) array of ``[lo, hi)`` output byte ranges)."""
+    bsize = header.blocksize
+    lo = intervals[:, 0] // bsize
+    hi = (intervals[:, 1] - 1) // bsize
+    if bool((hi - lo <= 1).all()):  # points and short runs: their first and last blocks are all
+        return sorted(set(lo.tolist()) | set(hi.tolist()))
+    out: set[int] = set()
+    for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
+        out.update(range(a, b + 1))
+    return sorted(out)

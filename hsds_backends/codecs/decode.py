@@ -7,13 +7,15 @@ the codec modules of this package, raising for anything it cannot verify.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ..config import DEFAULT_CHUNK_BYTES_LIMIT
 from ..errors import UnsupportedFilterError
 from ._common import Buffer, Fail
 from .bitshuffle import decode_bitshuffle
-from .blosc import decode_blosc, parse_header, size_problem
+from .blosc import blocks_for, decode_blosc, decode_zlib_blocks, parse_header, size_problem
 from .filters import SUPPORTED_FILTERS
 from .fletcher32 import FLETCHER_BYTES, strip_fletcher32
 from .inflate import inflate
@@ -22,7 +24,7 @@ from .shuffle import unshuffle
 if TYPE_CHECKING:
     from .filters import FilterOps
 
-__all__ = ["decode_chunk"]
+__all__ = ["decode_chunk", "decode_chunk_part"]
 
 
 def decode_chunk(
@@ -194,3 +196,37 @@ def _output_bound(nbytes: int | None) -> int:
     """
     bound = nbytes if nbytes is not None else DEFAULT_CHUNK_BYTES_LIMIT
     return bound + bound // 64 + 4096
+
+
+def decode_chunk_part(
+    data: Buffer,
+    ops: FilterOps,
+    *,
+    nbytes: int,
+    intervals: np.ndarray[Any, Any],
+    linked: bool = False,
+) -> Buffer | None:
+    """Decode only the Blosc blocks that hold ``intervals`` of a chunk's raw bytes, or ``None``.
+
+    ``intervals`` is an (n, 2) int64 array of ``[lo, hi)`` byte ranges of the raw chunk
+    (``nbytes`` long). A Blosc-1 container is independent blocks, each a contiguous range of
+    the chunk's bytes (docs/hsds-format.md §3.3): this decodes the blocks that hold any byte
+    of ``intervals`` and no other; the result is ``nbytes`` long and only those bytes mean
+    something. Each decoded block is decoded whole and checked.
+
+    ``None`` whenever this does not apply or does not pay, and the caller decodes the whole
+    chunk with :func:`decode_chunk` (which reports any problem): not an HSDS-native zlib
+    Blosc container of one stream per block (typesize 1, no Blosc shuffle or bitshuffle),
+    a filter to undo over the whole chunk (bitshuffle, fletcher32, linked HDF5 shuffle), the
+    sizes not as expected, every block needed, or a block that does not decode.
+    """
+    if ops.unsupported is not None or ops.compressor != "zlib" or ops.shuffle == 2 or ops.fletcher32 or linked:
+        return None
+    buf = memoryview(data).cast("B")
+    header = parse_header(buf)
+    if header is None or header.nbytes != nbytes or header.blocksize <= 0 or size_problem(header, len(buf)):
+        return None
+    wanted = blocks_for(header, intervals)
+    if len(wanted) >= -(-nbytes // header.blocksize):
+        return None  # every block: the whole decode is the same work
+    return decode_zlib_blocks(buf, header, wanted)
