@@ -11,7 +11,8 @@ Data (generated once, cached in ``--data-dir``, default ``<repo>/bench-data``; :
 
 * ``/grid``: float32 8192x8192, 512x512 chunks, filters ``shuffle`` + ``gzip`` level 4,
   stored as HSDS stores it (a Blosc container with internal zlib per chunk), written by
-  :class:`hsds_backends.writer.Writer`. Values: a smooth field plus noise, rounded to
+  :class:`hsds_backends.writer.Writer` (``--writer hsds``: by a real HSDS 1.0.2 through
+  h5pyd, cached apart, so every row also runs on HSDS's own Blosc blocks). Values: a smooth field plus noise, rounded to
   0.01 like sensor data, so chunks compress like real data (about 2.7x).
 * ``/table``: 4 million rows of ``[('id','<i8'), ('temp','<f4'), ('station','S8')]``,
   250k-row chunks, same filters; ``temp ~ N(15, 8)`` so about 27% of rows match ``temp > 20``.
@@ -39,6 +40,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import asdict
 from pathlib import Path
 
@@ -70,8 +72,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="do not time auto (the selector; by default it runs after the backends, in the same reader)",
     )
+    ap.add_argument("--skip-floor", action="store_true", help="leave out the decode floor (every stored block inflated, nothing else)")
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
     ap.add_argument("--small", action="store_true", help="2048x2048 grid and 400k rows: a quick smoke run")
+    ap.add_argument(
+        "--writer", choices=["project", "hsds"], default="project",
+        help="who writes the HSDS domain: the project's writer (default) or a real HSDS 1.0.2 through h5pyd (cached apart)",
+    )
     args = ap.parse_args(argv)
     if args.repeat < 1:
         ap.error("--repeat must be >= 1")
@@ -83,12 +90,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     # Imported here, not at the top: dask's spawned workers re-run this module's top level, and
     # keeping it to the standard library keeps their start-up (part of some cold cells) as before.
-    from data import FULL, SMALL, dir_bytes, ensure_data, stored_chunk_bytes
+    from data import FULL, SMALL, dataset_dirs, dir_bytes, ensure_data, stored_chunk_bytes
     from report import choose_baseline, loadavg_1min, machine_info, render
     from results import Report, SystemRun
     from systems.backends import bench_backends, regret_note
     from systems.base import BenchContext
     from systems.dask_array import bench_dask_array
+    from systems.decode_floor import bench_decode_floor
     from systems.hsds_h5pyd import bench_hsds
     from systems.tensorstore_zarr3 import bench_tensorstore
     from systems.zarr_python import bench_zarr
@@ -107,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         echo(f"backend(s) not installed: {', '.join(unknown)}; installed: {', '.join(installed)}")
         return 2
 
-    profile = SMALL if args.small else FULL
+    profile = dataclasses.replace(SMALL if args.small else FULL, writer=args.writer)
     if not args.skip_dask_array and not module_available("distributed"):
         args.skip_dask_array = True  # the comparison for the dask backend; nothing to compare without dask
     want_zarr = not (args.skip_zarr and args.skip_tensorstore and args.skip_dask_array) and module_available("zarr")
@@ -135,6 +143,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             systems.append(fn(ctx))
         else:
             systems.append(SystemRun(title, error="no zarr copy: writing it needs zarr-python (pip install zarr)"))
+
+    if not args.skip_floor:
+        echo("running the decode floor ...")
+        floor = bench_decode_floor(ctx, str(dataset_dirs(data.hsds_root)["grid"]))
+        systems.append(floor)
+        f = floor.cells["full"].seconds
+        ratios = [
+            f"{s.name} {c.seconds / f:.2f}×" for s in systems
+            if s is not floor and (c := s.cells.get("full")) is not None and c.seconds and f
+        ]
+        if ratios:
+            floor.notes.append("full read (warm) / decode floor: " + ", ".join(ratios))
 
     stored = stored_chunk_bytes(data.hsds_root)
     report = Report(

@@ -55,6 +55,14 @@ class Profile:
     table_chunk: int
     n_points: int = 1000
     seed: int = 20240601
+    writer: str = "project"
+    """Who writes the HSDS domain: ``"project"`` (hsds_backends.writer) or ``"hsds"`` (a real HSDS
+    1.0.2, through h5pyd; its folder gets a ``-hsds`` suffix)."""
+
+    @property
+    def folder(self) -> str:
+        """Sub-folder of the data dir."""
+        return self.name if self.writer == "project" else f"{self.name}-{self.writer}"
 
 
 FULL = Profile("full", 8192, 512, 4_000_000, 250_000)
@@ -154,7 +162,7 @@ def data_stamp(p: Profile) -> dict[str, Any]:
             h.update(f.read_bytes())
     return {
         "version": DATA_VERSION,
-        "profile": asdict(p),
+        "profile": {k: v for k, v in asdict(p).items() if (k, v) != ("writer", "project")},  # keeps earlier caches
         "writer_sha256": h.hexdigest()[:16],
         "numpy": np.__version__.split(".")[0],
     }
@@ -182,6 +190,56 @@ async def write_domain(hsds_root: Path, grid: np.ndarray[Any, Any], table: np.nd
         await w.create_dataset(DOMAIN, "/table", table, chunks=(p.table_chunk,), filters=FILTERS)
     finally:
         await st.aclose()
+
+
+_H5PYD_WRITE = r"""
+for folder in ("/home/", "/home/%s/" % kw["username"]):
+    try:
+        h5pyd.Folder(folder, mode="r", **kw).close()
+    except (IOError, OSError):
+        h5pyd.Folder(folder, mode="w", **kw).close()
+f = h5pyd.File(args["domain"], "w", **kw)
+g = np.load(args["grid"], mmap_mode="r")
+c = args["grid_chunk"]
+d = f.create_dataset("grid", shape=g.shape, dtype=g.dtype, chunks=(c, c), compression="gzip", compression_opts=4, shuffle=True)
+for r in range(0, g.shape[0], c):
+    d[r : r + c] = np.ascontiguousarray(g[r : r + c])
+t = np.load(args["table"])
+tc = args["table_chunk"]
+dt = f.create_dataset("table", shape=t.shape, dtype=t.dtype, chunks=(tc,), compression="gzip", compression_opts=4, shuffle=True)
+step = 100_000
+for r in range(0, len(t), step):
+    dt[r : r + step] = t[r : r + step]
+f.close()
+emit({"ok": True})
+"""
+
+
+def write_domain_hsds(hsds_root: Path, oracle: Path, p: Profile, echo: Callable[[str], None]) -> None:
+    """Write ``/grid`` and ``/table`` through a real HSDS 1.0.2 with h5pyd (its own virtualenv), then let it flush.
+
+    HSDS picks its own Blosc block size and may resize the table's chunks (``max_chunk_size``);
+    what it stores is what the readers then read. The server is stopped once every chunk object
+    has been on disk, unchanged, for 2 s.
+    """
+    import sys
+
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    try:
+        import hsds_harness as harness  # type: ignore[import-not-found, unused-ignore]  # tests/ is not a package
+    finally:
+        sys.path.pop(0)
+    harness.ensure_hsds_venv()
+    with harness.HsdsServer(hsds_root, bucket=BUCKET, username=OWNER) as server:
+        echo(f"  writing through HSDS 1.0.2 with h5pyd ({p.grid_size}² grid, {p.rows:,} rows) ...")
+        server.run_h5pyd(_H5PYD_WRITE, timeout=3600, domain=DOMAIN, grid=str(oracle / "grid.npy"), table=str(oracle / "table.npy"),
+                         grid_chunk=p.grid_chunk, table_chunk=p.table_chunk)
+        last, still = None, 0.0
+        while still < 2.0:  # the DNs write dirty chunks a few seconds after the requests
+            time.sleep(0.5)
+            now = sorted((f.name, f.stat().st_size) for f in (hsds_root / BUCKET).rglob("*") if f.is_file())
+            still = still + 0.5 if now == last else 0.0
+            last = now
 
 
 def write_zarr_copy(path: Path, grid: np.ndarray[Any, Any], p: Profile) -> None:
@@ -232,7 +290,7 @@ def ensure_data(data_dir: Path, p: Profile, *, want_zarr: bool, echo: Callable[[
     BenchData
         Paths and oracle arrays.
     """
-    root = (data_dir / p.name).absolute()
+    root = (data_dir / p.folder).absolute()
     stamp_path = root / "stamp.json"
     stamp = data_stamp(p)
     hsds_root, zarr_path, oracle = root / "hsds", root / "zarr" / "grid.zarr", root / "oracle"
@@ -247,7 +305,10 @@ def ensure_data(data_dir: Path, p: Profile, *, want_zarr: bool, echo: Callable[[
         grid, table = make_grid(p), make_table(p)
         np.save(oracle / "grid.npy", grid)
         np.save(oracle / "table.npy", table)
-        asyncio.run(write_domain(hsds_root, grid, table, p))
+        if p.writer == "hsds":
+            write_domain_hsds(hsds_root, oracle, p, echo)
+        else:
+            asyncio.run(write_domain(hsds_root, grid, table, p))
         stamp_path.write_text(json.dumps(stamp, indent=1))
     else:
         grid, table = np.load(oracle / "grid.npy"), np.load(oracle / "table.npy")
@@ -263,14 +324,20 @@ def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
-def stored_chunk_bytes(hsds_root: Path) -> dict[str, int]:
-    """Return the stored chunk bytes of ``grid`` (rank 2) and ``table`` (rank 1) in the bench bucket."""
-    out: dict[str, int] = {}
+def dataset_dirs(hsds_root: Path) -> dict[str, Path]:
+    """Return the folders of ``grid`` (rank 2) and ``table`` (rank 1) in the bench bucket (their chunk objects)."""
+    out: dict[str, Path] = {}
     for dj in (hsds_root / BUCKET).rglob(".dataset.json"):
         rank = len(json.loads(dj.read_text()).get("shape", {}).get("dims", []))
         name = {2: "grid", 1: "table"}.get(rank)
         if name:
-            out[name] = sum(
-                f.stat().st_size for f in dj.parent.rglob("*") if f.is_file() and not f.name.startswith(".")
-            )
+            out[name] = dj.parent
     return out
+
+
+def stored_chunk_bytes(hsds_root: Path) -> dict[str, int]:
+    """Return the stored chunk bytes of ``grid`` (rank 2) and ``table`` (rank 1) in the bench bucket."""
+    return {
+        name: sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.name.startswith("."))
+        for name, folder in dataset_dirs(hsds_root).items()
+    }

@@ -109,7 +109,8 @@ def _header_lines(report: Report) -> list[str]:
         ),
         (
             f"data ({p.name}): grid float32 {p.grid_size}x{p.grid_size}, {p.grid_chunk}x{p.grid_chunk} chunks, "
-            f"shuffle+gzip 4 as HSDS stores it ({report.data.get('grid_stored_mb', 0):.0f} MB stored for "
+            f"shuffle+gzip 4 as HSDS stores it, written by {'a real HSDS 1.0.2 through h5pyd' if p.writer == 'hsds' else 'the project writer'} "
+            f"({report.data.get('grid_stored_mb', 0):.0f} MB stored for "
             f"{report.data.get('grid_mb', 0):.0f} MB; zarr copy {report.data.get('zarr_stored_mb', 0):.0f} MB); "
             f"table {p.rows:,} rows in {p.table_chunk:,}-row chunks "
             f"({report.data.get('query_rows', 0):,} match {QUERY!r})"
