@@ -633,9 +633,22 @@ def query_matches(task: ChunkTask, chunk: np.ndarray[Any, Any], sel: Hyperslab |
     return rows, hits, index
 
 
-def _query(task: ChunkTask, meta: DatasetMeta, chunk: np.ndarray[Any, Any], sel: Hyperslab) -> bytes:
+def _query(task: ChunkTask, meta: DatasetMeta, chunk: np.ndarray[Any, Any], sel: Hyperslab) -> bytes | memoryview:
     rows, hits, index = query_matches(task, chunk, sel)
     qdt = query_dtype(meta.dtype, task.fields)
+    n, isz = hits.size, meta.dtype.itemsize
+    if not meta.dtype.hasobject and qdt.itemsize == 8 + isz and qdt.fields is not None and all(
+        qdt.fields[f][1] == 8 + off for f, (_, off, *_) in (meta.dtype.fields or {}).items()
+    ):
+        # every field, in the row's own layout: an answer row is the index's 8 bytes, then the
+        # stored row's bytes (two block copies, no per-field copy, no tobytes)
+        dim = sel.dims[0]
+        assert isinstance(dim, Slice)  # query_matches refused anything else
+        plain = chunk if chunk.dtype.names is None else chunk.view(f"V{isz}")  # picking V rows is ~5x faster than structured ones
+        out = np.empty(n, dtype=[("i", "<u8"), ("r", f"V{isz}")])  # packed: the answer's layout
+        out["i"] = index
+        out["r"] = np.take(plain[dim.start : dim.stop : dim.step], hits)
+        return out.view(np.uint8).data
     out = np.empty(hits.size, dtype=qdt)
     out[qdt.names[0]] = index  # type: ignore[index]
     picked = rows[hits]
