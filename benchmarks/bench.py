@@ -146,9 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if not args.skip_floor:
         echo("running the decode floor ...")
-        floor = bench_decode_floor(ctx, str(dataset_dirs(data.hsds_root)["grid"]))
+        grid_dir = dataset_dirs(data.hsds_root).get("grid")
+        floor = bench_decode_floor(ctx, str(grid_dir)) if grid_dir else SystemRun("decode floor", error="no grid dataset found")
         systems.append(floor)
-        f = floor.cells["full"].seconds
+        f = floor.cells["full"].seconds if "full" in floor.cells else None
         ratios = [
             f"{s.name} {c.seconds / f:.2f}×" for s in systems
             if s is not floor and (c := s.cells.get("full")) is not None and c.seconds and f

@@ -160,6 +160,8 @@ def data_stamp(p: Profile) -> dict[str, Any]:
         files = [src.with_suffix(".py")] if src.with_suffix(".py").exists() else sorted(src.rglob("*.py"))
         for f in files:
             h.update(f.read_bytes())
+    if p.writer == "hsds":  # HSDS wrote it: what it depends on is the h5pyd script and the HSDS release
+        h = hashlib.sha256(_H5PYD_WRITE.encode() + b"hsds==1.0.2 h5pyd==1.0.0")
     return {
         "version": DATA_VERSION,
         "profile": {k: v for k, v in asdict(p).items() if (k, v) != ("writer", "project")},  # keeps earlier caches
@@ -210,6 +212,10 @@ dt = f.create_dataset("table", shape=t.shape, dtype=t.dtype, chunks=(tc,), compr
 step = 100_000
 for r in range(0, len(t), step):
     dt[r : r + step] = t[r : r + step]
+try:
+    f.flush()  # ask the DNs to write what they hold
+except Exception:  # noqa: BLE001 - an older h5pyd: the wait below covers it
+    pass
 f.close()
 emit({"ok": True})
 """
@@ -234,11 +240,19 @@ def write_domain_hsds(hsds_root: Path, oracle: Path, p: Profile, echo: Callable[
         echo(f"  writing through HSDS 1.0.2 with h5pyd ({p.grid_size}² grid, {p.rows:,} rows) ...")
         server.run_h5pyd(_H5PYD_WRITE, timeout=3600, domain=DOMAIN, grid=str(oracle / "grid.npy"), table=str(oracle / "table.npy"),
                          grid_chunk=p.grid_chunk, table_chunk=p.table_chunk)
-        last, still = None, 0.0
-        while still < 2.0:  # the DNs write dirty chunks a few seconds after the requests
+        # the DNs write dirty chunks a few seconds after the requests: wait until the grid's chunks are
+        # all there and nothing has changed for 2 s (at most 5 minutes)
+        grid_chunks = (-(-p.grid_size // p.grid_chunk)) ** 2
+        last, still, deadline = None, 0.0, time.monotonic() + 300
+        while still < 2.0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"HSDS did not finish writing {hsds_root / BUCKET} within 300 s\n{server.log_tail(30)}")
             time.sleep(0.5)
-            now = sorted((f.name, f.stat().st_size) for f in (hsds_root / BUCKET).rglob("*") if f.is_file())
-            still = still + 0.5 if now == last else 0.0
+            files = [f for f in (hsds_root / BUCKET).rglob("*") if f.is_file()]
+            now = sorted((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+            dirs = dataset_dirs(hsds_root)
+            grid_done = "grid" in dirs and sum(1 for f in dirs["grid"].rglob("*") if f.is_file() and not f.name.startswith(".")) >= grid_chunks
+            still = still + 0.5 if now == last and grid_done else 0.0
             last = now
 
 

@@ -20,7 +20,7 @@ def loadavg_1min() -> float | None:
 
 
 def machine_info() -> dict[str, Any]:
-    """Return cores, CPU model, Python and library versions, zlib/isal availability."""
+    """Return cores, CPU model, Python and library versions, zlib/isal/libdeflate availability."""
     import zlib
 
     info: dict[str, Any] = {
@@ -48,6 +48,12 @@ def machine_info() -> dict[str, Any]:
     except ImportError:
         info["isal"] = None
     try:
+        import deflate
+
+        info["libdeflate"] = getattr(deflate, "__version__", "yes")
+    except ImportError:
+        info["libdeflate"] = None
+    try:
         import numcodecs
         from numcodecs import blosc
 
@@ -62,12 +68,12 @@ def machine_info() -> dict[str, Any]:
 
 
 def choose_baseline(systems: Sequence[SystemRun]) -> str:
-    """Return the baseline column: HSDS h5pyd when it ran, else zarr-python, else the first system."""
-    ran = {s.name for s in systems if not s.error and any(c.seconds for c in s.cells.values())}
+    """Return the baseline column: HSDS h5pyd when it ran, else zarr-python, else TensorStore, else the first system."""
+    ran = [s.name for s in systems if not s.error and s.name != "decode floor" and any(c.seconds for c in s.cells.values())]
     for name in (HSDS_NAME, ZARR_NAME, TS_NAME):
         if name in ran:
             return name
-    return next(iter(ran), "")
+    return ran[0] if ran else ""  # the first system that ran (never the decode floor: it reads no answer)
 
 
 def _fmt_seconds(s: float) -> str:
@@ -104,7 +110,8 @@ def _header_lines(report: Report) -> list[str]:
         (
             f"machine: {m.get('cores')} cores ({m.get('cpu')}), {m.get('mem_gb', '?')} GB RAM; python {m['python']}, "
             f"numpy {m['numpy']}, numcodecs {m.get('numcodecs', '-')} (blosc {m.get('blosc', '-')}), zlib {m['zlib']}, "
-            f"isal {m.get('isal') or 'not installed'}, hsds-backends {m.get('hsds_backends')}; "
+            f"isal {m.get('isal') or 'not installed'}, deflate (libdeflate) {m.get('libdeflate') or 'not installed'}, "
+            f"hsds-backends {m.get('hsds_backends')}; "
             f"1-min load average at start {m.get('loadavg_1min_start', '?')}, at end {m.get('loadavg_1min', '?')}"
         ),
         (

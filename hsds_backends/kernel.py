@@ -451,7 +451,8 @@ def _parsed_query(text: str, dtype: np.dtype[Any]) -> Query:
 def process(task: ChunkTask, data: bytes | bytearray | memoryview | None, *, copy: bool = True) -> ChunkResult:
     """Decode ``data`` (the task's stored bytes, ``None`` if missing) and cut out the selection.
 
-    Equals ``process_chunk(task, decode_task(task, data), copy=copy)``;
+    Answers as ``process_chunk(task, decode_task(task, data), copy=copy)`` does (it decodes
+    only the Blosc blocks the selection needs, ``decode_task(..., partial=True)``);
     :func:`run_task` with a decoded-chunk cache runs the two steps apart. With
     ``copy=False`` a hyperslab result that is already contiguous in the decoded
     chunk (a whole chunk, or whole rows of it) comes back as a read-only
@@ -637,8 +638,9 @@ def _query(task: ChunkTask, meta: DatasetMeta, chunk: np.ndarray[Any, Any], sel:
     rows, hits, index = query_matches(task, chunk, sel)
     qdt = query_dtype(meta.dtype, task.fields)
     n, isz = hits.size, meta.dtype.itemsize
-    if not meta.dtype.hasobject and qdt.itemsize == 8 + isz and qdt.fields is not None and all(
-        qdt.fields[f][1] == 8 + off for f, (_, off, *_) in (meta.dtype.fields or {}).items()
+    qf = qdt.fields or {}
+    if not meta.dtype.hasobject and qdt.itemsize == 8 + isz and all(
+        f in qf and qf[f][1] == 8 + off for f, (_, off, *_) in (meta.dtype.fields or {}).items()
     ):
         # every field, in the row's own layout: an answer row is the index's 8 bytes, then the
         # stored row's bytes (two block copies, no per-field copy, no tobytes)

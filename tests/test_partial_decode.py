@@ -120,3 +120,55 @@ def test_a_corrupt_needed_block_raises_naming_the_chunk_and_an_unneeded_one_is_n
     with pytest.raises(ChunkDecodeError, match=f"chunk {cid}"):
         decode_chunk(bytes(stored), meta.ops, itemsize=4, nbytes=len(raw), chunk_id=cid, key="k")
 
+
+
+def test_coordinate_lists_fields_and_compounds_take_the_partial_path_with_the_same_answer() -> None:
+    dt = np.dtype([("a", ">i2"), ("b", "<f8"), ("c", "S3")])
+    doc = {
+        "id": DSET,
+        "type": {"class": "H5T_COMPOUND", "fields": [
+            {"name": "a", "type": {"class": "H5T_INTEGER", "base": "H5T_STD_I16BE"}},
+            {"name": "b", "type": {"class": "H5T_FLOAT", "base": "H5T_IEEE_F64LE"}},
+            {"name": "c", "type": {"class": "H5T_STRING", "charSet": "H5T_CSET_ASCII", "strPad": "H5T_STR_NULLPAD", "length": 3}},
+        ]},
+        "shape": {"class": "H5S_SIMPLE", "dims": [400, 300]},
+        "layout": {"class": "H5D_CHUNKED", "dims": [400, 300]},
+        "creationProperties": {"filters": [{"class": "H5Z_FILTER_DEFLATE", "id": 1, "name": "deflate", "level": 3}]},
+    }
+    meta = DatasetMeta.from_json(doc, "b")
+    assert meta.dtype == dt
+    arr = np.zeros((400, 300), dtype=dt)
+    arr["a"] = np.arange(400 * 300).reshape(400, 300) % 30000
+    arr["b"] = np.linspace(0, 1, 400 * 300).reshape(400, 300)
+    arr["c"] = b"xyz"
+    raw = arr.tobytes()
+    stored = _stored(raw, 65536, False)  # 2.2 MB: 33 blocks
+    cid = meta.chunk_id((0, 0))
+    for select, fields, want in [
+        ("[[3,7,5], 10:20:3]", None, arr[[3, 7, 5]][:, 10:20:3]),
+        ("[120:122, [0, 299, 150]]", ("b",), arr[120:122][:, [0, 299, 150]][["b"]]),
+        ("[200, 5:6]", ("c", "a"), arr[200:201, 5:6][["c", "a"]]),
+    ]:
+        task = ChunkTask(cid, meta, meta.location((0, 0), cid), "hyperslab", select, fields=fields)
+        part = decode_chunk_part(stored, meta.ops, nbytes=len(raw), intervals=_needed(task, meta))
+        assert part is not None  # the partial path is taken
+        got = bytes(process(task, stored).data)
+        expect = np.ascontiguousarray(want).tobytes() if fields is None else _project_bytes(want, fields, dt)
+        assert got == expect == bytes(process_chunk(task, decode_task(task, stored)).data), select
+
+
+def _needed(task: ChunkTask, meta: DatasetMeta) -> Any:
+    from hsds_backends.kernel import _needed_bytes
+
+    out = _needed_bytes(task, meta)
+    assert out is not None
+    return out
+
+
+def _project_bytes(values: np.ndarray[Any, Any], fields: tuple[str, ...], dt: np.dtype[Any]) -> bytes:
+    from hsds_backends.tasks import field_dtype
+
+    out = np.empty(values.shape, dtype=field_dtype(dt, fields))
+    for f in fields:
+        out[f] = values[f]
+    return out.tobytes()

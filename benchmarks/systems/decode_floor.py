@@ -15,6 +15,7 @@ import struct
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from results import Measurement, SystemRun
@@ -27,7 +28,7 @@ TITLE = "decode floor"
 def _streams(blob: bytes) -> list[tuple[memoryview, int]]:
     """The (zlib stream, decoded size) of each block of one Blosc-1 container of zlib blocks (typesize 1)."""
     _v, _vlz, flags, _ts, nbytes, bsize, _cb = _HEADER.unpack_from(blob)
-    if flags & 0x02:  # stored uncompressed: nothing to inflate
+    if flags & 0x02 or not nbytes or not bsize:  # stored uncompressed, or empty: nothing to inflate
         return []
     n = -(-nbytes // bsize)
     view = memoryview(blob)
@@ -58,20 +59,26 @@ def _inflater() -> tuple[str, Any]:
 def bench_decode_floor(ctx: BenchContext, grid_dir: str) -> SystemRun:
     """Time inflating every stored block of the grid's chunk objects in ``grid_dir`` (best of ``ctx.repeat``)."""
     run = SystemRun(TITLE)
-    blobs = []
-    for name in sorted(os.listdir(grid_dir)):
-        if not name.startswith("."):
-            with open(os.path.join(grid_dir, name), "rb") as f:
-                blobs.append(f.read())
-    streams = [s for b in blobs for s in _streams(b)]
+    try:
+        blobs = [p.read_bytes() for p in sorted(Path(grid_dir).rglob("*")) if p.is_file() and not p.name.startswith(".")]
+        streams = [s for b in blobs for s in _streams(b)]
+    except (OSError, struct.error) as exc:
+        run.error = f"cannot read the grid's chunk objects in {grid_dir}: {exc}"
+        return run
     which, inflate = _inflater()
     threads = os.cpu_count() or 1
+    # a few batches per thread: the floor must not pay a future per block
+    batches = [streams[i :: 4 * threads] for i in range(4 * threads)]
+
+    def work(batch: list[tuple[memoryview, int]]) -> None:
+        for s in batch:
+            inflate(s)
+
     best = float("inf")
     with ThreadPoolExecutor(threads) as pool:
         for _ in range(max(3, ctx.repeat) + 1):  # the first is a warm-up
             t = time.perf_counter()
-            for _ in pool.map(inflate, streams, chunksize=max(1, len(streams) // (4 * threads))):
-                pass
+            list(pool.map(work, batches))
             best = min(best, time.perf_counter() - t)
     run.cells["full"] = Measurement(best, None, "decode only")
     run.info = {"inflater": which, "threads": threads, "blocks": len(streams), "stored_mb": sum(len(b) for b in blobs) / 2**20}

@@ -20,16 +20,16 @@ One concern per module:
 :mod:`.filters`        HSDS filter list -> :class:`FilterOps` (:func:`filter_ops`)
 :mod:`.decode`         the read pipeline, :func:`decode_chunk` (and :func:`decode_chunk_part`: the blocks a selection needs)
 :mod:`.encode`         the writer's encoders
-:mod:`.blosc`          Blosc-1 header parsing and checks, block-by-block ISA-L decode
-:mod:`.inflate`        zlib streams (ISA-L when installed, else zlib)
+:mod:`.blosc`          Blosc-1 header parsing and checks, block-by-block zlib decode
+:mod:`.inflate`        zlib streams (libdeflate for blocks of known size; ISA-L, else zlib)
 :mod:`.shuffle`        HDF5 byte shuffle
 :mod:`.bitshuffle`     the bitshuffle+LZ4 framing (numpy bit transpose, lz4)
 :mod:`.fletcher32`     HDF5's fletcher32 trailer
 =====================  ==========================================================
 
-Only numpy, numcodecs and lz4 are needed at run time; ``isal`` speeds up
-inflate when installed. The ``bitshuffle`` package is deliberately not
-imported (it pulls in h5py).
+Only numpy, numcodecs and lz4 are needed at run time; ``deflate`` (libdeflate)
+and ``isal`` speed up inflate when installed. The ``bitshuffle`` package is
+deliberately not imported (it pulls in h5py).
 """
 
 from __future__ import annotations

@@ -216,7 +216,8 @@ def decode_chunk_part(
 
     ``None`` whenever this does not apply or does not pay, and the caller decodes the whole
     chunk with :func:`decode_chunk` (which reports any problem): not an HSDS-native zlib
-    Blosc container of one stream per block (typesize 1, no Blosc shuffle or bitshuffle),
+    Blosc container of one stream per block (typesize 1, where Blosc's byte shuffle is a
+    no-op; no bitshuffle),
     a filter to undo over the whole chunk (bitshuffle, fletcher32, linked HDF5 shuffle), the
     sizes not as expected, every block needed, or a block that does not decode.
     """

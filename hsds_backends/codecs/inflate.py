@@ -26,9 +26,9 @@ except ImportError:  # pragma: no cover - isal is optional
     isal_zlib = None
 
 libdeflate: ModuleType | None
-try:  # libdeflate inflates a stream of known size ~1.4-2x faster than ISA-L (PyPI ``deflate``)
+try:  # libdeflate inflates a stream of known size ~1.4-2x faster than ISA-L (PyPI ``deflate``, a dependency)
     import deflate as libdeflate
-except ImportError:  # pragma: no cover - deflate is optional
+except ImportError:  # pragma: no cover - a broken install: ISA-L, then c-blosc serve
     libdeflate = None
 
 
@@ -38,8 +38,8 @@ def inflate_exact(src: memoryview, size: int) -> bytes | bytearray | None:
     For streams whose extent and output size are both known (the blocks of a Blosc
     container, docs/hsds-format.md §3.3): libdeflate when installed (it needs the output
     size up front, and checks the stream's adler32), else ISA-L, else ``None`` (the caller's
-    general path decodes it, and reports what is wrong). Corrupt data, trailing bytes or
-    another length also give ``None``.
+    general path decodes it, and reports what is wrong). Corrupt data or another length also
+    give ``None`` (libdeflate, like c-blosc, ignores bytes after the stream's end).
     """
     lib = libdeflate
     if lib is not None:
