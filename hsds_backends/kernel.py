@@ -43,7 +43,7 @@ from .tasks import ChunkResult, ChunkTask, field_dtype, query_dtype
 from .vlen import decode_vlen, encode_vlen
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
     from concurrent.futures import Executor
 
     from .dataset import ChunkLocation, DatasetMeta
@@ -638,7 +638,7 @@ def _query(task: ChunkTask, meta: DatasetMeta, chunk: np.ndarray[Any, Any], sel:
     rows, hits, index = query_matches(task, chunk, sel)
     qdt = query_dtype(meta.dtype, task.fields)
     n, isz = hits.size, meta.dtype.itemsize
-    qf = qdt.fields or {}
+    qf: Mapping[str, Any] = qdt.fields or {}
     if not meta.dtype.hasobject and qdt.itemsize == 8 + isz and all(
         f in qf and qf[f][1] == 8 + off for f, (_, off, *_) in (meta.dtype.fields or {}).items()
     ):
