@@ -91,7 +91,7 @@ def size_problem(header: BloscHeader, length: int) -> str | None:
 
 def decode_blosc(
     buf: memoryview, header: BloscHeader, ops: FilterOps, nbytes: int | None, fail: Fail
-) -> bytes | bytearray:
+) -> bytes | memoryview:
     """Blosc-decode a container whose header and length were checked."""
     if nbytes is not None and ops.shuffle != 2 and header.nbytes != nbytes:
         fail(
@@ -110,7 +110,7 @@ def decode_blosc(
     return plain
 
 
-def decode_zlib_blocks(buf: memoryview, header: BloscHeader, wanted: Collection[int] | None = None) -> bytearray | None:
+def decode_zlib_blocks(buf: memoryview, header: BloscHeader, wanted: Collection[int] | None = None) -> memoryview | None:
     """Decode a Blosc container of zlib blocks with libdeflate or ISA-L, block by block; ``None`` = not this fast path.
 
     HSDS compresses the chunk's byte string with Blosc (typesize 1, so one
@@ -124,8 +124,8 @@ def decode_zlib_blocks(buf: memoryview, header: BloscHeader, wanted: Collection[
     returns ``None`` and numcodecs decodes it, raising for corrupt data.
 
     ``wanted``: decode only these blocks (block *i* holds output bytes ``[i·blocksize,
-    (i+1)·blocksize)``); the other bytes of the result are zeros and mean nothing. Each
-    block decoded is decoded whole and checked (its adler32), never cut short.
+    (i+1)·blocksize)``); the other bytes of the result are left as allocated and mean
+    nothing. Each block decoded is decoded whole and checked (its adler32), never cut short.
     """
     if (_inflate.libdeflate is None and _inflate.isal_zlib is None) or header.typesize != 1 or (header.flags >> 5) != _BLOSC_ZLIB:
         return None  # looked up per chunk: turning an inflater off in inflate turns it off here too
@@ -137,7 +137,7 @@ def decode_zlib_blocks(buf: memoryview, header: BloscHeader, wanted: Collection[
     if nblocks == 0 or first > len(buf):
         return None
     starts = np.frombuffer(buf, dtype="<i4", count=nblocks, offset=BLOSC_HEADER.size).tolist()
-    out = bytearray(nbytes)
+    out = np.empty(nbytes, dtype=np.uint8).data  # not zeroed: every byte that counts is written below
     for i in sorted(wanted) if wanted is not None else range(nblocks):
         if not 0 <= i < nblocks:
             return None
