@@ -333,10 +333,7 @@ def _needed_bytes(task: ChunkTask, meta: DatasetMeta) -> np.ndarray[Any, Any] | 
         if task.kind == "points":
             if task.points is None or not len(task.points):
                 return None
-            origin = np.asarray(chunk_index(task.chunk_id), dtype=np.int64) * np.asarray(meta.chunks, dtype=np.int64)
-            rel = task.points.astype(np.int64) - origin
-            if bool(((rel < 0) | (rel >= np.asarray(meta.chunks))).any()):
-                return None
+            rel = _chunk_points(task, meta)  # a point outside the chunk: SelectionError, the whole decode reports it
             flat = np.ravel_multi_index(tuple(rel.T), meta.chunks).astype(np.int64) * itemsize
             return np.stack([flat, flat + itemsize], axis=1)
         if task.select is None or whole_select(task.select, meta.chunks):
@@ -590,7 +587,14 @@ def _name_chunk(exc: HsdsBackendsError, cid: str) -> None:
         exc.args = (f"chunk {cid}: {exc}", *exc.args[1:])
 
 
-def _points(task: ChunkTask, meta: DatasetMeta, chunk: np.ndarray[Any, Any]) -> bytes:
+def _chunk_points(task: ChunkTask, meta: DatasetMeta) -> np.ndarray[Any, Any]:
+    """The task's points relative to its chunk's origin.
+
+    Raises
+    ------
+    SelectionError
+        A point outside the chunk, naming it.
+    """
     assert task.points is not None
     origin = np.asarray(chunk_index(task.chunk_id), dtype=np.int64) * np.asarray(meta.chunks, dtype=np.int64)
     rel = task.points.astype(np.int64) - origin
@@ -598,6 +602,11 @@ def _points(task: ChunkTask, meta: DatasetMeta, chunk: np.ndarray[Any, Any]) -> 
     if bad.size:
         p = task.points[int(bad[0])].tolist()
         raise SelectionError(f"point {p} does not lie in chunk {task.chunk_id} (chunk origin {origin.tolist()}, chunk dims {list(meta.chunks)})")
+    return rel
+
+
+def _points(task: ChunkTask, meta: DatasetMeta, chunk: np.ndarray[Any, Any]) -> bytes:
+    rel = _chunk_points(task, meta)
     values = chunk[tuple(rel.T)]
     values, dt = _project(meta, values, task.fields)
     return _serialise(values, dt)
