@@ -34,6 +34,7 @@ from hsds_backends.dataset import ChunkLocation
 from hsds_backends.errors import BackendError, TaskError
 from hsds_backends.ids import chunk_key
 from hsds_backends.kernel import process_chunk
+from hsds_backends.selection import Slice, format_select
 from hsds_backends.tasks import ChunkResult, ChunkTask, TaskKind, field_dtype, split_s3path
 
 from ._client import Fatal, answer_error, json_body, request
@@ -89,7 +90,7 @@ async def read_chunk(url: NodeURL, task: ChunkTask, *, token: str | None, timeou
     loc = task.location
     if loc is not None and loc.parts is not None and (task.kind == "points" or (task.select is not None and len(task.select) > MAX_SELECT_IN_URL)):
         # HSDS's POST /chunks takes one s3offset/s3size (docs/hsds-format.md §4.3): GET the whole hyper-chunk, cut it here
-        whole = ChunkTask(cid, meta, loc, "hyperslab", "[" + ",".join(f"0:{c}" for c in meta.chunks) + "]")
+        whole = ChunkTask(cid, meta, loc, "hyperslab", format_select([Slice(0, c, 1) for c in meta.chunks]))
         res = await read_chunk(url, whole, token=token, timeout=timeout)
         if res.status != "ok":
             return ChunkResult(cid, res.status)
