@@ -54,6 +54,7 @@ __all__ = [
     "as_size",
     "as_str",
     "at_least",
+    "CREDENTIAL_ENV",
     "credentials_env",
     "find_config_file",
     "is_unset",
@@ -302,8 +303,8 @@ def is_unset(value: Any) -> bool:
     return value is None or value == "" or value == HSDS_UNSET
 
 
-#: Credential keys and the standard AWS environment variables that carry them.
-_CREDENTIAL_ENV: Final = {
+#: Storage credential keys and the standard environment variables that carry them (AWS, Azure).
+CREDENTIAL_ENV: Final = {
     "aws_access_key_id": "AWS_ACCESS_KEY_ID",
     "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
     "aws_session_token": "AWS_SESSION_TOKEN",
@@ -317,7 +318,7 @@ def credentials_env(config: Mapping[str, Any]) -> dict[str, str]:
     The one way credentials leave a process: in a child's environment, never on a command
     line or in a task.
     """
-    return {var: str(config[key]) for key, var in _CREDENTIAL_ENV.items() if not is_unset(config.get(key))}
+    return {var: str(config[key]) for key, var in CREDENTIAL_ENV.items() if not is_unset(config.get(key))}
 
 
 def option(config: Mapping[str, Any], key: str, spec: ConfigKey) -> Any:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from hsds_backends._proc import ChildProcess, ChildStartError
-from hsds_backends.config import ENV_PREFIX, credentials_env, is_secret
+from hsds_backends.config import CREDENTIAL_ENV, ENV_PREFIX, credentials_env, is_secret
 
 __all__ = ["HsdsDeployment", "LauncherError", "find_hsds_node"]
 
@@ -53,7 +53,7 @@ _SCRUB_ENV: Final = frozenset({
     "HS_ENDPOINT", "HS_USERNAME", "HS_PASSWORD", "HS_API_KEY", "HS_BUCKET",
 })
 #: Credentials pass to every child in its environment (never on a command line).
-_CREDENTIALS: Final = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AZURE_CONNECTION_STRING"})
+_CREDENTIALS: Final = frozenset(CREDENTIAL_ENV.values())
 #: AF_UNIX paths hold at most 107 bytes; HSDS's launcher refuses socket folders over 63.
 _MAX_RUN_DIR: Final = 63
 #: Largest request body the SN's loopback listener takes (HSDS's max_request_size default).

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 from hsds_backends._aio import ResultQueue, cancel_and_wait, retrieve, wait_bounded
 from hsds_backends.config import (
     CORE_KEYS,
+    CREDENTIAL_ENV,
     ConfigKey,
     as_bool,
     as_float,
@@ -61,7 +62,7 @@ __all__ = ["DaskBackend"]
 log = logging.getLogger(__name__)
 
 #: Credential keys sent to remote workers in the plugin (it adds them to the storage config there).
-_CREDENTIAL_KEYS: Final = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "azure_connection_string")
+_CREDENTIAL_KEYS: Final = tuple(CREDENTIAL_ENV)
 #: Batches per worker thread when ``dask_batch_size`` is not set: enough to balance load
 #: and to overlap the client's receiving and assembling with the workers' decoding.
 _WAVES: Final = 4
