@@ -29,6 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import threading
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -43,7 +46,7 @@ from .tasks import ChunkResult, ChunkTask, field_dtype, query_dtype
 from .vlen import decode_vlen, encode_vlen
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
     from concurrent.futures import Executor
 
     from .dataset import ChunkLocation, DatasetMeta
@@ -159,6 +162,39 @@ def _join_parts(
     return b"".join(pieces)
 
 
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+_busy = 0  # chunk tasks running in this process's threads right now
+_busy_lock = threading.Lock()
+_in_task = threading.local()
+
+
+@contextmanager
+def _occupying() -> Iterator[None]:
+    """Count this thread as busy with a chunk task while inside (nested uses count once)."""
+    global _busy
+    depth = getattr(_in_task, "depth", 0)
+    if depth == 0:
+        with _busy_lock:
+            _busy += 1
+    _in_task.depth = depth + 1
+    try:
+        yield
+    finally:
+        _in_task.depth = depth
+        if depth == 0:
+            with _busy_lock:
+                _busy -= 1
+
+
+def _decode_threads() -> int:
+    """Threads one chunk's Blosc blocks may be decoded on: this one plus the cores no chunk task is using.
+
+    A read of many chunks keeps every core busy with a chunk each and gets 1; a read of
+    one chunk gets every core for its blocks (docs/architecture.md §1 "kernel").
+    """
+    return max(1, _CORES - _busy + (1 if getattr(_in_task, "depth", 0) else 0))
+
+
 async def run_task(
     task: ChunkTask,
     storage: Storage,
@@ -241,10 +277,11 @@ def run_task_sync(
         As in :func:`process`.
     """
     loc = task.location
-    if read is not None and loc is not None:
-        data = read_location(read, loc, task.chunk_id)
-    chunk = decode_task(task, data, True)  # no cache here: only the blocks the selection needs
-    return process_chunk(task, chunk, 0 if data is None else len(data), copy)
+    with _occupying():
+        if read is not None and loc is not None:
+            data = read_location(read, loc, task.chunk_id)
+        chunk = decode_task(task, data, True)  # no cache here: only the blocks the selection needs
+        return process_chunk(task, chunk, 0 if data is None else len(data), copy)
 
 
 async def _run_cached(
@@ -280,10 +317,11 @@ def _load(
 ) -> tuple[np.ndarray[Any, Any] | None, ChunkResult]:
     """:func:`run_task_sync` that also returns the decoded chunk, for a cache (``None`` if missing)."""
     loc = task.location
-    if read is not None and loc is not None:
-        data = read_location(read, loc, task.chunk_id)
-    chunk = decode_task(task, data)
-    res = process_chunk(task, chunk, 0 if data is None else len(data), copy)
+    with _occupying():
+        if read is not None and loc is not None:
+            data = read_location(read, loc, task.chunk_id)
+        chunk = decode_task(task, data)
+        res = process_chunk(task, chunk, 0 if data is None else len(data), copy)
     # a query over a missing chunk decoded a chunk of fill values: not worth caching
     return (chunk if data is not None else None), res
 
@@ -293,7 +331,9 @@ def chunk_index_tuple(task: ChunkTask) -> tuple[int, ...]:
     return chunk_index(task.chunk_id)
 
 
-def decode_to_array(meta: DatasetMeta, data: bytes | bytearray | memoryview, chunk_id: str, key: str, *, linked: bool = False) -> np.ndarray[Any, Any]:
+def decode_to_array(
+    meta: DatasetMeta, data: bytes | bytearray | memoryview, chunk_id: str, key: str, *, linked: bool = False, threads: int = 1
+) -> np.ndarray[Any, Any]:
     """Decode stored chunk bytes into an array of the chunk shape.
 
     Fixed-size types come back as a ``V<itemsize>`` view (byte-exact, any
@@ -317,7 +357,7 @@ def decode_to_array(meta: DatasetMeta, data: bytes | bytearray | memoryview, chu
     if linked and meta.layout_class == "H5D_CONTIGUOUS_REF" and len(data) < nbytes:
         # the last contiguous chunk may end at EOF; its tail lies outside the extent (docs/hsds-format.md §3.5, as 1.0.2 pads)
         data = bytes(data) + bytes(nbytes - len(data))
-    raw = decode_chunk(data, meta.ops, itemsize=meta.dtype.itemsize, nbytes=nbytes, chunk_id=chunk_id, key=key, linked=linked)
+    raw = decode_chunk(data, meta.ops, itemsize=meta.dtype.itemsize, nbytes=nbytes, chunk_id=chunk_id, key=key, linked=linked, threads=threads)
     return np.frombuffer(raw, dtype=f"V{meta.dtype.itemsize}").reshape(chunks)
 
 
@@ -470,9 +510,10 @@ def process(task: ChunkTask, data: bytes | bytearray | memoryview | None, *, cop
         bytes, :class:`SelectionError`/:class:`QueryError`/:class:`FieldError`
         for a bad task.
     """
-    chunk = decode_task(task, data, True)
-    fetched = 0 if data is None else len(data)
-    return process_chunk(task, chunk, fetched=fetched, copy=copy)
+    with _occupying():
+        chunk = decode_task(task, data, True)
+        fetched = 0 if data is None else len(data)
+        return process_chunk(task, chunk, fetched=fetched, copy=copy)
 
 
 def decode_task(task: ChunkTask, data: bytes | bytearray | memoryview | None, partial: bool = False) -> np.ndarray[Any, Any] | None:
@@ -494,6 +535,11 @@ def decode_task(task: ChunkTask, data: bytes | bytearray | memoryview | None, pa
     ChunkDecodeError
         Corrupt bytes, naming the chunk id and key.
     """
+    with _occupying():
+        return _decode_task(task, data, partial)
+
+
+def _decode_task(task: ChunkTask, data: bytes | bytearray | memoryview | None, partial: bool) -> np.ndarray[Any, Any] | None:
     meta = task.dset
     cid = task.chunk_id
     loc = task.location
@@ -519,7 +565,9 @@ def decode_task(task: ChunkTask, data: bytes | bytearray | memoryview | None, pa
         if partial and task.kind != "query" and not meta.is_vlen:
             intervals = _needed_bytes(task, meta)
             if intervals is not None:
-                raw = decode_chunk_part(data, meta.ops, nbytes=meta.chunk_nbytes, intervals=intervals, linked=bool(loc and loc.linked))
+                raw = decode_chunk_part(
+                    data, meta.ops, nbytes=meta.chunk_nbytes, intervals=intervals, linked=bool(loc and loc.linked), threads=_decode_threads()
+                )
                 if raw is not None:
                     return np.frombuffer(raw, dtype=f"V{meta.dtype.itemsize}").reshape(meta.chunks)
         if loc is not None and loc.linked and loc.size and len(data) < loc.size and meta.layout_class != "H5D_CONTIGUOUS_REF":
@@ -528,7 +576,7 @@ def decode_task(task: ChunkTask, data: bytes | bytearray | memoryview | None, pa
                 f"chunk {cid}: its bytes (offset {loc.offset}, size {loc.size}) run past the end of {loc.bucket}/{loc.key} "
                 f"({len(data)} of them are there); the dataset's chunk locations are wrong"
             )
-        return decode_to_array(meta, data, cid, key, linked=bool(loc and loc.linked))
+        return decode_to_array(meta, data, cid, key, linked=bool(loc and loc.linked), threads=_decode_threads())
     except HsdsBackendsError as exc:
         _name_chunk(exc, cid)
         raise

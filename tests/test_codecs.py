@@ -325,7 +325,7 @@ def test_blosc_zlib_blocks_decode_identically_with_libdeflate_isal_and_cblosc(da
                 mp.setattr(inflate_codec, "isal_zlib", None)
             results.append(bytes(decode(stored, ops, 1, len(data))))
             if header is not None and data and not header.flags & 0x02:  # the fast path itself, not c-blosc filling in
-                fast = blosc_codec.decode_zlib_blocks(memoryview(stored), header)
+                fast = blosc_codec.decode_blocks(memoryview(stored), header)
                 assert (fast is not None) == (libdeflate or isal) and (fast is None or bytes(fast) == data)
     assert results == [data] * 3
 
@@ -676,7 +676,7 @@ def test_blosc_zlib_isal_fast_path_is_byte_identical(data: bytes, level: int, sh
     enc = Blosc(cname="zlib", clevel=level, shuffle=shuffle, blocksize=blocksize).encode(raw)
     header = blosc_codec.parse_header(memoryview(enc))
     assert header is not None
-    fast = blosc_codec.decode_zlib_blocks(memoryview(enc), header)
+    fast = blosc_codec.decode_blocks(memoryview(enc), header)
     if header.flags & 0x02:  # stored uncompressed: not this path
         assert fast is None
     else:
@@ -692,7 +692,7 @@ def test_blosc_zlib_isal_corrupt_stream_falls_back_and_raises() -> None:
     header = blosc_codec.parse_header(memoryview(enc))
     assert header is not None and header.typesize == 1  # HSDS frames: the chunk as a byte string
     enc[200:240] = bytes(40)  # damage the first zlib stream
-    assert blosc_codec.decode_zlib_blocks(memoryview(bytes(enc)), blosc_codec.parse_header(memoryview(bytes(enc)))) is None
+    assert blosc_codec.decode_blocks(memoryview(bytes(enc)), blosc_codec.parse_header(memoryview(bytes(enc)))) is None
     ops = codecs.filter_ops(["gzip"])
     with pytest.raises(ChunkDecodeError, match=r"chunk c-x \(key k/0_0\)"):
         codecs.decode_chunk(bytes(enc), ops, itemsize=4, nbytes=len(raw), chunk_id="c-x", key="k/0_0")

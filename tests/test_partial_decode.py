@@ -1,12 +1,14 @@
 """Block-level partial decode: only the Blosc blocks a selection needs, the same bytes as a whole decode.
 
-HSDS stores gzip chunks as Blosc-1 containers of independent zlib blocks, each a contiguous
-range of the chunk's bytes (docs/hsds-format.md §3.3). A point or a few rows need only some
-blocks: :func:`hsds_backends.codecs.decode_chunk_part` decodes those (each whole, checked),
-and the kernel uses it where no decoded-chunk cache keeps the chunk. For random datasets,
-selections, points, block sizes and filters, the kernel's answer with partial decode equals
-the answer of a whole decode, byte for byte; a corrupt block that is needed still raises,
-naming the chunk.
+HSDS stores compressed chunks as Blosc-1 containers of independent blocks, each a contiguous
+range of the chunk's bytes, byte-shuffled (if at all) within the block (docs/hsds-format.md
+§3.3). A point or a few rows need only some blocks: :func:`hsds_backends.codecs.decode_chunk_part`
+decodes those (each whole, checked), whatever the internal codec (zlib, blosclz, LZ4, LZ4HC,
+Zstandard), shuffle and typesize, and the kernel uses it where no decoded-chunk cache keeps the
+chunk. For random datasets, selections, points, codecs, block sizes and filters, the kernel's
+answer with partial decode equals the answer of a whole decode, byte for byte; a corrupt block
+that is needed still raises, naming the chunk. A chunk's blocks are decoded on every idle core
+when few chunks are read.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numcodecs import Blosc
 
-from hsds_backends.codecs import decode_chunk, decode_chunk_part, filter_ops
+from hsds_backends.codecs import _cblosc, decode_chunk, decode_chunk_part, filter_ops
+from hsds_backends.codecs import blosc as blosc_codec
 from hsds_backends.dataset import DatasetMeta
 from hsds_backends.errors import ChunkDecodeError
 from hsds_backends.kernel import decode_task, process, process_chunk
@@ -42,9 +45,13 @@ def _meta(shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str, filters: 
     )
 
 
-def _stored(raw: bytes, blocksize: int, shuffle: bool) -> bytes:
-    """A chunk as HSDS stores gzip (+shuffle): a Blosc container of zlib blocks, typesize 1."""
-    return bytes(Blosc(cname="zlib", clevel=3, shuffle=Blosc.SHUFFLE if shuffle else Blosc.NOSHUFFLE, blocksize=blocksize).encode(raw))
+CODECS = {"zlib": "deflate", "blosclz": "blosclz", "lz4": "lz4", "lz4hc": "lz4hc", "zstd": "zstd"}  # Blosc cname: HSDS filter name
+
+
+def _stored(raw: bytes, blocksize: int, shuffle: bool, cname: str = "zlib", typesize: int = 1) -> bytes:
+    """A chunk as HSDS stores it (typesize 1: the chunk as a byte string), or with a real typesize as other writers do."""
+    codec = Blosc(cname=cname, clevel=3, shuffle=Blosc.SHUFFLE if shuffle else Blosc.NOSHUFFLE, blocksize=blocksize)
+    return bytes(codec.encode(np.frombuffer(raw, dtype=f"V{typesize}")))
 
 
 @st.composite
@@ -54,11 +61,13 @@ def cases(draw: st.DrawFn) -> tuple[DatasetMeta, bytes, bytes, ChunkTask]:
     chunks = tuple(draw(st.integers(1, top)) for _ in range(rank))
     dtype = draw(st.sampled_from(["<f4", ">i2"]))
     shuffle = draw(st.booleans())
-    meta = _meta(chunks, chunks, dtype, [{"class": "H5Z_FILTER_DEFLATE", "id": 1, "name": "deflate", "level": 3}]
+    cname = draw(st.sampled_from(sorted(CODECS)))
+    meta = _meta(chunks, chunks, dtype, [{"name": CODECS[cname], "level": 3}]
                  + ([{"class": "H5Z_FILTER_SHUFFLE", "id": 2, "name": "shuffle"}] if shuffle else []))
     n = int(np.prod(chunks))
     raw = (np.arange(n, dtype="<i8") * draw(st.integers(1, 977)) % 65521).astype(meta.dtype).tobytes()
-    stored = _stored(raw, draw(st.sampled_from([65536, 131072, 262144])), shuffle)
+    typesize = draw(st.sampled_from([1, meta.dtype.itemsize]))
+    stored = _stored(raw, draw(st.sampled_from([16384, 65536, 131072, 262144])), shuffle, cname, typesize)
     cid = meta.chunk_id((0,) * rank)
     if draw(st.booleans()):
         k = draw(st.integers(1, 8))
@@ -99,13 +108,118 @@ def test_only_the_needed_blocks_are_decoded() -> None:
     view = memoryview(out)
     assert bytes(view[65536:131072]) == raw[65536:131072] and bytes(view[196608:]) == raw[196608:]
     assert decode_chunk_part(bytes(spoiled), ops, nbytes=len(raw), intervals=np.array([[10, 14], [200000, 200010]])) is None  # block 0 needed
-    # every block needed, another codec, a trailer to check, a linked chunk: the whole decode's job
+    # every block needed, a trailer to check, a linked chunk, bitshuffle: the whole decode's job
     assert decode_chunk_part(stored, ops, nbytes=len(raw), intervals=np.array([[0, len(raw)]])) is None
-    lz4 = bytes(Blosc(cname="lz4", blocksize=65536).encode(raw))
-    assert decode_chunk_part(lz4, filter_ops(["lz4"]), nbytes=len(raw), intervals=np.array([[0, 4]])) is None
     assert decode_chunk_part(stored, filter_ops(["gzip", "fletcher32"]), nbytes=len(raw), intervals=np.array([[0, 4]])) is None
     assert decode_chunk_part(stored, ops, nbytes=len(raw), intervals=np.array([[0, 4]]), linked=True) is None
     assert decode_chunk_part(stored, ops, nbytes=len(raw) + 4, intervals=np.array([[0, 4]])) is None  # another size: not this chunk
+    bits = bytes(Blosc(cname="lz4", shuffle=Blosc.BITSHUFFLE, blocksize=65536).encode(np.frombuffer(raw, "<f4")))
+    assert decode_chunk_part(bits, filter_ops(["lz4"]), nbytes=len(raw), intervals=np.array([[0, 4]])) is None
+
+
+def test_the_block_decoders_of_numcodecs_c_blosc_are_found() -> None:
+    """Without them blosclz, LZ4 and Zstandard chunks would silently decode whole (numcodecs 0.16 exports all three)."""
+    for code in (_cblosc.BLOSCLZ, _cblosc.LZ4, _cblosc.ZSTD):
+        assert _cblosc.decompressor(code) is not None, code
+    assert _cblosc.decompressor(_cblosc.SNAPPY) is None  # not built into numcodecs' c-blosc: whole decode, which reports it
+
+
+@pytest.mark.parametrize("cname", sorted(CODECS))
+@pytest.mark.parametrize(("shuffle", "typesize"), [(False, 1), (True, 1), (False, 4), (True, 4), (True, 8)])
+def test_every_codec_decodes_only_the_needed_blocks(cname: str, shuffle: bool, typesize: int) -> None:
+    raw = (np.arange(512 * 1024, dtype="<i8") * 2654435761 % 1000).astype("<f8").tobytes()  # 4 MiB: 4 or more blocks
+    stored = _stored(raw, 65536, shuffle, cname, typesize)
+    header = blosc_codec.parse_header(memoryview(stored))
+    assert header is not None and header.flags >> 5 == {"zlib": 3, "blosclz": 0, "lz4": 1, "lz4hc": 1, "zstd": 4}[cname]
+    assert header.typesize == typesize and bool(header.flags & 1) == shuffle
+    bs = header.blocksize  # c-blosc may pick a larger block than asked for
+    nblocks = -(-len(raw) // bs)
+    assert nblocks >= 4
+    a, b = 1, nblocks - 1
+    spoiled = bytearray(stored)
+    offsets = np.frombuffer(spoiled, dtype="<i4", count=nblocks, offset=16)
+    for k in range(nblocks):
+        if k not in (a, b):
+            offsets[k] = 0  # points into the header: decoding this block would be refused
+    ops = filter_ops([CODECS[cname]] + (["shuffle"] if shuffle else []))
+    out = decode_chunk_part(bytes(spoiled), ops, nbytes=len(raw), intervals=np.array([[a * bs + 8, a * bs + 16], [b * bs + 100, len(raw)]]))
+    assert out is not None, f"blocks {a} and {b} decode; no other block was touched"
+    view = memoryview(out)
+    assert bytes(view[a * bs : (a + 1) * bs]) == raw[a * bs : (a + 1) * bs]
+    assert bytes(view[b * bs :]) == raw[b * bs :]
+    assert decode_chunk_part(bytes(spoiled), ops, nbytes=len(raw), intervals=np.array([[0, 8], [a * bs, a * bs + 8]])) is None  # block 0 needed
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    cname=st.sampled_from(sorted(CODECS)),
+    shuffle=st.sampled_from([Blosc.NOSHUFFLE, Blosc.SHUFFLE]),
+    typesize=st.sampled_from([1, 2, 3, 4, 8, 16, 17]),
+    blocksize=st.sampled_from([0, 128, 1000, 4096, 65536]),
+    items=st.integers(1, 60_000),
+    seed=st.integers(0, 2**32 - 1),
+    threads=st.integers(1, 3),
+    data=st.data(),
+)
+def test_block_decode_gives_c_blosc_bytes_for_any_codec_shuffle_typesize_and_block_size(
+    cname: str, shuffle: int, typesize: int, blocksize: int, items: int, seed: int, threads: int, data: st.DataObject
+) -> None:
+    """Block by block, all blocks or some, on one thread or several: the bytes c-blosc decodes, block for block."""
+    rng = np.random.default_rng(seed)
+    raw = (rng.integers(0, 6, items * typesize, dtype=np.uint8) * rng.integers(0, 2, 1, dtype=np.uint8)[0] + np.arange(items * typesize) // 97 % 7).astype(np.uint8).tobytes()
+    stored = bytes(Blosc(cname=cname, clevel=5, shuffle=shuffle, blocksize=blocksize).encode(np.frombuffer(raw, dtype=f"V{typesize}")))
+    header = blosc_codec.parse_header(memoryview(stored))
+    assert header is not None
+    whole = blosc_codec.decode_blocks(memoryview(stored), header, threads=threads)
+    if header.flags & 0x02:  # c-blosc stored it uncompressed: not this path
+        assert whole is None
+        return
+    assert whole is not None and bytes(whole) == raw
+    nblocks = -(-header.nbytes // header.blocksize)
+    wanted = sorted(data.draw(st.sets(st.integers(0, nblocks - 1), max_size=6)))
+    part = blosc_codec.decode_blocks(memoryview(stored), header, wanted, threads)
+    assert part is not None
+    for b in wanted:
+        lo, hi = b * header.blocksize, min((b + 1) * header.blocksize, len(raw))
+        assert bytes(part[lo:hi]) == raw[lo:hi]
+
+
+def test_one_chunk_is_decoded_on_every_core_and_many_chunks_one_core_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read of one chunk spreads its blocks over the idle cores; tasks that already fill the cores do not."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hsds_backends import kernel
+
+    monkeypatch.setattr(kernel, "_CORES", 2)
+    seen: list[str] = []
+    real = blosc_codec._decode_some
+
+    def spy(job: Any, blocks: list[int]) -> bool:
+        seen.append(threading.current_thread().name)
+        return real(job, blocks)
+
+    monkeypatch.setattr(blosc_codec, "_decode_some", spy)
+    meta = _meta((512, 512), (512, 512), "<f4", [{"name": "deflate", "level": 3}])
+    raw = (np.arange(512 * 512, dtype="<f4") % 1013).tobytes()
+    stored = _stored(raw, 262144, False)  # 1 MiB in 4 blocks, as HSDS writes it
+    cid = meta.chunk_id((0, 0))
+    task = ChunkTask(cid, meta, meta.location((0, 0), cid), "hyperslab", "[0:512,0:512]")
+    assert bytes(process(task, stored).data) == raw
+    assert len(seen) == 2 and any(name.startswith("blosc-blocks") for name in seen), seen
+    seen.clear()
+    barrier = threading.Barrier(2)
+
+    def busy_read(_: int) -> bytes:
+        with kernel._occupying():
+            barrier.wait(timeout=10)  # both cores hold a chunk task before either decodes
+            out = bytes(process(task, stored).data)
+            barrier.wait(timeout=10)  # and until both have decoded
+            return out
+
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(busy_read, range(2))) == [raw, raw]
+    assert len(seen) == 2 and not any(name.startswith("blosc-blocks") for name in seen), seen
 
 
 def test_a_corrupt_needed_block_raises_naming_the_chunk_and_an_unneeded_one_is_not_read() -> None:

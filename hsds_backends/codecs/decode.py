@@ -15,7 +15,7 @@ from ..config import DEFAULT_CHUNK_BYTES_LIMIT
 from ..errors import UnsupportedFilterError
 from ._common import Buffer, Fail
 from .bitshuffle import decode_bitshuffle
-from .blosc import blocks_for, decode_blosc, decode_zlib_blocks, parse_header, size_problem
+from .blosc import blocks_for, decode_blocks, decode_blosc, parse_header, size_problem
 from .filters import SUPPORTED_FILTERS
 from .fletcher32 import FLETCHER_BYTES, strip_fletcher32
 from .inflate import inflate
@@ -36,6 +36,7 @@ def decode_chunk(
     chunk_id: str,
     key: str,
     linked: bool = False,
+    threads: int = 1,
 ) -> Buffer:
     """Return the raw, unfiltered bytes of one stored chunk.
 
@@ -91,6 +92,8 @@ def decode_chunk(
         Chunk id and storage key, quoted in every error message.
     linked : bool, optional
         The bytes come from a linked HDF5 file (reference layouts, docs/hsds-format.md §3.5).
+    threads : int, optional
+        Decode a Blosc container's blocks on this many threads (the caller's included).
 
     Returns
     -------
@@ -135,7 +138,7 @@ def decode_chunk(
                 fail(problem)
             if header.nbytes > _output_bound(nbytes):  # checked before decode_blosc allocates it
                 fail(f"holds a Blosc container of {header.nbytes} bytes, more than the {_output_bound(nbytes)} it may hold")
-            out = decode_blosc(buf, header, ops, nbytes, fail)
+            out = decode_blosc(buf, header, ops, nbytes, fail, threads)
         elif ops.compressor == "zlib":
             inflated, rest = inflate(buf, fail, _output_bound(nbytes))
             if rest:
@@ -159,7 +162,7 @@ def decode_chunk(
             if may_trail and header.cbytes + FLETCHER_BYTES == len(buf):
                 buf = strip_fletcher32(buf, "after the Blosc container", fail)
             if size_problem(header, len(buf)) is None:
-                out = decode_blosc(buf, header, ops, nbytes, fail)
+                out = decode_blosc(buf, header, ops, nbytes, fail, threads)
 
     # docs/hsds-format.md §3.3 decode step 2: shuffle, per the table in the docstring.
     if ops.shuffle == 1 and undo_shuffle:
@@ -205,23 +208,25 @@ def decode_chunk_part(
     nbytes: int,
     intervals: np.ndarray[Any, Any],
     linked: bool = False,
+    threads: int = 1,
 ) -> Buffer | None:
     """Decode only the Blosc blocks that hold ``intervals`` of a chunk's raw bytes, or ``None``.
 
     ``intervals`` is an (n, 2) int64 array of ``[lo, hi)`` byte ranges of the raw chunk
     (``nbytes`` long). A Blosc-1 container is independent blocks, each a contiguous range of
-    the chunk's bytes (docs/hsds-format.md §3.3): this decodes the blocks that hold any byte
-    of ``intervals`` and no other; the result is ``nbytes`` long and only those bytes mean
-    something. Each decoded block is decoded whole and checked.
+    the chunk's bytes, byte-shuffled (if at all) within the block (docs/hsds-format.md §3.3):
+    this decodes the blocks that hold any byte of ``intervals`` and no other, on ``threads``
+    threads; the result is ``nbytes`` long and only those bytes mean something. Each decoded
+    block is decoded whole and checked as far as its codec allows (zlib's adler32).
 
-    ``None`` whenever this does not apply or does not pay, and the caller decodes the whole
-    chunk with :func:`decode_chunk` (which reports any problem): not an HSDS-native zlib
-    Blosc container of one stream per block (typesize 1, where Blosc's byte shuffle is a
-    no-op; no bitshuffle),
-    a filter to undo over the whole chunk (bitshuffle, fletcher32, linked HDF5 shuffle), the
-    sizes not as expected, every block needed, or a block that does not decode.
+    Any internal codec with a block decoder (zlib, blosclz, LZ4, Zstandard), with or without
+    byte shuffle, any typesize. ``None`` whenever this does not apply or does not pay, and the
+    caller decodes the whole chunk with :func:`decode_chunk` (which reports any problem): not
+    a Blosc container, a filter to undo over the whole chunk (bitshuffle, fletcher32, linked
+    HDF5's shuffle, which runs before Blosc), the sizes not as expected, every block needed,
+    or a block that does not decode.
     """
-    if ops.unsupported is not None or ops.compressor != "zlib" or ops.shuffle == 2 or ops.fletcher32 or linked:
+    if ops.unsupported is not None or ops.compressor is None or ops.shuffle == 2 or ops.fletcher32 or linked:
         return None
     buf = memoryview(data).cast("B")
     header = parse_header(buf)
@@ -230,4 +235,4 @@ def decode_chunk_part(
     wanted = blocks_for(header, intervals)
     if len(wanted) >= -(-nbytes // header.blocksize):
         return None  # every block: the whole decode is the same work
-    return decode_zlib_blocks(buf, header, wanted)
+    return decode_blocks(buf, header, wanted, threads)
