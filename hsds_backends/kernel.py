@@ -190,7 +190,7 @@ def _decode_threads() -> int:
     """Threads one chunk's Blosc blocks may be decoded on: this one plus the cores no chunk task is using.
 
     A read of many chunks keeps every core busy with a chunk each and gets 1; a read of
-    one chunk gets every core for its blocks (docs/architecture.md §1 "kernel").
+    one chunk gets every core for its blocks (docs/architecture.md §4 "Kernel").
     """
     return max(1, _CORES - _busy + (1 if getattr(_in_task, "depth", 0) else 0))
 

@@ -124,6 +124,22 @@ def _write_h5(path: Path) -> dict[str, np.ndarray[Any, Any]]:
         return {name: f[name][...] for name in ("grid2d", "g/line1d", "g/cube3d", "img_u16")}
 
 
+def _wait_flushed(bucket_dir: Path, quiet: float = 2.0, timeout: float = 90.0) -> None:
+    """Wait until no object under ``bucket_dir`` has changed for ``quiet`` seconds.
+
+    HSDS's DN writes a load's objects out some time after it answered (its sync interval). The
+    front reads storage once a key's dirty window has passed, so a read that came before the
+    flush on a busy machine would see the chunk table still unwritten, and fill values.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        newest = max((p.stat().st_mtime for p in bucket_dir.rglob("*") if p.is_file()), default=0.0)
+        if time.time() - newest >= quiet:
+            return
+        assert time.monotonic() < deadline, f"HSDS kept writing under {bucket_dir} for {timeout} s"
+        time.sleep(0.2)
+
+
 def test_hsload_link_reads_identically_through_every_backend_and_the_fronts(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / BUCKET).mkdir(parents=True)
@@ -139,7 +155,8 @@ def test_hsload_link_reads_identically_through_every_backend_and_the_fronts(tmp_
         t0 = time.monotonic()
         assert client.run_h5pyd(_HSLOAD, linkpath=LINK, file=str(root / LINK), domain=domain, timeout=300) == {"ok": True}
         load_s = time.monotonic() - t0
-        time.sleep(1.5)  # the dirty window of the load's writes passes
+        _wait_flushed(root / BUCKET)  # HSDS's DN has written everything out (later than usual on a loaded machine)
+        time.sleep(1.5)  # and the dirty window of the load's writes passes
         before = dep.totals()["by_backend"].get("inline", 0)
         assert client.run_h5pyd(_READ, domain=domain, expected=npy, timeout=300) == dict.fromkeys(expected, True)
         served = dep.totals()["by_backend"].get("inline", 0) - before

@@ -437,3 +437,55 @@ def _s3(cfg: dict[str, Any]) -> Any:
     from hsds_backends.storage import storage_from_config
 
     return storage_from_config(cfg)
+
+
+def _start_dn(root: str, sock: str, cache_size: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hsds_backends.cli", "dn", "serve", "--socket", sock, "--root-dir", root, "--cache-size", cache_size],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env={**os.environ, "HSDS_BACKENDS_DN_TOKEN": TOKEN},
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    assert line.startswith("READY"), (line, proc.stderr.read() if proc.poll() is not None else "")
+    return proc
+
+
+def test_a_dn_without_a_cache_decodes_only_the_blocks_a_request_needs(tmp_path: Path) -> None:
+    """docs/architecture.md §4 "Kernel": with ``--cache-size 0`` nothing keeps the chunk, so the DN decodes only the
+    Blosc blocks holding the requested points; with a cache it decodes (and keeps) the whole chunk."""
+    from hsds_backends.codecs import blosc as blosc_codec
+
+    big = (np.arange(512 * 512, dtype="<f4") % 1013).reshape(512, 512)
+
+    async def write() -> Any:
+        return await Writer(PosixStorage(tmp_path), "hsdstest").create_dataset(DOMAIN, "/big", big, chunks=(512, 512), filters=["gzip"])
+
+    meta = asyncio.run(write())
+    cid = _cid(meta, 0, 0)
+    path = tmp_path / "hsdstest" / chunk_key(cid)
+    stored = bytearray(path.read_bytes())
+    header = blosc_codec.parse_header(memoryview(stored))
+    assert header is not None
+    nblocks = -(-header.nbytes // header.blocksize)
+    assert nblocks >= 2, header
+    rows_per_block = header.blocksize // (512 * 4)
+    offsets = np.frombuffer(stored, dtype="<i4", count=nblocks, offset=16)
+    offsets[1:] = 0  # every block but the first now points into the header: decoding one of them fails
+    path.write_bytes(bytes(stored))
+    pts = np.array([[0, 3], [rows_per_block - 1, 511]], dtype="<u8")  # both in block 0
+    answers = {}
+    for cache_size in ("0", "16m"):
+        sock = str(tmp_path / f"dn-{cache_size}.sock")
+        proc = _start_dn(str(tmp_path), sock, cache_size)
+        try:
+            answers[cache_size] = _req(
+                sock, "POST", f"/chunks/{cid}", params={"bucket": "hsdstest", "count": 2},
+                body=pts.tobytes(), headers={"Content-Type": "application/octet-stream"},
+            )
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    status, _, body = answers["0"]
+    assert status == 200 and body == big[pts[:, 0].astype(int), pts[:, 1].astype(int)].tobytes()
+    status, _, body = answers["16m"]
+    assert status == 500 and json.loads(body)["error_type"] == "ChunkDecodeError" and cid in json.loads(body)["message"]
