@@ -42,6 +42,7 @@ from .codecs import decode_chunk, decode_chunk_part
 from .errors import ChunkDecodeError, HsdsBackendsError, NotFoundError, SelectionError, TaskError
 from .ids import chunk_index
 from .selection import Coords, Hyperslab, Slice, parse_select
+from .storage.base import reusable_read_buffer
 from .tasks import ChunkResult, ChunkTask, field_dtype, query_dtype
 from .vlen import decode_vlen, encode_vlen
 
@@ -130,7 +131,7 @@ async def fetch_location(storage: Storage, loc: ChunkLocation, cid: str = "") ->
     return _join_parts(loc, ranges, blobs, cid)
 
 
-def read_location(read: SyncRead, loc: ChunkLocation, cid: str = "") -> bytes | None:
+def read_location(read: SyncRead, loc: ChunkLocation, cid: str = "") -> bytes | memoryview | None:
     """:func:`fetch_location` through a blocking reader (a storage's :meth:`~hsds_backends.storage.Storage.sync_reader`)."""
     if loc.pending:
         raise pending_error(cid)
@@ -276,12 +277,32 @@ def run_task_sync(
     copy
         As in :func:`process`.
     """
-    loc = task.location
     with _occupying():
-        if read is not None and loc is not None:
-            data = read_location(read, loc, task.chunk_id)
-        chunk = decode_task(task, data, True)  # no cache here: only the blocks the selection needs
-        return process_chunk(task, chunk, 0 if data is None else len(data), copy)
+        chunk, fetched = _read_and_decode(task, read, data, True)  # no cache here: only the blocks the selection needs
+        return process_chunk(task, chunk, fetched or 0, copy)
+
+
+def _read_and_decode(
+    task: ChunkTask, read: SyncRead | None, data: bytes | bytearray | memoryview | None, partial: bool
+) -> tuple[np.ndarray[Any, Any] | None, int | None]:
+    """Read the task's bytes with ``read`` (if given, else take ``data``) and decode them; also say how many were read (``None``: missing).
+
+    A compressed chunk of one byte range decodes into new memory, so its stored bytes are
+    needed only until it is decoded: they are read into the thread's reusable buffer
+    (docs/architecture.md §4 "Kernel"; :func:`~hsds_backends.storage.base.reusable_read_buffer`).
+    """
+    loc = task.location
+    if read is None or loc is None:
+        return decode_task(task, data, partial), None if data is None else len(data)
+    if loc.parts is not None or task.dset.ops.compressor is None:
+        data = read_location(read, loc, task.chunk_id)
+        return decode_task(task, data, partial), None if data is None else len(data)
+    with reusable_read_buffer():
+        data = read_location(read, loc, task.chunk_id)
+        chunk = decode_task(task, data, partial)
+        if chunk is not None and data is not None and np.may_share_memory(chunk, np.frombuffer(data, dtype=np.uint8)):
+            chunk = chunk.copy()  # never the case for a compressed chunk; if it were, the next read must not change it
+    return chunk, None if data is None else len(data)
 
 
 async def _run_cached(
@@ -316,14 +337,11 @@ def _load(
     task: ChunkTask, read: SyncRead | None, data: bytes | bytearray | memoryview | None, copy: bool
 ) -> tuple[np.ndarray[Any, Any] | None, ChunkResult]:
     """:func:`run_task_sync` that also returns the decoded chunk, for a cache (``None`` if missing)."""
-    loc = task.location
     with _occupying():
-        if read is not None and loc is not None:
-            data = read_location(read, loc, task.chunk_id)
-        chunk = decode_task(task, data)
-        res = process_chunk(task, chunk, 0 if data is None else len(data), copy)
+        chunk, fetched = _read_and_decode(task, read, data, False)
+        res = process_chunk(task, chunk, fetched or 0, copy)
     # a query over a missing chunk decoded a chunk of fill values: not worth caching
-    return (chunk if data is not None else None), res
+    return (chunk if fetched is not None else None), res
 
 
 def chunk_index_tuple(task: ChunkTask) -> tuple[int, ...]:

@@ -404,3 +404,39 @@ async def test_process_without_copy_gives_a_view_of_the_same_bytes(
     assert isinstance(shared.data, memoryview) is view
     assert bytes(shared.data) == copied.data and len(shared.data) == len(copied.data)
     assert (shared.fetched, shared.decoded) == (copied.fetched, copied.decoded)
+
+
+# --------------------------------------------------------------------------- the thread's reusable read buffer
+
+
+def test_posix_reads_in_worker_threads_and_into_a_reused_buffer_only_when_allowed(tmp_path: Path) -> None:
+    """docs/architecture.md §4 "Kernel": posix is read in the decoding thread; a read lands in the thread's
+    buffer only inside :func:`reusable_read_buffer`, and only one read per permission."""
+    from hsds_backends.storage.base import reusable_read_buffer
+
+    storage = PosixStorage(tmp_path)
+    (tmp_path / BUCKET / "k").mkdir(parents=True)
+    (tmp_path / BUCKET / "k" / "a").write_bytes(b"0123456789")
+    read = storage.sync_reader()
+    assert read is not None  # without it every chunk would be read on the event loop, one after another
+    assert isinstance(read(BUCKET, "k/a"), bytes)
+    with reusable_read_buffer():
+        first = read(BUCKET, "k/a", 2, 4)
+        second = read(BUCKET, "k/a", 5)
+    assert isinstance(first, memoryview) and bytes(first) == b"2345"
+    assert isinstance(second, bytes) and second == b"56789"  # one read per permission
+    with reusable_read_buffer():
+        third = read(BUCKET, "k/a", 6)
+        assert bytes(third) == b"6789" and bytes(first) == b"6789"[:4]  # the same buffer: the first view is overwritten
+    assert read(BUCKET, "k") is None and read(BUCKET, "k/nope") is None  # a folder, a missing object
+
+
+async def test_results_of_compressed_chunks_stay_valid_after_the_thread_reads_again(writer: Writer, storage: PosixStorage) -> None:
+    """Whole-chunk results are views of the decoded chunk (``copy=False``), never of the reused read buffer."""
+    data = np.arange(64 * 64, dtype="<i4").reshape(64, 64)
+    meta = await writer.create_dataset(DOMAIN, "/reuse", data, chunks=(32, 32), filters=["shuffle", ("gzip", 4)])
+    read = storage.sync_reader()
+    results = [kernel.run_task_sync(hs_task(meta, (i, j)), read, None, False) for i in range(2) for j in range(2)]
+    for res, (i, j) in zip(results, [(i, j) for i in range(2) for j in range(2)], strict=True):
+        assert bytes(res.data) == data[i * 32 : (i + 1) * 32, j * 32 : (j + 1) * 32].tobytes()
+        assert res.fetched > 0

@@ -9,20 +9,29 @@ Reads are awaited (:meth:`Storage.get`). A storage that can also read without an
 event loop, cheaply, says so through :meth:`Storage.sync_reader` (a
 :class:`SyncRead` or ``None``): one attribute call, no ``isinstance`` checks, so
 executors ask it per batch or per task.
+
+A blocking read may land in a buffer the calling thread reuses, instead of a new
+``bytes`` (whose fresh pages the kernel must zero first, which costs more than
+the copy from the page cache), but only where the caller allowed it:
+:func:`reusable_read_buffer` opens that permission for one read, and the caller
+promises to be done with the bytes before the block ends. A storage's reader asks
+:func:`read_buffer`; readers that never ask are unaffected.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
 from ..errors import StoragePathError
 
 if TYPE_CHECKING:
-    from collections.abc import Hashable
+    from collections.abc import Hashable, Iterator
 
-__all__ = ["Storage", "SyncRead", "check_bucket", "check_key"]
+__all__ = ["Storage", "SyncRead", "check_bucket", "check_key", "read_buffer", "reusable_read_buffer"]
 
 
 class SyncRead(Protocol):
@@ -34,7 +43,38 @@ class SyncRead(Protocol):
 
     def __call__(
         self, bucket: str, key: str, offset: int | None = None, size: int | None = None, /
-    ) -> bytes | None: ...
+    ) -> bytes | memoryview | None: ...
+
+
+#: Reads up to this size may use the thread's buffer; larger ones get their own.
+READ_BUFFER_MAX = 32 << 20
+_read_buffers = threading.local()
+
+
+@contextmanager
+def reusable_read_buffer() -> Iterator[None]:
+    """Let the next blocking read in this thread land in the thread's reusable buffer.
+
+    The caller must be done with what that read returned (a ``memoryview`` of the
+    buffer) before the block ends: the next read overwrites it. One read per block.
+    """
+    _read_buffers.allowed = True
+    try:
+        yield
+    finally:
+        _read_buffers.allowed = False
+
+
+def read_buffer(n: int) -> memoryview | None:
+    """A writable view of ``n`` bytes of this thread's reusable buffer, if the caller allowed it (else ``None``)."""
+    if not getattr(_read_buffers, "allowed", False) or not 0 < n <= READ_BUFFER_MAX:
+        return None
+    _read_buffers.allowed = False  # one read per permission
+    buf: bytearray | None = getattr(_read_buffers, "buf", None)
+    if buf is None or len(buf) < n:
+        buf = bytearray(max(n, 1 << 20))
+        _read_buffers.buf = buf
+    return memoryview(buf)[:n]
 
 
 # docs/hsds-format.md §1.5: bucket names must match [a-zA-Z0-9_.-]+ (after a protocol prefix).

@@ -7,7 +7,7 @@ import os
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import StorageError, StoragePathError
-from .base import Storage, check_bucket, check_key
+from .base import Storage, check_bucket, check_key, read_buffer
 
 if TYPE_CHECKING:
     from collections.abc import Hashable
@@ -49,21 +49,38 @@ class PosixStorage(Storage):
             raise StoragePathError(f"bucket {bucket!r}, key {key!r} resolves outside the storage root (a symbolic link)", status=403)
         return real
 
-    def read_sync(self, bucket: str, key: str, offset: int | None = None, size: int | None = None) -> bytes | None:
-        """Blocking read used by :meth:`get` and by executors that already run in a thread."""
+    def read_sync(self, bucket: str, key: str, offset: int | None = None, size: int | None = None) -> bytes | memoryview | None:
+        """Blocking read used by :meth:`get` and by executors that already run in a thread.
+
+        Where the caller allowed it (:func:`~hsds_backends.storage.base.reusable_read_buffer`),
+        the bytes land in the thread's reusable buffer and a view of it is returned.
+        """
         p = self.path(bucket, key)
         try:
-            with open(p, "rb", buffering=0) as f:
-                if offset:
-                    f.seek(offset)
-                return f.read(size if size is not None else -1)
-        except FileNotFoundError:
+            fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, IsADirectoryError):
             return None
+        except OSError as exc:
+            raise _read_error(bucket, key, exc) from exc
+        try:
+            start = offset or 0
+            want = size if size is not None else os.fstat(fd).st_size - start
+            buf = read_buffer(want)
+            if buf is None:
+                return _read_fresh(fd, start, size)
+            got = 0
+            while got < want:  # short reads: a slow file system, or the file shrank under us
+                n = os.preadv(fd, [buf[got:]], start + got)
+                if n == 0:
+                    break
+                got += n
+            return buf[:got]
         except IsADirectoryError:
             return None
         except OSError as exc:
-            # bucket and key, not the file path: the message may travel to a remote caller
-            raise StorageError(f"cannot read bucket {bucket!r}, key {key!r}: {exc.strerror or type(exc).__name__}") from exc
+            raise _read_error(bucket, key, exc) from exc
+        finally:
+            os.close(fd)
 
     def sync_reader(self) -> SyncRead:
         """Return :meth:`read_sync`: posix reads need no event loop."""
@@ -79,7 +96,8 @@ class PosixStorage(Storage):
 
     async def get(self, bucket: str, key: str, offset: int | None = None, size: int | None = None) -> bytes | None:
         # Small page-cached reads are faster inline than through a thread hop.
-        return self.read_sync(bucket, key, offset, size)
+        data = self.read_sync(bucket, key, offset, size)
+        return bytes(data) if isinstance(data, memoryview) else data  # never a reused buffer from here
 
     async def exists(self, bucket: str, key: str) -> bool:
         return os.path.isfile(self.path(bucket, key))
@@ -90,6 +108,19 @@ class PosixStorage(Storage):
 
     def to_config(self) -> dict[str, Any]:
         return {"root_dir": self.root_dir}
+
+
+def _read_fresh(fd: int, start: int, size: int | None) -> bytes:
+    """Read ``size`` bytes (``None``: to the end) from ``start`` into new bytes."""
+    with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
+        if start:
+            f.seek(start)
+        return f.read(size if size is not None else -1) or b""
+
+
+def _read_error(bucket: str, key: str, exc: OSError) -> StorageError:
+    # bucket and key, not the file path: the message may travel to a remote caller
+    return StorageError(f"cannot read bucket {bucket!r}, key {key!r}: {exc.strerror or type(exc).__name__}")
 
 
 def _write_file(path: str, data: bytes) -> None:
