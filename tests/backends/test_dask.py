@@ -71,6 +71,32 @@ class TestDaskBackend(BackendTests[DaskBackend]):
             socks = [s.getsockname() for s in http._sockets.values()]
             assert all(host == "127.0.0.1" and port != 8787 for host, port, *_ in socks), socks
 
+    def test_results_are_placed_on_the_placement_threads(self, reader_and_backend: Any, runner: asyncio.Runner) -> None:
+        """Direct placement: a batch is copied into the output off the event loop, before its results are yielded."""
+        import threading
+
+        reader, dask = reader_and_backend
+        assert dask.capabilities.direct_placement
+        dset = self._dset(reader_and_backend, runner, "be_i4")
+        tasks = plan_hyperslab(dset.meta, parse_select("[:, :]", dset.shape)).tasks
+        assert len(tasks) > 1
+        placed: dict[int, tuple[str, bytes]] = {}
+
+        def sink(i: int, res: Any) -> None:
+            placed[i] = (threading.current_thread().name, bytes(res.data))
+
+        async def go() -> list[tuple[int, Any]]:
+            return [(i, r) async for i, r in dask.read_chunks(tasks, sink=sink)]
+
+        got = runner.run(go())
+        assert sorted(i for i, _ in got) == list(range(len(tasks)))
+        for i, res in got:
+            if res.status == "ok":
+                name, data = placed[i]  # placed before it was yielded
+                assert name.startswith("hsds-dask-place") and data == bytes(res.data)
+            else:
+                assert i not in placed
+
     # ---------------------------------------------------------------- errors
     def _tasks(self, rb: Any, runner: asyncio.Runner) -> dict[str, ChunkTask]:
         dset = self._dset(rb, runner, "be_i4")

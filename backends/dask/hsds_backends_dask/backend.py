@@ -252,7 +252,7 @@ class DaskBackend(Backend):
     url: ClassVar[str] = "https://github.com/hsds-backends/hsds-backends/tree/main/backends/dask"
     # no direct placement: results arrive on the event loop as dask frames, and the caller places them
     static_capabilities: ClassVar[Capabilities] = Capabilities(
-        max_concurrency=default_workers(), remote=True, direct_placement=False
+        max_concurrency=default_workers(), remote=True, direct_placement=True
     )
     #: one scheduler round trip and a gather per request
     overhead_s: ClassVar[float] = 0.005
@@ -338,7 +338,7 @@ class DaskBackend(Backend):
         conc = self._threads() or self.n_workers
         caps = self._caps
         if caps is None or caps.max_concurrency != conc:  # built once per worker-thread count
-            caps = self._caps = Capabilities(max_concurrency=conc, remote=True, direct_placement=False)
+            caps = self._caps = Capabilities(max_concurrency=conc, remote=True, direct_placement=True)
         return caps
 
     @property
@@ -583,9 +583,11 @@ class DaskBackend(Backend):
 
         Every batch's result is fetched as soon as it is ready, concurrently, so the
         client receives one batch while it places another and the workers decode more.
-        ``sink`` is ignored: results arrive on the event loop as dask frames, and the
-        caller places what is yielded (``capabilities.direct_placement`` is false).
-        ``read_chunk`` is derived from this method (one task, one batch).
+        With ``sink`` (direct placement), a batch's results are copied into the output on
+        the placement pool's threads (:meth:`~hsds_backends.Backend.placement_pool`) before
+        they are yielded, while the event loop goes on receiving (and, over TLS,
+        decrypting) the next batches. ``read_chunk`` is derived from this method (one
+        task, one batch).
         """
         if not tasks:
             return
@@ -607,6 +609,8 @@ class DaskBackend(Backend):
         )
         add_stats(self.name, tasks=k)
         done: ResultQueue[tuple[int, Any]] = ResultQueue()
+        place = functools.partial(_place_batch, sink, tasks) if sink is not None and len(tasks) > 1 else None
+        pool = self.placement_pool() if place is not None else None
 
         async def fetch(j: int, fut: Any) -> None:
             # The result is gathered in a task of its own that is never cancelled: distributed
@@ -627,6 +631,12 @@ class DaskBackend(Backend):
             except Exception as exc:  # noqa: BLE001 - handed to the consumer, naming the batch's chunks
                 done.fail(_caused_by(self._batch_failure(exc, [tasks[i] for i in batches[j]]), exc))
             else:
+                if place is not None:
+                    try:
+                        await asyncio.get_running_loop().run_in_executor(pool, place, batches[j], value)
+                    except Exception as exc:  # noqa: BLE001 - handed to the consumer
+                        done.fail(exc)
+                        return
                 done.put((j, value))
 
         fetchers = [asyncio.ensure_future(fetch(j, f)) for j, f in enumerate(futures)]
@@ -745,3 +755,26 @@ async def _quiet_close(client: Any, cluster: Any) -> None:
     if cluster is not None:  # a synchronous LocalCluster: close it off this loop
         with contextlib.suppress(Exception):
             await asyncio.to_thread(cluster.close)
+
+
+def _place_batch(sink: Sink, tasks: Sequence[ChunkTask], batch: range, value: tuple[str, list[Any]]) -> None:
+    """Copy one batch's results into the output (on a placement thread), up to its first error.
+
+    The consumer reads the same answer again and yields it; the caller's placement of a
+    result that the sink placed already is a no-op. Errors and malformed answers are left
+    for the consumer to raise, naming the chunk.
+    """
+    header, parts = value
+    try:
+        entries = json.loads(header)
+    except ValueError:
+        return
+    p = 0
+    for i, entry in zip(batch, entries, strict=False):
+        if entry == -1:
+            continue
+        if not isinstance(entry, list) or len(entry) < 3 or p >= len(parts):
+            return  # an error, or a malformed answer: the consumer raises it
+        data = memoryview(parts[p]).cast("B")
+        p += 1
+        sink(i, ChunkResult(tasks[i].chunk_id, "ok", data, int(entry[1]), int(entry[2])))
