@@ -11,9 +11,10 @@ worker once, inside the plugin, never inside a task.
 JSON wire form (:meth:`hsds_backends.tasks.ChunkTask.to_wire`), refuses any task that
 reads outside the allowed buckets or another object than its chunk
 (:meth:`hsds_backends.security.Containment.check_task`, docs/architecture.md §11) before
-fetching anything, runs the core kernel on each (fetches overlap, up to
-:data:`FETCH_AHEAD` at once; decodes run one after another on the worker's thread,
-:func:`hsds_backends.kernel.run_task_sync`) and returns ``(header, payload)``:
+fetching anything, runs the core kernel on each, one after another on the worker's
+thread (:func:`hsds_backends.kernel.run_task_sync`; posix storage is read right there,
+as ``inline`` reads it, other storages are fetched ahead, up to :data:`FETCH_AHEAD` at
+once) and returns ``(header, payload)``:
 
 - ``header``: JSON text, one entry per task in order: ``[nbytes, fetched, decoded]``
   for a result (its length, and the stored and decoded byte counts for the read's
@@ -192,20 +193,21 @@ async def _execute(
             bad = {"error": error_to_wire(exc, w.get("chunk_id") if isinstance(w, dict) else None)}
             break
         tasks.append(task)
+    read = storage.sync_reader()  # posix: read in this thread, just before each decode (no fetch-ahead needed)
     sem = asyncio.Semaphore(FETCH_AHEAD)
 
     async def get(t: ChunkTask) -> bytes | None:
         async with sem:
             return await fetch(t, storage)
 
-    fetches = [asyncio.ensure_future(get(t)) for t in tasks]
+    fetches = [] if read is not None else [asyncio.ensure_future(get(t)) for t in tasks]
     try:
-        for t, f in zip(tasks, fetches, strict=True):
+        for k, t in enumerate(tasks):
             try:
-                data = await f
+                data = None if read is not None else await fetches[k]
                 if delay:
                     time.sleep(delay)  # noqa: ASYNC251 - stands in for decoding, which blocks this loop too
-                res = run_task_sync(t, data=data)
+                res = run_task_sync(t, read, data)
             except Exception as exc:  # noqa: BLE001 - sent back as data, rebuilt client-side
                 entries.append({"error": error_to_wire(exc, t.chunk_id)})
                 return entries, parts
