@@ -29,6 +29,7 @@ from .chunk_table import hyper_location, parse_int_list, pending_error
 from .dataset import ChunkLocation, DatasetMeta
 from .errors import FieldError, HsdsBackendsError, TaskError
 from .ids import chunk_key
+from .selection import parse_select
 
 __all__ = [
     "ChunkTask",
@@ -38,8 +39,12 @@ __all__ = [
     "query_dtype",
     "error_to_wire",
     "error_from_wire",
+    "expected_result_bytes",
     "split_s3path",
 ]
+
+#: Bytes per element assumed for variable-length results, whose size is known only once read.
+VLEN_GUESS_BYTES = 64
 
 TaskKind = Literal["hyperslab", "points", "query"]
 
@@ -372,3 +377,27 @@ def error_from_wire(d: dict[str, Any], chunk_id: str | None = None) -> HsdsBacke
         cls = TaskError
     code = d.get("statusCode")
     return cls(msg, status=int(code) if isinstance(code, int) and not isinstance(code, bool) else None)
+
+
+def expected_result_bytes(task: ChunkTask) -> int:
+    """Return the bytes ``task``'s result will have (an upper bound for queries, a guess for vlen).
+
+    Backends size their batches and in-flight windows by it (Lambda's response budget, dask's
+    gathers).
+    """
+    meta = task.dset
+    if task.kind == "query":
+        n = parse_select(task.select, meta.chunks).shape[0] if task.select else meta.chunks[0]
+        if task.limit:
+            n = min(n, task.limit)
+        qdt = query_dtype(meta.dtype, task.fields)
+        return n * (qdt.itemsize if not qdt.hasobject else VLEN_GUESS_BYTES)
+    if task.kind == "points":
+        n = task.num_points
+    else:
+        shape = parse_select(task.select, meta.chunks).shape if task.select else meta.chunks
+        n = 1
+        for d in shape:
+            n *= d
+    dt = field_dtype(meta.dtype, task.fields)
+    return n * (dt.itemsize if not dt.hasobject else VLEN_GUESS_BYTES)

@@ -97,6 +97,43 @@ class TestDaskBackend(BackendTests[DaskBackend]):
             else:
                 assert i not in placed
 
+    def test_a_read_gathers_a_bounded_number_of_result_bytes_at_once(
+        self, reader_and_backend: Any, runner: asyncio.Runner, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Results wait on the workers; the client takes about ``_GATHER_BUDGET`` bytes of them at a time (at least 2 batches)."""
+        import hsds_backends_dask.backend as dask_mod
+
+        reader, dask = reader_and_backend
+        dset = self._dset(reader_and_backend, runner, "be_i4")
+        tasks = plan_hyperslab(dset.meta, parse_select("[:, :]", dset.shape)).tasks
+        monkeypatch.setattr(dask_mod, "_GATHER_BUDGET", 1)  # every batch is over it: 2 at a time
+        monkeypatch.setattr(dask, "batch_size", 1)
+        real = dask_mod._result_of
+        now = most = 0
+
+        async def counting(fut: Any) -> Any:
+            nonlocal now, most
+            now += 1
+            most = max(most, now)
+            try:
+                await asyncio.sleep(0.01)  # let the others start, if they may
+                return await real(fut)
+            finally:
+                now -= 1
+
+        monkeypatch.setattr(dask_mod, "_result_of", counting)
+
+        async def go() -> list[tuple[int, Any]]:
+            return [(i, r) async for i, r in dask.read_chunks(tasks)]
+
+        got = runner.run(go())
+        assert len(got) == len(tasks) > 2
+        assert most == 2
+        monkeypatch.setattr(dask_mod, "_GATHER_BUDGET", 1 << 40)  # all fit: all at once
+        most = 0
+        assert len(runner.run(go())) == len(tasks)
+        assert most == len(tasks)
+
     # ---------------------------------------------------------------- errors
     def _tasks(self, rb: Any, runner: asyncio.Runner) -> dict[str, ChunkTask]:
         dset = self._dset(rb, runner, "be_i4")

@@ -50,7 +50,7 @@ from hsds_backends.errors import BackendError, BackendTimeoutError, ConfigError,
 from hsds_backends.model import Backend, Capabilities, CostEstimate, ReadRequest, Sink, add_stats, default_workers
 from hsds_backends.security import Containment, is_loopback
 from hsds_backends.storage import storage_from_config
-from hsds_backends.tasks import ChunkResult, error_from_wire
+from hsds_backends.tasks import ChunkResult, error_from_wire, expected_result_bytes
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -68,6 +68,8 @@ _CREDENTIAL_KEYS: Final = tuple(CREDENTIAL_ENV)
 _WAVES: Final = 4
 #: Largest automatic batch (chunks).
 _MAX_AUTO_BATCH: Final = 16
+#: Result bytes gathered (received and placed) at once: as many batches as fit, at least 2.
+_GATHER_BUDGET: Final = 32 << 20
 
 
 def _as_dashboard(key: str, value: Any, source: str) -> str | None:
@@ -612,7 +614,17 @@ class DaskBackend(Backend):
         place = functools.partial(_place_batch, sink, tasks) if sink is not None and len(tasks) > 1 else None
         pool = self.placement_pool() if place is not None else None
 
+        # Results wait on the workers until gathered: gathering about _GATHER_BUDGET bytes of
+        # them at a time keeps the client's memory near the output's size (every batch at once
+        # held the whole read a second time while placement caught up: 1.9x the output).
+        largest = max(sum(_result_bytes(tasks[i]) for i in b) for b in batches)
+        window = asyncio.Semaphore(max(2, _GATHER_BUDGET // max(1, largest)))
+
         async def fetch(j: int, fut: Any) -> None:
+            async with window:
+                await fetch_one(j, fut)
+
+        async def fetch_one(j: int, fut: Any) -> None:
             # The result is gathered in a task of its own that is never cancelled: distributed
             # shares one gather among concurrent requests, and cancelling a request that owns it
             # poisons every later gather of the client (they all raise CancelledError; seen as
@@ -778,3 +790,11 @@ def _place_batch(sink: Sink, tasks: Sequence[ChunkTask], batch: range, value: tu
         data = memoryview(parts[p]).cast("B")
         p += 1
         sink(i, ChunkResult(tasks[i].chunk_id, "ok", data, int(entry[1]), int(entry[2])))
+
+
+def _result_bytes(task: ChunkTask) -> int:
+    """:func:`~hsds_backends.tasks.expected_result_bytes`, or 0 for a malformed task (the worker reports it, naming the chunk)."""
+    try:
+        return expected_result_bytes(task)
+    except (HsdsBackendsError, ValueError):
+        return 0

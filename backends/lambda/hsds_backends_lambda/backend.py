@@ -45,7 +45,7 @@ from hsds_backends.model import Backend, Capabilities, CostEstimate, ReadRequest
 from hsds_backends.security import ANY_BUCKET, Containment
 from hsds_backends.storage import storage_kind
 from hsds_backends.selection import Coords, Slice, format_select, parse_select
-from hsds_backends.tasks import ChunkResult, ChunkTask, error_from_wire, field_dtype, query_dtype
+from hsds_backends.tasks import ChunkResult, ChunkTask, error_from_wire, expected_result_bytes, field_dtype, query_dtype
 
 from ._config import CONFIG_KEYS, DEFAULT_FUNCTION, DEFAULT_LOG_LEVEL
 from .client import InvokeClient, InvokeRequestTooLarge, InvokeResponseTooLarge, InvokeStats, b64decode
@@ -67,10 +67,6 @@ if TYPE_CHECKING:
 
 __all__ = ["LambdaBackend", "expected_result_bytes", "reader_root", "split_task", "worker_env"]
 
-#: Guess for one variable-length element when planning batches (the function corrects it).
-_VLEN_GUESS: Final = 64
-
-
 def _setting(config: Mapping[str, Any], key: str) -> Any:
     """Key ``key`` of this backend's table, cast, for code without a backend (see :mod:`hsds_backends_lambda._config`)."""
     return option(config, key, CONFIG_KEYS[key])
@@ -81,20 +77,6 @@ def _loopback(url: str | None) -> bool:
 
     host = urlsplit(url).hostname if url else None
     return host in ("127.0.0.1", "localhost", "::1")
-
-
-def expected_result_bytes(task: ChunkTask) -> int:
-    """Return the bytes ``task``'s result will have (an upper bound for queries, a guess for vlen)."""
-    meta = task.dset
-    if task.kind == "query":
-        n = parse_select(task.select, meta.chunks).shape[0] if task.select else meta.chunks[0]
-        if task.limit:
-            n = min(n, task.limit)
-        qdt = query_dtype(meta.dtype, task.fields)
-        return n * (qdt.itemsize if not qdt.hasobject else _VLEN_GUESS)
-    n = task.num_points if task.kind == "points" else math.prod(parse_select(task.select, meta.chunks).shape if task.select else meta.chunks)
-    dt = field_dtype(meta.dtype, task.fields)
-    return n * (dt.itemsize if not dt.hasobject else _VLEN_GUESS)
 
 
 def split_task(task: ChunkTask) -> list[ChunkTask]:
