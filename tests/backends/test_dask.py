@@ -372,3 +372,13 @@ def test_package_is_strictly_typed_and_lint_clean() -> None:
         check=False,
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_batches_of_small_results_are_bigger() -> None:
+    """Points and a few rows per chunk: the round trip per batch is the cost, so fewer, bigger batches."""
+    be = DaskBackend({"dask_n_workers": 2})
+    assert [len(b) for b in be._batches(253)] == [16] * 15 + [13]  # 1 MiB chunks: 4 waves per thread, at most 16
+    assert [len(b) for b in be._batches(253, small=True)] == [64, 64, 64, 61]  # 2 waves per thread, at most 64
+    assert [len(b) for b in be._batches(6, small=True)] == [2, 2, 2]
+    be.batch_size = 10
+    assert [len(b) for b in be._batches(25, small=True)] == [10, 10, 5]  # dask_batch_size overrides both

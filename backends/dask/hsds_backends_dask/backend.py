@@ -68,6 +68,13 @@ _CREDENTIAL_KEYS: Final = tuple(CREDENTIAL_ENV)
 _WAVES: Final = 4
 #: Largest automatic batch (chunks).
 _MAX_AUTO_BATCH: Final = 16
+#: Largest automatic batch, and batches per worker thread, when every result is small (points, a
+#: few rows): 1000 random points over 253 chunks on 2 workers read in 336 ms (median) in batches of
+#: 16, 302 ms in 32, 291 ms in 64.
+_MAX_SMALL_BATCH: Final = 64
+_SMALL_WAVES: Final = 2
+#: A result up to this size is small.
+_SMALL_RESULT: Final = 64 << 10
 #: Result bytes gathered (received and placed) at once: as many batches as fit, at least 2.
 _GATHER_BUDGET: Final = 32 << 20
 
@@ -573,9 +580,14 @@ class DaskBackend(Backend):
         self._threads_checked = time.monotonic()
 
     # ------------------------------------------------------------- execution
-    def _batches(self, n: int) -> list[range]:
+    def _batches(self, n: int, small: bool = False) -> list[range]:
+        """Cut ``n`` tasks into batches: ``_WAVES`` per worker thread, at most ``_MAX_AUTO_BATCH``
+        tasks each; when every result is ``small`` the per-batch round trip, not the data, is the
+        cost: ``_SMALL_WAVES`` per thread, at most ``_MAX_SMALL_BATCH`` tasks. ``dask_batch_size``
+        overrides both."""
         threads = max(1, self._threads() or self.n_workers)
-        size = self.batch_size or max(1, min(_MAX_AUTO_BATCH, math.ceil(n / (threads * _WAVES))))
+        cap, waves = (_MAX_SMALL_BATCH, _SMALL_WAVES) if small else (_MAX_AUTO_BATCH, _WAVES)
+        size = self.batch_size or max(1, min(cap, math.ceil(n / (threads * waves))))
         return [range(i, min(n, i + size)) for i in range(0, n, size)]
 
     async def read_chunks(
@@ -596,7 +608,8 @@ class DaskBackend(Backend):
         from ._worker import run_batch
 
         client = await self.get_client()
-        batches = self._batches(len(tasks))
+        sizes = [_result_bytes(t) for t in tasks]
+        batches = self._batches(len(tasks), small=max(sizes) <= _SMALL_RESULT)
         payloads = [json.dumps([tasks[i].to_wire() for i in b], separators=(",", ":")) for b in batches]
         token = uuid.uuid4().hex[:12]
         k = len(batches)
@@ -617,7 +630,7 @@ class DaskBackend(Backend):
         # Results wait on the workers until gathered: gathering about _GATHER_BUDGET bytes of
         # them at a time keeps the client's memory near the output's size (every batch at once
         # held the whole read a second time while placement caught up: 1.9x the output).
-        largest = max(sum(_result_bytes(tasks[i]) for i in b) for b in batches)
+        largest = max(sum(sizes[i] for i in b) for b in batches)
         window = asyncio.Semaphore(max(2, _GATHER_BUDGET // max(1, largest)))
 
         async def fetch(j: int, fut: Any) -> None:
