@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import threading
 from contextlib import contextmanager
 from functools import lru_cache
@@ -41,6 +40,7 @@ from .chunk_table import hyper_problem, merged_ranges, pending_error
 from .codecs import decode_chunk, decode_chunk_part
 from .errors import ChunkDecodeError, HsdsBackendsError, NotFoundError, SelectionError, TaskError
 from .ids import chunk_index
+from .model import default_workers
 from .selection import Coords, Hyperslab, Slice, parse_select
 from .storage.base import reusable_read_buffer
 from .tasks import ChunkResult, ChunkTask, field_dtype, query_dtype
@@ -163,7 +163,7 @@ def _join_parts(
     return b"".join(pieces)
 
 
-_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+_CORES = default_workers()
 _busy = 0  # chunk tasks running in this process's threads right now
 _busy_lock = threading.Lock()
 _in_task = threading.local()

@@ -20,9 +20,9 @@ from typing import Final
 
 from numcodecs import blosc as _blosc
 
-__all__ = ["BLOSCLZ", "LZ4", "ZLIB", "ZSTD", "decompressor"]
+__all__ = ["BLOSCLZ", "LZ4", "SNAPPY", "ZLIB", "ZSTD", "decompressor"]
 
-# The compressor code of a Blosc-1 header (flags >> 5).
+# The compressor code of a Blosc-1 header (flags >> 5); the codecs module uses these too.
 BLOSCLZ: Final = 0
 LZ4: Final = 1  # LZ4 and LZ4HC share the LZ4 block format
 SNAPPY: Final = 2

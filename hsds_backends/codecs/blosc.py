@@ -37,7 +37,6 @@ BLOSC_HEADER: Final = struct.Struct("<BBBBIII")
 _BLOSC_MEMCPYED: Final = 0x02
 _BLOSC_MAX_FORMAT: Final = 2  # docs/hsds-format.md §3.3: Blosc-1 containers have format version <= 2
 _BLOSC_MAX_CODEC: Final = 4  # flags >> 5: blosclz, lz4(hc), snappy, zlib, zstd
-_BLOSC_ZLIB: Final = 3  # compressor code in the top 3 flag bits
 _BLOSC_SHUFFLE_FLAG: Final = 0x01
 _BLOSC_BITSHUFFLE_FLAG: Final = 0x04
 _BLOSC_DONT_SPLIT: Final = 0x10
@@ -110,7 +109,7 @@ def decode_blosc(
         )
     if header.nbytes == 0:
         return b""  # c-blosc refuses to decompress an empty container
-    if (header.flags >> 5) == _BLOSC_ZLIB or threads > 1:  # c-blosc's own zlib is the slowest inflater here
+    if (header.flags >> 5) == _cblosc.ZLIB or threads > 1:  # c-blosc's own zlib is the slowest inflater here
         fast = decode_blocks(buf, header, threads=threads)
         if fast is not None:
             return fast
@@ -147,7 +146,7 @@ def decode_blocks(
     if header.flags & (_BLOSC_MEMCPYED | _BLOSC_BITSHUFFLE_FLAG) or header.blocksize <= 0:
         return None
     decompress = None
-    if code == _BLOSC_ZLIB:
+    if code == _cblosc.ZLIB:
         if _inflate.libdeflate is None and _inflate.isal_zlib is None:
             return None  # looked up per chunk: turning an inflater off in inflate turns it off here too
     else:
@@ -177,7 +176,6 @@ def decode_blocks(
         # c-blosc splits a full block into typesize streams unless the header says not to, and
         # only for typesize <= 16 and at least 128 items per block (as it has since before the flag)
         split=not header.flags & _BLOSC_DONT_SPLIT and typesize <= _BLOSC_MAX_SPLITS and bsize // typesize >= _BLOSC_MIN_SPLIT,
-        code=code,
         decompress=decompress,
     )
     ok = _run_blocks(job, blocks, threads)
@@ -195,8 +193,7 @@ class _BlockJob(NamedTuple):
     typesize: int
     shuffled: bool
     split: bool
-    code: int
-    decompress: _cblosc.Decompress | None
+    decompress: _cblosc.Decompress | None  # None: zlib, inflated by :mod:`.inflate`
 
 
 def _run_blocks(job: _BlockJob, blocks: list[int], threads: int) -> bool:
