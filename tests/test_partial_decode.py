@@ -290,3 +290,55 @@ def _project_bytes(values: np.ndarray[Any, Any], fields: tuple[str, ...], dt: np
     for f in fields:
         out[f] = values[f]
     return out.tobytes()
+
+
+def test_a_crafted_block_size_allocates_no_more_than_the_chunk() -> None:
+    """The header's block size is the attacker's: the shuffle scratch is bounded by the chunk's size, not by it."""
+    import tracemalloc
+
+    raw = np.arange(1024, dtype="<i4").tobytes()
+    stored = bytearray(Blosc(cname="lz4", shuffle=Blosc.SHUFFLE, blocksize=0).encode(np.frombuffer(raw, "<i4")))
+    header = blosc_codec.parse_header(memoryview(bytes(stored)))
+    assert header is not None and header.typesize == 4 and header.flags & 1 and header.nbytes == len(raw)
+    stored[8:12] = (0x7FFFFFF0).to_bytes(4, "little")  # blocksize: 2 GiB
+    crafted = blosc_codec.parse_header(memoryview(bytes(stored)))
+    assert crafted is not None and crafted.blocksize == 0x7FFFFFF0 and blosc_codec.size_problem(crafted, len(stored)) is None
+    tracemalloc.start()
+    try:
+        out = blosc_codec.decode_blocks(memoryview(bytes(stored)), crafted)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024, peak  # the 4 KiB chunk and its scratch, not 2 GiB
+    assert out is None or len(out) == len(raw)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cname=st.sampled_from(sorted(CODECS)),
+    shuffle=st.booleans(),
+    typesize=st.sampled_from([1, 4, 8]),
+    flips=st.lists(st.tuples(st.integers(0, 1 << 30), st.integers(1, 255)), min_size=1, max_size=8),
+    threads=st.integers(1, 2),
+)
+def test_crafted_block_streams_never_crash_and_fail_as_chunk_errors(
+    cname: str, shuffle: bool, typesize: int, flips: list[tuple[int, int]], threads: int
+) -> None:
+    """Spoiled offsets, sizes and streams (a crafted or corrupt object): the block decoders refuse or decode within
+    bounds, and the whole pipeline answers the chunk's size or ChunkDecodeError naming the chunk, never a crash."""
+    raw = (np.arange(64 * 1024, dtype="<i4") % 977).astype("<i4").tobytes()  # 256 KiB
+    stored = bytearray(_stored(raw, 16384, shuffle, cname, typesize))
+    for pos, x in flips:
+        stored[16 + pos % (len(stored) - 16)] ^= x  # anywhere after the header: offsets, split sizes, streams
+    blob = bytes(stored)
+    header = blosc_codec.parse_header(memoryview(blob))
+    assert header is not None
+    out = blosc_codec.decode_blocks(memoryview(blob), header, threads=threads)
+    assert out is None or len(out) == len(raw)
+    ops = filter_ops([CODECS[cname]] + (["shuffle"] if shuffle else []))
+    try:
+        whole = decode_chunk(blob, ops, itemsize=4, nbytes=len(raw), chunk_id="c-1", key="k/1")
+    except ChunkDecodeError as exc:
+        assert "c-1" in str(exc)
+    else:
+        assert len(whole) == len(raw)

@@ -210,7 +210,8 @@ def _run_blocks(job: _BlockJob, blocks: list[int], threads: int) -> bool:
 
 
 def _decode_some(job: _BlockJob, blocks: list[int]) -> bool:
-    scratch = np.empty(job.bsize, dtype=np.uint8) if job.shuffled else None
+    # the largest block is min(blocksize, nbytes): a crafted header's blocksize allocates nothing
+    scratch = np.empty(min(job.bsize, job.nbytes), dtype=np.uint8) if job.shuffled else None
     return all(_decode_block(job, i, scratch) for i in blocks)
 
 
