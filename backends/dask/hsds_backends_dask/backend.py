@@ -623,8 +623,8 @@ class DaskBackend(Backend):
             retries=self.retries,
         )
         add_stats(self.name, tasks=k)
-        done: ResultQueue[tuple[int, Any]] = ResultQueue()
-        place = functools.partial(_place_batch, sink, tasks) if sink is not None and len(tasks) > 1 else None
+        done: ResultQueue[_Answer] = ResultQueue()
+        place = functools.partial(_place_answer, sink) if sink is not None and len(tasks) > 1 else None
         pool = self.placement_pool() if place is not None else None
 
         # Results wait on the workers until gathered: gathering about _GATHER_BUDGET bytes of
@@ -656,35 +656,23 @@ class DaskBackend(Backend):
             except Exception as exc:  # noqa: BLE001 - handed to the consumer, naming the batch's chunks
                 done.fail(_caused_by(self._batch_failure(exc, [tasks[i] for i in batches[j]]), exc))
             else:
-                if place is not None:
-                    try:
-                        await asyncio.get_running_loop().run_in_executor(pool, place, batches[j], value)
-                    except Exception as exc:  # noqa: BLE001 - handed to the consumer
-                        done.fail(exc)
-                        return
-                done.put((j, value))
+                try:
+                    answer = _unpack(tasks, batches[j], value)
+                    if place is not None:
+                        await asyncio.get_running_loop().run_in_executor(pool, place, answer)
+                except Exception as exc:  # noqa: BLE001 - handed to the consumer
+                    done.fail(exc)
+                    return
+                done.put(answer)
 
         fetchers = [asyncio.ensure_future(fetch(j, f)) for j, f in enumerate(futures)]
         try:
             for _ in range(k):
-                j, (header, parts) = await done.get()  # raises the first failed batch's error
-                batch = batches[j]
-                entries = json.loads(header)
-                p = 0
-                for i, entry in zip(batch, entries, strict=False):
-                    cid = tasks[i].chunk_id
-                    if isinstance(entry, dict):
-                        raise error_from_wire(entry.get("error") or entry, cid)
-                    if entry == -1:
-                        yield i, ChunkResult(cid, "missing")
-                    else:
-                        view = memoryview(parts[p]).cast("B")
-                        p += 1
-                        yield i, ChunkResult(cid, "ok", view, int(entry[1]), int(entry[2]))
-                if len(entries) != len(batch):
-                    raise BackendError(
-                        f"dask batch of {len(batch)} chunks ({tasks[batch[0]].chunk_id} ...) returned {len(entries)} results"
-                    )
+                results, error = await done.get()  # raises the first failed batch's error
+                for item in results:
+                    yield item
+                if error is not None:
+                    raise error
         finally:
             # Ask the scheduler to drop the batches nobody will read; their gathers are left
             # alone (see fetch), only the fetchers waiting on them are cancelled.
@@ -782,27 +770,37 @@ async def _quiet_close(client: Any, cluster: Any) -> None:
             await asyncio.to_thread(cluster.close)
 
 
-def _place_batch(sink: Sink, tasks: Sequence[ChunkTask], batch: range, value: tuple[str, list[Any]]) -> None:
-    """Copy one batch's results into the output (on a placement thread), up to its first error.
+#: One batch's answer: its results in order, up to the error that ended it (if any).
+_Answer = tuple[list[tuple[int, ChunkResult]], BaseException | None]
 
-    The consumer reads the same answer again and yields it; the caller's placement of a
-    result that the sink placed already is a no-op. Errors and malformed answers are left
-    for the consumer to raise, naming the chunk.
-    """
+
+def _unpack(tasks: Sequence[ChunkTask], batch: range, value: tuple[str, list[Any]]) -> _Answer:
+    """Turn a batch's ``(header, parts)`` (:mod:`._worker`) into its results, naming the chunk of an error."""
     header, parts = value
-    try:
-        entries = json.loads(header)
-    except ValueError:
-        return
+    entries = json.loads(header)
+    results: list[tuple[int, ChunkResult]] = []
     p = 0
     for i, entry in zip(batch, entries, strict=False):
+        cid = tasks[i].chunk_id
+        if isinstance(entry, dict):
+            return results, error_from_wire(entry.get("error") or entry, cid)
         if entry == -1:
-            continue
-        if not isinstance(entry, list) or len(entry) < 3 or p >= len(parts):
-            return  # an error, or a malformed answer: the consumer raises it
-        data = memoryview(parts[p]).cast("B")
-        p += 1
-        sink(i, ChunkResult(tasks[i].chunk_id, "ok", data, int(entry[1]), int(entry[2])))
+            results.append((i, ChunkResult(cid, "missing")))
+        else:
+            view = memoryview(parts[p]).cast("B")
+            p += 1
+            results.append((i, ChunkResult(cid, "ok", view, int(entry[1]), int(entry[2]))))
+    if len(entries) != len(batch):
+        error = BackendError(f"dask batch of {len(batch)} chunks ({tasks[batch[0]].chunk_id} ...) returned {len(entries)} results")
+        return results, error
+    return results, None
+
+
+def _place_answer(sink: Sink, answer: _Answer) -> None:
+    """Copy a batch's results into the output (on a placement thread); the caller's placement of them is then a no-op."""
+    for i, res in answer[0]:
+        if res.status == "ok":
+            sink(i, res)
 
 
 def _result_bytes(task: ChunkTask) -> int:
